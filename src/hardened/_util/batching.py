@@ -1,0 +1,47 @@
+"""Batch iteration over tensors and models, without autograd where it is not needed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["batch_slices", "predict_logits", "eval_mode"]
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)`` in steps of ``batch_size``."""
+    if batch_size < 1:
+        from hardened.errors import ConfigError
+
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+class eval_mode:
+    """Context manager: put ``model`` in eval mode and restore its previous mode on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._modes: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self._modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for module, mode in self._modes:
+            module.training = mode
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, batched; the model's mode is restored."""
+    with eval_mode(model):
+        if x.shape[0] == 0:
+            probe = model(x[:0])
+            return probe.detach()
+        return torch.cat([model(x[s]).detach() for s in batch_slices(x.shape[0], batch_size)])

@@ -1,0 +1,78 @@
+"""Input validation shared by attacks, explanations, certificates and guards."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from hardened.errors import InputError
+
+__all__ = ["check_images", "check_labels", "check_model_output"]
+
+
+def check_images(x: object, bounds: tuple[float, float] = (0.0, 1.0), *, allow_empty: bool = False) -> Tensor:
+    """Check that ``x`` is a finite float N×C×H×W tensor inside ``bounds``; return it."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(
+            f"images must have shape N×C×H×W (4 dimensions), got shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) or a channel dimension with x.unsqueeze(1)"
+        )
+    if not x.is_floating_point():
+        raise InputError(
+            f"images must be floating point in [{bounds[0]}, {bounds[1]}], got dtype {x.dtype}; "
+            "convert uint8 images with x.float() / 255"
+        )
+    if x.shape[0] == 0 and not allow_empty:
+        raise InputError("the batch is empty (N = 0): pass at least one image")
+    if x.numel() and not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
+        raise InputError(f"{bad} image(s) contain NaN or Inf values; clean or drop them first")
+    lo, hi = bounds
+    if x.numel():
+        x_min, x_max = float(x.min()), float(x.max())
+        if x_min < lo - 1e-6 or x_max > hi + 1e-6:
+            raise InputError(
+                f"pixel values span [{x_min:.4g}, {x_max:.4g}] but must lie in [{lo}, {hi}]; "
+                "scale images to the bounds and put normalisation (mean/std) inside the model"
+            )
+    return x
+
+
+def check_labels(y: object, n: int, num_classes: int | None = None, *, name: str = "labels") -> Tensor:
+    """Check that ``y`` is an integer tensor of shape (n,) with values in [0, num_classes)."""
+    if not isinstance(y, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of int64, got {type(y).__name__}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise InputError(f"{name} must be integer class indices, got dtype {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise InputError(
+            f"{name} must have shape ({n},) to match {n} images, got shape {tuple(y.shape)}"
+        )
+    if n and num_classes is not None:
+        y_min, y_max = int(y.min()), int(y.max())
+        if y_min < 0 or y_max >= num_classes:
+            raise InputError(
+                f"{name} span [{y_min}, {y_max}] but the model has {num_classes} classes "
+                f"(valid: 0..{num_classes - 1})"
+            )
+    return y.long()
+
+
+def check_model_output(model: nn.Module, x: Tensor) -> Tensor:
+    """Run ``model`` on ``x`` (no grad) and check it returns logits N×K; return them."""
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as error:
+        raise InputError(
+            f"the model cannot take images of shape {tuple(x.shape[1:])} (C×H×W): {error}. "
+            "Check the channel count and image size the model was built for"
+        ) from error
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(
+            f"the model must return logits of shape N×K, got {shape} for {x.shape[0]} images"
+        )
+    return out

@@ -1,0 +1,220 @@
+"""The attack contract: ``attack(model, x, y) -> AttackResult``.
+
+``Attack.__call__`` is the template method (after foolbox 3): it validates inputs, puts the model
+in eval mode (restored afterwards), calls the subclass's ``_perturb``, projects the result into
+the threat model, and measures success and norms. A subclass writes only ``_perturb``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+import torch
+from torch import Tensor, nn
+
+from hardened._util.batching import eval_mode
+from hardened._util.checks import check_images, check_labels, check_model_output
+from hardened.attacks.losses import attack_loss, is_success
+from hardened.errors import ConfigError
+from hardened.threat import ThreatModel, norms_of
+
+__all__ = ["Attack", "AttackResult", "Oracle"]
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """The outcome of one attack on one batch.
+
+    Attributes:
+        x_adv: adversarial images, same shape/dtype/device as the input.
+        success: bool (N,): the attack's goal is met (untargeted: prediction != label;
+            targeted: prediction == target).
+        labels: the true labels (N,).
+        targets: the target labels (N,) of a targeted attack, else ``None``.
+        pred_clean, pred_adv: predictions on the clean and adversarial images.
+        confidence_adv: softmax probability of ``pred_adv``.
+        norms: per-sample ``l0``, ``l1``, ``l2``, ``linf`` norms of ``x_adv - x``.
+        forward_count: image-level forward evaluations spent (including input checks).
+        gradient_count: image-level gradient (or relevance) evaluations spent.
+        seconds: wall-clock time of the call.
+        attack: the attack's name; params: its configuration.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    labels: Tensor
+    targets: Tensor | None
+    pred_clean: Tensor
+    pred_adv: Tensor
+    confidence_adv: Tensor
+    norms: dict[str, Tensor]
+    forward_count: int
+    gradient_count: int
+    seconds: float
+    attack: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of samples where the attack's goal is met."""
+        return float(self.success.float().mean()) if self.success.numel() else 0.0
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float((self.pred_clean == self.labels).float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of samples still classified correctly after the attack."""
+        return float((self.pred_adv == self.labels).float().mean())
+
+    def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
+        """A JSON-ready summary; ``per_sample=True`` adds per-sample lists (no images)."""
+        out: dict[str, Any] = {
+            "attack": self.attack,
+            "params": self.params,
+            "n": int(self.labels.numel()),
+            "success_rate": self.success_rate,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "median_norms_of_successes": {
+                k: (float(v[self.success].median()) if bool(self.success.any()) else None)
+                for k, v in self.norms.items()
+            },
+            "forward_count": self.forward_count,
+            "gradient_count": self.gradient_count,
+            "seconds": self.seconds,
+        }
+        if per_sample:
+            out["per_sample"] = {
+                "label": self.labels.tolist(),
+                "target": None if self.targets is None else self.targets.tolist(),
+                "pred_clean": self.pred_clean.tolist(),
+                "pred_adv": self.pred_adv.tolist(),
+                "confidence_adv": self.confidence_adv.tolist(),
+                "success": self.success.tolist(),
+                **{f"norm_{k}": v.tolist() for k, v in self.norms.items()},
+            }
+        return out
+
+
+class Oracle:
+    """The model as an attack sees it: logits and loss gradients w.r.t. the input, counted.
+
+    Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so no
+    parameter ``.grad`` is ever accumulated.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int) -> None:
+        self.model = model
+        self.num_classes = num_classes
+        self.forward_count = 0
+        self.gradient_count = 0
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits without autograd."""
+        self.forward_count += x.shape[0]
+        with torch.no_grad():
+            return self.model(x)
+
+    def loss_and_grad(
+        self, x: Tensor, labels: Tensor, *, loss: str = "ce", targeted: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(logits, per-sample loss, d loss / d x)`` for a batch."""
+        self.forward_count += x.shape[0]
+        self.gradient_count += x.shape[0]
+        with torch.enable_grad():
+            x_var = x.detach().requires_grad_(True)
+            logits = self.model(x_var)
+            values = attack_loss(loss, logits, labels, targeted)
+            (grad,) = torch.autograd.grad(values.sum(), x_var)
+        return logits.detach(), values.detach(), grad.detach()
+
+    def input_grad(self, x: Tensor, objective: Any) -> tuple[Tensor, Tensor]:
+        """Gradient of ``objective(logits).sum()`` w.r.t. ``x``; returns ``(logits, grad)``."""
+        self.forward_count += x.shape[0]
+        self.gradient_count += x.shape[0]
+        with torch.enable_grad():
+            x_var = x.detach().requires_grad_(True)
+            logits = self.model(x_var)
+            (grad,) = torch.autograd.grad(objective(logits).sum(), x_var)
+        return logits.detach(), grad.detach()
+
+
+class Attack(ABC):
+    """Base class of all attacks. Configure at construction, call as ``attack(model, x, y)``.
+
+    Subclasses set ``name``, ``self.bounds`` and optionally ``self.threat`` (a ``ThreatModel``
+    the result is projected into; ``None`` for attacks bounded otherwise, e.g. pixel budgets),
+    and implement ``_perturb``.
+    """
+
+    name: ClassVar[str] = "attack"
+    supports_targeted: ClassVar[bool] = False
+
+    threat: ThreatModel | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    @final
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, targets: Tensor | None = None
+    ) -> AttackResult:
+        """Attack ``model`` on images ``x`` (N×C×H×W in ``bounds``) with true labels ``y``.
+
+        ``targets`` (N,) makes the attack targeted where the attack supports it.
+        """
+        start = time.perf_counter()
+        x = check_images(x, self.bounds)
+        if targets is not None and not self.supports_targeted:
+            raise ConfigError(f"the {self.name} attack has no targeted mode; drop targets=")
+        with eval_mode(model):
+            clean_logits = check_model_output(model, x)
+            num_classes = clean_logits.shape[1]
+            y = check_labels(y, x.shape[0], num_classes).to(x.device)
+            if targets is not None:
+                targets = check_labels(targets, x.shape[0], num_classes, name="targets")
+                targets = targets.to(x.device)
+            oracle = Oracle(model, num_classes)
+            oracle.forward_count += x.shape[0]
+            x_adv = self._perturb(oracle, x.detach().clone(), y, targets)
+            x_adv = x_adv.detach()
+            if self.threat is not None:
+                x_adv = self.threat.project(x_adv, x)
+            else:
+                x_adv = x_adv.clamp(*self.bounds)
+            x_adv = x_adv.to(dtype=x.dtype)
+            adv_logits = oracle.logits(x_adv)
+        probabilities = adv_logits.float().softmax(dim=1)
+        pred_adv = probabilities.argmax(dim=1)
+        return AttackResult(
+            x_adv=x_adv,
+            success=is_success(adv_logits, y, targets),
+            labels=y,
+            targets=targets,
+            pred_clean=clean_logits.argmax(dim=1),
+            pred_adv=pred_adv,
+            confidence_adv=probabilities.gather(1, pred_adv[:, None]).squeeze(1),
+            norms=norms_of(x_adv - x),
+            forward_count=oracle.forward_count,
+            gradient_count=oracle.gradient_count,
+            seconds=time.perf_counter() - start,
+            attack=self.name,
+            params=self.params(),
+        )
+
+    @abstractmethod
+    def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+        """Return adversarial images for ``x`` (a copy the subclass may modify)."""
+
+    def params(self) -> dict[str, Any]:
+        """The attack's configuration as a JSON-ready dict."""
+        return {
+            k: v for k, v in vars(self).items() if not k.startswith("_") and k != "threat"
+        } | ({"norm": self.threat.norm, "eps": self.threat.eps} if self.threat else {})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"

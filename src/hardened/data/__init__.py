@@ -1,0 +1,129 @@
+"""Datasets: built-in (``mnist-5k``, ``digits``), IDX (``mnist``, ``fashion-mnist``), user files.
+
+``load_splits(spec)`` gives a deterministic train/test pair; ``load_dataset(spec, split=...)``
+one part of it. ``spec`` is a built-in name, ``mnist`` / ``fashion-mnist`` (official splits, read
+from ``data_dir``), a folder of class sub-folders, or an ``.npz`` file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardened.data.builtin import load_digits, load_mnist_5k
+from hardened.data.dataset import Dataset, Splits, stratified_split
+from hardened.data.download import IDX_SOURCES, default_data_dir, download_idx_files, locate_idx_files
+from hardened.data.files import load_image_folder, load_npz
+from hardened.data.idx import read_idx, write_idx
+from hardened.errors import DataError
+
+__all__ = [
+    "Dataset",
+    "Splits",
+    "BUILTIN",
+    "load_dataset",
+    "load_splits",
+    "load_idx_dataset",
+    "load_mnist_5k",
+    "load_digits",
+    "load_image_folder",
+    "load_npz",
+    "read_idx",
+    "write_idx",
+    "stratified_split",
+    "default_data_dir",
+]
+
+BUILTIN = ("mnist-5k", "digits")
+SPLITS = ("train", "test", "all")
+
+
+def load_idx_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    mirrors: tuple[str, ...] | None = None,
+) -> Splits:
+    """MNIST or Fashion-MNIST from IDX files, with the official train/test split."""
+    source = IDX_SOURCES[name]
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    paths = locate_idx_files(source, folder)
+    if paths is None:
+        if not download:
+            raise DataError(
+                f"{name} files not found in {folder / name} or {folder}: need "
+                f"{', '.join(source.files.values())} (gzipped or raw). Pass --download to fetch "
+                "them, or --data-dir / HARDENED_DATA_DIR pointing at a folder that has them"
+            )
+        paths = download_idx_files(source, folder, mirrors=mirrors)
+    parts = {}
+    for part in ("train", "test"):
+        images = read_idx(paths[f"{part}_images"])
+        labels = read_idx(paths[f"{part}_labels"])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{name} {part}: images {images.shape} and labels {labels.shape} do not match"
+            )
+        x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+        y = torch.from_numpy(labels.astype(np.int64))
+        parts[part] = Dataset(x, y, source.classes, f"{name}:{part}")
+    return Splits(train=parts["train"], test=parts["test"])
+
+
+def load_splits(
+    spec: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> Splits:
+    """A train/test pair for ``spec``: the official split for ``mnist``/``fashion-mnist``, a seeded
+    stratified split (``test_fraction``, ``seed``) for everything else."""
+    key = spec.lower()
+    if key in IDX_SOURCES:
+        return load_idx_dataset(key, data_dir, download=download)
+    if key == "mnist-5k":
+        full = load_mnist_5k()
+    elif key == "digits":
+        full = load_digits()
+    else:
+        path = Path(spec).expanduser()
+        if path.suffix.lower() == ".npz":
+            full = load_npz(path)
+        elif path.is_dir():
+            full = load_image_folder(path)
+        else:
+            known = ", ".join((*BUILTIN, *IDX_SOURCES))
+            raise DataError(
+                f"unknown data {spec!r}: use one of {known}, a folder of class sub-folders, "
+                "or an .npz file with arrays x and y"
+            )
+    return stratified_split(full, test_fraction=test_fraction, seed=seed)
+
+
+def load_dataset(spec: str, split: str = "test", **kwargs: object) -> Dataset:
+    """One part (``"train"``, ``"test"`` or ``"all"``) of ``load_splits(spec, **kwargs)``.
+
+    ``spec`` may also carry the part after a colon, e.g. ``"mnist:train"``.
+    """
+    if ":" in spec and spec.rsplit(":", 1)[1] in SPLITS and not Path(spec).exists():
+        spec, split = spec.rsplit(":", 1)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    splits = load_splits(spec, **kwargs)  # type: ignore[arg-type]
+    if split == "train":
+        return splits.train
+    if split == "test":
+        return splits.test
+    base = splits.train.name.rsplit(":", 1)[0]
+    return Dataset(
+        torch.cat([splits.train.x, splits.test.x]),
+        torch.cat([splits.train.y, splits.test.y]),
+        splits.train.classes,
+        base,
+    )

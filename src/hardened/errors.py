@@ -1,0 +1,71 @@
+"""The library's exception tree.
+
+Every error the library raises on purpose is a ``HardenedError``::
+
+    HardenedError
+    ├── InputError        bad tensors: shape, dtype, range, NaN/Inf, labels, empty batch
+    ├── ConfigError       bad settings: negative eps, unknown norm/attack/method, bad budgets
+    ├── DataError         missing, corrupt or inconsistent data files
+    ├── ModelLoadError    missing, corrupt or unknown model files and factories
+    ├── NotFittedError    a score, guard or calibrator used before ``fit``
+    └── NotReliableClassification
+                          a guard refused to predict; carries the prediction and the score
+
+``InputError`` and ``ConfigError`` also derive from ``ValueError`` so that code written
+against plain Python conventions keeps working. Messages say what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HardenedError",
+    "InputError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "NotFittedError",
+    "NotReliableClassification",
+]
+
+
+class HardenedError(Exception):
+    """Base class of every error raised on purpose by ``hardened``."""
+
+
+class InputError(HardenedError, ValueError):
+    """A tensor argument is unusable (shape, dtype, range, non-finite values, labels)."""
+
+
+class ConfigError(HardenedError, ValueError):
+    """A setting is invalid or inconsistent (e.g. ``eps < 0``, an unknown norm)."""
+
+
+class DataError(HardenedError):
+    """Data files are missing, corrupt or inconsistent."""
+
+
+class ModelLoadError(HardenedError):
+    """A model file or factory cannot be loaded."""
+
+
+class NotFittedError(HardenedError):
+    """An object that needs ``fit`` was used before it was fitted."""
+
+
+class NotReliableClassification(HardenedError):
+    """A guard refused to classify an input it scores as unreliable.
+
+    Attributes:
+        prediction: the class the bare classifier would have answered.
+        score: the reliability score (higher = less reliable).
+        threshold: the calibrated threshold the score exceeded.
+    """
+
+    def __init__(self, prediction: int, score: float, threshold: float) -> None:
+        self.prediction = int(prediction)
+        self.score = float(score)
+        self.threshold = float(threshold)
+        super().__init__(
+            f"refused to classify: reliability score {self.score:.4g} exceeds the threshold "
+            f"{self.threshold:.4g} (the bare classifier would answer class {self.prediction})"
+        )

@@ -1,0 +1,206 @@
+"""Save and load models without unpickling untrusted files.
+
+Reference architectures are saved as ``NAME.safetensors`` (weights) plus ``NAME.json`` (sidecar:
+format version, architecture and its arguments, input shape, classes, training record, and the
+weights' sha256 so a corrupt file is detected). Users' own models load from TorchScript files
+(``.pt``/``.ts``/``.torchscript``) or a ``package.module:factory`` string plus a weights file
+(safetensors, or a state dict read with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hardened._util.atomic import atomic_path, write_json
+from hardened.errors import ModelLoadError
+from hardened.models.zoo import ARCHITECTURES, build_model
+
+__all__ = ["ModelInfo", "LoadedModel", "save_model", "load_model", "sidecar_path"]
+
+FORMAT_VERSION = 1
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript", ".jit")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the sidecar records about a model."""
+
+    arch: str | None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, int, int] | None = None
+    classes: tuple[str, ...] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_shape"] = list(self.input_shape) if self.input_shape else None
+        out["classes"] = list(self.classes) if self.classes else None
+        return out
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model (in eval mode, on the CPU) and its recorded information."""
+
+    model: nn.Module
+    info: ModelInfo
+
+
+def sidecar_path(weights: str | os.PathLike[str]) -> Path:
+    """``model.safetensors`` -> ``model.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    arch: str,
+    arch_kwargs: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    classes: tuple[str, ...] | list[str] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``path`` (safetensors weights) and its JSON sidecar atomically; return ``path``."""
+    target = Path(path)
+    if target.suffix != ".safetensors":
+        target = target.with_suffix(".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(target, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "hardened", "arch": arch})
+        digest = _sha256(tmp)
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": arch_kwargs or {},
+        "input_shape": list(input_shape) if input_shape else None,
+        "classes": list(classes) if classes is not None else None,
+        "training": training or {},
+        "weights_sha256": digest,
+    }
+    write_json(sidecar_path(target), sidecar)
+    return target
+
+
+def _read_state(weights: Path) -> dict[str, torch.Tensor]:
+    if not weights.is_file():
+        raise ModelLoadError(f"weights file {weights} does not exist")
+    try:
+        if weights.suffix == ".safetensors":
+            return load_file(str(weights))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as error:
+        raise ModelLoadError(f"cannot read weights {weights}: {error}") from error
+    except Exception as error:  # weights_only refuses pickled objects with UnpicklingError
+        raise ModelLoadError(
+            f"{weights} is not a plain state dict (refused to unpickle it: {error}); "
+            "save weights with safetensors or torch.save(model.state_dict())"
+        ) from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{weights} does not hold a state dict")
+    return state
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ModelLoadError(f"weights in {where} do not fit the model: {first}") from error
+
+
+def _load_sidecar_model(path: Path) -> LoadedModel:
+    meta_path = sidecar_path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    if not meta_path.is_file():
+        raise ModelLoadError(
+            f"{path} has no sidecar {meta_path.name}; for weights of your own architecture use "
+            "--model package.module:factory --weights FILE"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"cannot read {meta_path}: {error}") from error
+    arch = meta.get("arch")
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(f"{meta_path} names unknown architecture {arch!r}")
+    expected = meta.get("weights_sha256")
+    if expected and _sha256(path) != expected:
+        raise ModelLoadError(
+            f"{path} is corrupt: its sha256 does not match the one recorded in {meta_path.name}"
+        )
+    kwargs = dict(meta.get("arch_kwargs") or {})
+    model = build_model(arch, **kwargs)
+    _load_state(model, _read_state(path), str(path))
+    shape = meta.get("input_shape")
+    classes = meta.get("classes")
+    info = ModelInfo(
+        arch=arch,
+        arch_kwargs=kwargs,
+        input_shape=tuple(shape) if shape else None,  # type: ignore[arg-type]
+        classes=tuple(classes) if classes else None,
+        training=meta.get("training") or {},
+        source=str(path),
+    )
+    return LoadedModel(model.eval(), info)
+
+
+def _load_factory(spec: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ModelLoadError(f"cannot import factory {spec!r}: {error}") from error
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        _load_state(model, _read_state(Path(weights)), str(weights))
+    return LoadedModel(model.eval(), ModelInfo(arch=None, source=spec))
+
+
+def load_model(spec: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load a model from a ``.safetensors`` + sidecar, a TorchScript file, or ``pkg.mod:factory``."""
+    text = str(spec)
+    path = Path(text)
+    if path.suffix == ".safetensors" or (path.suffix == ".json" and path.is_file()):
+        return _load_sidecar_model(path.with_suffix(".safetensors"))
+    if path.suffix in TORCHSCRIPT_SUFFIXES:
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError) as error:
+            raise ModelLoadError(f"{path} is not a TorchScript file: {str(error).splitlines()[0]}") from error
+        return LoadedModel(model.eval(), ModelInfo(arch=None, source=str(path)))
+    if ":" in text and not path.exists():
+        return _load_factory(text, weights)
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    raise ModelLoadError(
+        f"unknown model file type {path.suffix!r} for {path}: use .safetensors (with its .json "
+        f"sidecar), TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}), or package.module:factory"
+    )

@@ -1,0 +1,31 @@
+"""Input normalisation as a layer, so every attack, certificate and guard works in pixel space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Normalize"]
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; ``mean`` and ``std`` are buffers saved with the model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        if bool((std_t <= 0).any()):
+            from hardened.errors import ConfigError
+
+            raise ConfigError(f"std must be positive, got {list(std)}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"

@@ -1,0 +1,148 @@
+"""Reference architectures. Each starts with a ``Normalize`` layer and returns logits.
+
+``mlp`` and ``lenet`` are plain ``nn.Sequential`` stacks of Linear/Conv2d/ReLU/MaxPool/Flatten,
+which every explanation rule and interval bound in the library can walk layer by layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hardened.errors import ConfigError
+from hardened.models.normalize import Normalize
+
+__all__ = ["ARCHITECTURES", "build_model", "mlp", "lenet", "resnet_small"]
+
+InputShape = tuple[int, int, int]
+
+
+def _stats(input_shape: InputShape, mean: Sequence[float] | None, std: Sequence[float] | None):
+    channels = input_shape[0]
+    return (list(mean) if mean is not None else [0.5] * channels,
+            list(std) if std is not None else [0.5] * channels)
+
+
+def mlp(
+    input_shape: InputShape = (1, 28, 28),
+    num_classes: int = 10,
+    hidden: Sequence[int] = (256, 128),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Sequential:
+    """Fully connected ReLU network: Normalize, Flatten, Linear+ReLU per hidden width, Linear."""
+    m, s = _stats(input_shape, mean, std)
+    layers: list[nn.Module] = [Normalize(m, s), nn.Flatten()]
+    width = input_shape[0] * input_shape[1] * input_shape[2]
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def lenet(
+    input_shape: InputShape = (1, 28, 28),
+    num_classes: int = 10,
+    channels: Sequence[int] = (16, 32),
+    hidden: int = 128,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Sequential:
+    """LeNet-style MNIST CNN: conv5-ReLU-maxpool2, conv5-ReLU-maxpool2, fc-ReLU, fc.
+
+    Convolutions keep the size (padding 2), so 28×28 inputs reach the first dense layer as
+    ``channels[1]``×7×7.
+    """
+    m, s = _stats(input_shape, mean, std)
+    c1, c2 = (int(c) for c in channels)
+    features = nn.Sequential(
+        Normalize(m, s),
+        nn.Conv2d(input_shape[0], c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    with torch.no_grad():
+        flat = features(torch.zeros(1, *input_shape)).shape[1]
+    return nn.Sequential(
+        *features, nn.Linear(flat, int(hidden)), nn.ReLU(), nn.Linear(int(hidden), num_classes)
+    )
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    """A small ResNet for 32×32 RGB: stem, three stages of basic blocks, global pool, linear."""
+
+    def __init__(
+        self,
+        input_shape: InputShape = (3, 32, 32),
+        num_classes: int = 10,
+        width: int = 16,
+        blocks: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        m, s = _stats(input_shape, mean, std)
+        self.normalize = Normalize(m, s)
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        stages: list[nn.Module] = []
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            for b in range(blocks):
+                stages.append(_BasicBlock(cin, cout, 2 if (i > 0 and b == 0) else 1))
+                cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.flatten(self.pool(self.stages(self.stem(self.normalize(x))))))
+
+
+def resnet_small(**kwargs: Any) -> ResNetSmall:
+    """A small ResNet (about 0.2M parameters at width 16) for 32×32 RGB images."""
+    return ResNetSmall(**kwargs)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "lenet": lenet,
+    "resnet_small": resnet_small,
+}
+
+
+def build_model(arch: str, **kwargs: Any) -> nn.Module:
+    """Build a reference architecture by name with keyword arguments."""
+    key = arch.lower().replace("-", "_")
+    if key not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
+    kwargs = {k: (tuple(v) if isinstance(v, list) and k == "input_shape" else v) for k, v in kwargs.items()}
+    try:
+        return ARCHITECTURES[key](**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"bad arguments for architecture {key}: {error}") from error

@@ -1,0 +1,1 @@
+"""Reports: figures (``plots``) rendered from result objects."""

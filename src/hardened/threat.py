@@ -1,0 +1,187 @@
+"""Perturbation geometry: norm balls intersected with the pixel box.
+
+All norms are computed per sample over the flattened C×H×W dimensions. ``ThreatModel`` is the
+one place where projection, random starts, steepest-ascent directions and norm measurement live;
+attacks, training methods and evaluations call it instead of re-deriving the geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hardened.errors import ConfigError
+
+__all__ = ["NORMS", "Norm", "ThreatModel", "norms_of", "normalize_direction", "project_ball"]
+
+Norm = Literal["linf", "l2", "l1"]
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+_TINY = 1e-12
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape a length-N vector so it broadcasts against an N×... tensor."""
+    return values.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def check_norm(norm: str) -> str:
+    """Return ``norm`` lower-cased, or raise ``ConfigError`` naming the known norms."""
+    key = str(norm).lower()
+    if key not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}: use one of {', '.join(NORMS)}")
+    return key
+
+
+def norms_of(delta: Tensor) -> dict[str, Tensor]:
+    """Per-sample L0, L1, L2 and Linf norms of a perturbation batch (each a length-N tensor)."""
+    flat = _flat(delta.detach()).float()
+    if flat.shape[1] == 0:
+        zeros = torch.zeros(flat.shape[0], device=flat.device)
+        return {"l0": zeros, "l1": zeros, "l2": zeros, "linf": zeros}
+    return {
+        "l0": (flat != 0).sum(dim=1).float(),
+        "l1": flat.abs().sum(dim=1),
+        "l2": flat.norm(p=2, dim=1),
+        "linf": flat.abs().amax(dim=1),
+    }
+
+
+def _project_l1(delta: Tensor, eps: Tensor) -> Tensor:
+    """Euclidean projection of each row onto the L1 ball of radius eps (Duchi et al. 2008)."""
+    flat = _flat(delta)
+    abs_flat = flat.abs()
+    inside = abs_flat.sum(dim=1) <= eps
+    sorted_abs, _ = abs_flat.sort(dim=1, descending=True)
+    cumsum = sorted_abs.cumsum(dim=1)
+    ranks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    condition = sorted_abs * ranks > (cumsum - eps[:, None])
+    # rho: the last (0-based) position where the sorted magnitude stays above the threshold
+    rho = (condition * ranks).amax(dim=1, keepdim=True).long() - 1
+    theta = (cumsum.gather(1, rho.clamp(min=0)) - eps[:, None]) / (rho + 1).to(flat.dtype)
+    projected = flat.sign() * (abs_flat - theta.clamp(min=0)).clamp(min=0)
+    out = torch.where(inside[:, None], flat, projected)
+    return out.reshape(delta.shape)
+
+
+def project_ball(delta: Tensor, norm: str, eps: float | Tensor) -> Tensor:
+    """Project each sample of ``delta`` onto the ``norm`` ball of radius ``eps``.
+
+    ``eps`` is a float or a length-N tensor (one radius per sample).
+    """
+    norm = check_norm(norm)
+    eps_t = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device)
+    if eps_t.dim() == 0:
+        eps_t = eps_t.expand(delta.shape[0])
+    if norm == "linf":
+        bound = _per_sample(eps_t, delta)
+        return torch.maximum(torch.minimum(delta, bound), -bound)
+    if norm == "l2":
+        length = _flat(delta).norm(p=2, dim=1)
+        factor = torch.clamp(eps_t / (length + _TINY), max=1.0)
+        return delta * _per_sample(factor, delta)
+    return _project_l1(delta, eps_t)
+
+
+def normalize_direction(grad: Tensor, norm: str, *, l1_quantile: float = 0.99) -> Tensor:
+    """Steepest-ascent direction of unit ``norm`` for a gradient batch.
+
+    linf: sign(g); l2: g / ||g||_2; l1: sign(g) on the coordinates whose |g| is at or above the
+    per-sample ``l1_quantile`` (the sparse steepest direction used by L1 PGD), scaled to unit L1.
+    """
+    norm = check_norm(norm)
+    if norm == "linf":
+        return grad.sign()
+    flat = _flat(grad)
+    if norm == "l2":
+        length = flat.norm(p=2, dim=1)
+        return grad / _per_sample(length + _TINY, grad)
+    magnitude = flat.abs()
+    cut = torch.quantile(magnitude, l1_quantile, dim=1, keepdim=True)
+    mask = (magnitude >= cut) & (magnitude > 0)
+    direction = flat.sign() * mask
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+    return (direction / count).reshape(grad.shape)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The set of allowed perturbations: ``{x' : ||x' - x||_norm <= eps, lo <= x' <= hi}``.
+
+    Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+        eps: radius of the ball, ``>= 0``.
+        bounds: the pixel box ``(lo, hi)``; ``(0, 1)`` by default.
+    """
+
+    norm: str
+    eps: float
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", check_norm(self.norm))
+        eps = float(self.eps)
+        if not math.isfinite(eps) or eps < 0:
+            raise ConfigError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        object.__setattr__(self, "eps", eps)
+        lo, hi = (float(b) for b in self.bounds)
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise ConfigError(f"bounds must be finite with lo < hi, got {self.bounds!r}")
+        object.__setattr__(self, "bounds", (lo, hi))
+
+    def clip(self, x: Tensor) -> Tensor:
+        """Clip into the pixel box."""
+        return x.clamp(self.bounds[0], self.bounds[1])
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Map ``x_adv`` into the ball around ``x`` and then into the box.
+
+        The ball projection is exact; clipping afterwards only moves coordinates towards ``x``
+        (which lies in the box), so the result is inside both the ball and the box.
+        """
+        delta = project_ball(x_adv - x, self.norm, self.eps)
+        return self.clip(x + delta)
+
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A point drawn uniformly from the ball around each sample, then clipped to the box."""
+        n = x.shape[0]
+        dim = x[0].numel() if n else 0
+        if self.norm == "linf":
+            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (2 * u - 1) * self.eps
+        elif self.norm == "l2":
+            g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            direction = g / _per_sample(_flat(g).norm(dim=1) + _TINY, g)
+            radius = torch.rand(n, generator=generator, device=x.device, dtype=x.dtype)
+            radius = self.eps * radius ** (1.0 / max(dim, 1))
+            delta = direction * _per_sample(radius, x)
+        else:
+            # uniform in the L1 ball: d+1 exponentials normalised by their sum, random signs
+            e = -torch.log(
+                torch.rand((n, dim + 1), generator=generator, device=x.device, dtype=x.dtype)
+                .clamp(min=_TINY)
+            )
+            magnitude = (e[:, :dim] / e.sum(dim=1, keepdim=True)).reshape(x.shape)
+            signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
+            delta = magnitude * (2 * signs.to(x.dtype) - 1) * self.eps
+        return self.clip(x + delta)
+
+    def measure(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Per-sample norm of ``x_adv - x`` in this threat model's norm."""
+        return norms_of(x_adv - x)[self.norm]
+
+    def contains(self, x_adv: Tensor, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """Per-sample boolean: inside the ball (up to ``tol``) and inside the box."""
+        in_ball = self.measure(x_adv, x) <= self.eps + tol
+        flat = _flat(x_adv)
+        in_box = (flat >= self.bounds[0] - tol).all(dim=1) & (flat <= self.bounds[1] + tol).all(
+            dim=1
+        )
+        return in_ball & in_box

@@ -41,8 +41,11 @@ def check_norm(norm: str) -> str:
 
 
 def norms_of(delta: Tensor) -> dict[str, Tensor]:
-    """Per-sample L0, L1, L2 and Linf norms of a perturbation batch (each a length-N tensor)."""
-    flat = _flat(delta.detach()).float()
+    """Per-sample L0, L1, L2 and Linf norms of a perturbation batch (each a length-N tensor).
+
+    Sums are accumulated in float64 so that the measurement itself adds no rounding error.
+    """
+    flat = _flat(delta.detach()).double()
     if flat.shape[1] == 0:
         zeros = torch.zeros(flat.shape[0], device=flat.device)
         return {"l0": zeros, "l1": zeros, "l2": zeros, "linf": zeros}
@@ -144,10 +147,21 @@ class ThreatModel:
         """Map ``x_adv`` into the ball around ``x`` and then into the box.
 
         The ball projection is exact; clipping afterwards only moves coordinates towards ``x``
-        (which lies in the box), so the result is inside both the ball and the box.
+        (which lies in the box), so the result is inside both the ball and the box. For L1/L2
+        the radius is reduced by the worst-case rounding of ``x + delta`` in ``x``'s dtype
+        (d or sqrt(d) units in the last place; about 1e-5 relative for MNIST in float32), so the
+        stored images are inside the ball exactly, not only up to rounding.
         """
-        delta = project_ball(x_adv - x, self.norm, self.eps)
+        delta = project_ball(x_adv - x, self.norm, self._safe_radius(x))
         return self.clip(x + delta)
+
+    def _safe_radius(self, x: Tensor) -> float:
+        if self.norm == "linf" or not x.is_floating_point() or x.shape[0] == 0:
+            return self.eps
+        unit = torch.finfo(x.dtype).eps * max(abs(self.bounds[0]), abs(self.bounds[1]), 1.0)
+        dim = x[0].numel()
+        margin = unit * (dim if self.norm == "l1" else math.sqrt(dim))
+        return max(self.eps - margin, 0.0)
 
     def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A point drawn uniformly from the ball around each sample, then clipped to the box."""

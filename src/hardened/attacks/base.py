@@ -210,10 +210,11 @@ class Attack(ABC):
         """Return adversarial images for ``x`` (a copy the subclass may modify)."""
 
     def params(self) -> dict[str, Any]:
-        """The attack's configuration as a JSON-ready dict."""
-        return {
-            k: v for k, v in vars(self).items() if not k.startswith("_") and k != "threat"
-        } | ({"norm": self.threat.norm, "eps": self.threat.eps} if self.threat else {})
+        """The attack's configuration as a JSON-ready dict (tuples become lists)."""
+        config = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "threat"}
+        if self.threat is not None:
+            config |= {"norm": self.threat.norm, "eps": self.threat.eps}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

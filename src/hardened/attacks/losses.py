@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -60,7 +60,7 @@ def evaluate_command(
     table = Table(title=f"{attack} ({norm}) on {len(test)} {data} test images")
     table.add_column("eps", justify="right")
     table.add_column("accuracy", justify="right")
-    for value, accuracy in zip(sweep.eps, sweep.robust_accuracy):
+    for value, accuracy in zip(sweep.eps, sweep.robust_accuracy, strict=True):
         table.add_row(f"{value:g}", f"{100 * accuracy:.1f}%")
     out.print(table)
     save_result(sweep, out_dir / "sweep.json")

@@ -15,7 +15,12 @@ import torch
 
 from hardened.data.builtin import load_digits, load_mnist_5k
 from hardened.data.dataset import Dataset, Splits, stratified_split
-from hardened.data.download import IDX_SOURCES, default_data_dir, download_idx_files, locate_idx_files
+from hardened.data.download import (
+    IDX_SOURCES,
+    default_data_dir,
+    download_idx_files,
+    locate_idx_files,
+)
 from hardened.data.files import load_image_folder, load_npz
 from hardened.data.idx import read_idx, write_idx
 from hardened.errors import DataError
@@ -87,34 +92,40 @@ def load_splits(
     key = spec.lower()
     if key in IDX_SOURCES:
         return load_idx_dataset(key, data_dir, download=download)
+    return stratified_split(_load_unsplit(spec), test_fraction=test_fraction, seed=seed)
+
+
+def _load_unsplit(spec: str) -> Dataset:
+    """A built-in or user dataset in its stored order (no official split)."""
+    key = spec.lower()
     if key == "mnist-5k":
-        full = load_mnist_5k()
-    elif key == "digits":
-        full = load_digits()
-    else:
-        path = Path(spec).expanduser()
-        if path.suffix.lower() == ".npz":
-            full = load_npz(path)
-        elif path.is_dir():
-            full = load_image_folder(path)
-        else:
-            known = ", ".join((*BUILTIN, *IDX_SOURCES))
-            raise DataError(
-                f"unknown data {spec!r}: use one of {known}, a folder of class sub-folders, "
-                "or an .npz file with arrays x and y"
-            )
-    return stratified_split(full, test_fraction=test_fraction, seed=seed)
+        return load_mnist_5k()
+    if key == "digits":
+        return load_digits()
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".npz":
+        return load_npz(path)
+    if path.is_dir():
+        return load_image_folder(path)
+    known = ", ".join((*BUILTIN, *IDX_SOURCES))
+    raise DataError(
+        f"unknown data {spec!r}: use one of {known}, a folder of class sub-folders, "
+        "or an .npz file with arrays x and y"
+    )
 
 
 def load_dataset(spec: str, split: str = "test", **kwargs: object) -> Dataset:
     """One part (``"train"``, ``"test"`` or ``"all"``) of ``load_splits(spec, **kwargs)``.
 
+    ``"all"`` is the whole dataset in stored order (for MNIST-style sets: train then test).
     ``spec`` may also carry the part after a colon, e.g. ``"mnist:train"``.
     """
     if ":" in spec and spec.rsplit(":", 1)[1] in SPLITS and not Path(spec).exists():
         spec, split = spec.rsplit(":", 1)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if split == "all" and spec.lower() not in IDX_SOURCES:
+        return _load_unsplit(spec)
     splits = load_splits(spec, **kwargs)  # type: ignore[arg-type]
     if split == "train":
         return splits.train

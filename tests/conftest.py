@@ -1,4 +1,4 @@
-"""Tiny models and data shared by the tests; torch limited to one thread per test worker."""
+"""Shared fixtures; torch limited to one thread per test worker. Helpers live in helpers.py."""
 
 from __future__ import annotations
 
@@ -9,38 +9,10 @@ import torch
 from torch import nn
 
 from hardened.data import Dataset
+from helpers import TINY_BUDGET, blob_data, tiny_audit_splits, tiny_cnn
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
-
-
-def tiny_cnn(channels: int = 1, size: int = 8, classes: int = 3, seed: int = 0) -> nn.Module:
-    """A small random CNN (conv-relu-pool-flatten-linear) with fixed weights."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(4 * (size // 2) ** 2, classes),
-    ).eval()
-
-
-def tiny_mlp(channels: int = 1, size: int = 8, classes: int = 3, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(channels * size * size, 16), nn.ReLU(), nn.Linear(16, classes)
-    ).eval()
-
-
-def blob_data(n: int = 60, size: int = 8, classes: int = 3, seed: int = 0) -> Dataset:
-    """Separable synthetic images: class k has a bright square in corner k, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = 0.15 * torch.rand(n, 1, size, size, generator=g)
-    half = size // 2
-    corners = [(0, 0), (0, half), (half, 0), (half, half)]
-    for i in range(n):
-        r, c = corners[int(y[i]) % 4]
-        x[i, 0, r : r + half, c : c + half] += 0.7
-    return Dataset(x.clamp(0, 1), y.long(), tuple(str(k) for k in range(classes)), "blobs")
 
 
 @pytest.fixture
@@ -51,3 +23,15 @@ def blobs() -> Dataset:
 @pytest.fixture
 def cnn() -> nn.Module:
     return tiny_cnn()
+
+
+@pytest.fixture(scope="session")
+def tiny_audit(tmp_path_factory):
+    """One full audit of a tiny CNN on blob images with the tiny budget (shared by tests)."""
+    from hardened.audit import run_audit
+
+    model = tiny_cnn(seed=5)
+    before = [p.detach().clone() for p in model.parameters()]
+    folder = tmp_path_factory.mktemp("audit") / "report"
+    result = run_audit(model, tiny_audit_splits(), out_dir=folder, budget=TINY_BUDGET, seed=3)
+    return result, folder, model, before

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_cnn
+from helpers import tiny_cnn
 from hardened.errors import ConfigError
 from hardened.evaluate import (
     load_result,

@@ -5,6 +5,7 @@ is configured once and called as ``attack(model, x, y) -> AttackResult``.
 """
 
 from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, Attack, AttackResult, make_attack
+from hardened.certify import Certificate, SmoothedClassifier, certify_ibp
 from hardened.data import Dataset, load_dataset, load_splits
 from hardened.errors import (
     ConfigError,
@@ -15,20 +16,26 @@ from hardened.errors import (
     NotFittedError,
     NotReliableClassification,
 )
+from hardened.explain import Attribution, conservation_error, explain
+from hardened.guard import GuardedClassifier, make_score
 from hardened.models import build_model, load_model, save_model
 from hardened.threat import ThreatModel
+from hardened.train import TrainConfig, Trainer, make_method
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attack",
+    "Attribution",
     "AttackResult",
     "BIM",
+    "Certificate",
     "ConfigError",
     "DataError",
     "Dataset",
     "FGM",
     "FGSM",
+    "GuardedClassifier",
     "HardenedError",
     "InputError",
     "MIFGSM",
@@ -36,12 +43,20 @@ __all__ = [
     "NotFittedError",
     "NotReliableClassification",
     "PGD",
+    "SmoothedClassifier",
     "ThreatModel",
+    "conservation_error",
+    "explain",
+    "TrainConfig",
+    "Trainer",
     "__version__",
     "build_model",
+    "certify_ibp",
     "load_dataset",
     "load_model",
     "load_splits",
     "make_attack",
+    "make_method",
+    "make_score",
     "save_model",
 ]

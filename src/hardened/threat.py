@@ -80,6 +80,9 @@ def project_ball(delta: Tensor, norm: str, eps: float | Tensor) -> Tensor:
     ``eps`` is a float or a length-N tensor (one radius per sample).
     """
     norm = check_norm(norm)
+    if norm == "linf" and not isinstance(eps, Tensor):
+        # one radius for every sample: a single clamp, the same values as the bound below
+        return delta.clamp(-float(eps), float(eps))
     eps_t = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device)
     if eps_t.dim() == 0:
         eps_t = eps_t.expand(delta.shape[0])

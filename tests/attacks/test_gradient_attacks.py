@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import blob_data, tiny_cnn, tiny_mlp
+from helpers import blob_data, tiny_cnn, tiny_mlp
 from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, make_attack
 from hardened.errors import ConfigError, InputError
 from hardened.train import TrainConfig, train
@@ -226,3 +226,18 @@ def test_bad_configuration_raises_config_error(build, message):
 def test_targets_out_of_range_are_rejected(cnn, blobs):
     with pytest.raises(InputError, match="targets"):
         PGD(eps=0.1)(cnn, blobs.x[:2], blobs.y[:2], targets=torch.tensor([0, 9]))
+
+
+def test_restarts_work_on_a_float64_model():
+    model = tiny_mlp().double()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    result = PGD(eps=0.2, steps=3, restarts=2)(model, x, torch.tensor([0, 1, 2, 0]))
+    assert result.x_adv.dtype == torch.float64 and bool((result.norms["linf"] <= 0.2 + 1e-9).all())
+
+
+def test_targeted_restarts_check_each_samples_own_target(trained):
+    model, test = trained
+    targets = (test.y + 2) % 3
+    result = PGD(eps=0.6, steps=10, restarts=3)(model, test.x, test.y, targets=targets)
+    assert torch.equal(result.success, result.pred_adv == targets)
+    assert result.success_rate >= 0.9

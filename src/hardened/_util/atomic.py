@@ -42,7 +42,7 @@ def _umask() -> int:
     return mask
 
 
-def _write(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
+def _write(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)

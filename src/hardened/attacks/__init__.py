@@ -6,11 +6,12 @@ from typing import Any
 
 from hardened.attacks.base import Attack, AttackResult, Oracle
 from hardened.attacks.fgsm import FGM, FGSM
+from hardened.attacks.guided import LRPFlip, LRPGrad, LRPMean
 from hardened.attacks.pgd import BIM, MIFGSM, PGD
 from hardened.errors import ConfigError
 
 __all__ = ["Attack", "AttackResult", "Oracle", "FGSM", "FGM", "PGD", "BIM", "MIFGSM",
-           "ATTACKS", "make_attack"]
+           "LRPFlip", "LRPMean", "LRPGrad", "ATTACKS", "make_attack"]
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
@@ -19,6 +20,9 @@ ATTACKS: dict[str, type[Attack]] = {
     "ifgsm": BIM,
     "pgd": PGD,
     "mifgsm": MIFGSM,
+    "lrp-flip": LRPFlip,
+    "lrp-mean": LRPMean,
+    "lrp-grad": LRPGrad,
 }
 
 

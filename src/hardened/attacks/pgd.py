@@ -108,14 +108,15 @@ class PGD(Attack):
         if self.restarts == 1:
             return self._iterate(oracle, x, goal, y, targets, generator)
         best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=torch.float64)
         best_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
             todo = (~best_success).nonzero().squeeze(1) if self.early_stop else None
             if todo is not None and todo.numel() == 0:
                 break
             index = todo if todo is not None else torch.arange(x.shape[0], device=x.device)
-            run = self._iterate(oracle, x[index], goal[index], y[index], targets, generator)
+            sub_targets = None if targets is None else targets[index]
+            run = self._iterate(oracle, x[index], goal[index], y[index], sub_targets, generator)
             logits = oracle.logits(run)
             loss = attack_loss(self.loss, logits, goal[index], targeted)
             success = is_success(logits, y[index], None if targets is None else targets[index])
@@ -124,7 +125,7 @@ class PGD(Attack):
             )
             chosen = index[better]
             best[chosen] = run[better]
-            best_loss[chosen] = loss[better]
+            best_loss[chosen] = loss[better].double()
             best_success[chosen] = success[better]
         return best
 
@@ -137,32 +138,54 @@ class PGD(Attack):
         targets: Tensor | None,
         generator: torch.Generator,
     ) -> Tensor:
-        """One run of the loop from a (random) start; returns the final iterate per sample."""
+        """One run of the loop from a (random) start; returns the final iterate per sample.
+
+        While every sample is still attacked (always, without early stopping) the loop works on
+        the whole batch: no index copies, and the step is added in place. Once early stopping
+        retires samples it gathers and scatters the ones still ``active``. Both paths compute
+        the same values.
+        """
         assert self.threat is not None
         threat = self.threat
         targeted = targets is not None
         x_adv = threat.random_start(x, generator) if self.random_start else x.clone()
-        active = torch.arange(x.shape[0], device=x.device)
+        active: Tensor | None = None  # indices of the samples still attacked; None: all of them
         accumulated = torch.zeros_like(x) if self.momentum > 0 else None
         for step in range(self.steps):
-            logits, _, grad = oracle.loss_and_grad(
-                x_adv[active], goal[active], loss=self.loss, targeted=targeted
-            )
+            if active is None:
+                logits, _, grad = oracle.loss_and_grad(
+                    x_adv, goal, loss=self.loss, targeted=targeted
+                )
+            else:
+                logits, _, grad = oracle.loss_and_grad(
+                    x_adv[active], goal[active], loss=self.loss, targeted=targeted
+                )
             if self.early_stop:
                 done = is_success(
-                    logits, labels[active], None if targets is None else targets[active]
+                    logits,
+                    labels if active is None else labels[active],
+                    None if targets is None else targets if active is None else targets[active],
                 )
                 if bool(done.any()):
-                    active, grad = active[~done], grad[~done]
+                    keep = ~done
+                    active = keep.nonzero().squeeze(1) if active is None else active[keep]
+                    grad = grad[keep]
                     if active.numel() == 0:
                         break
             if accumulated is not None:
                 l1 = grad.abs().flatten(1).sum(dim=1).clamp(min=1e-12)
-                grad = self.momentum * accumulated[active] + grad / l1.view(-1, 1, 1, 1)
-                accumulated[active] = grad
+                if active is None:
+                    grad = self.momentum * accumulated + grad / l1.view(-1, 1, 1, 1)
+                    accumulated = grad
+                else:
+                    grad = self.momentum * accumulated[active] + grad / l1.view(-1, 1, 1, 1)
+                    accumulated[active] = grad
             alpha = step_size_at(self.step_size, step, self.steps, self.schedule)
-            moved = x_adv[active] + alpha * normalize_direction(grad, threat.norm)
-            x_adv[active] = threat.project(moved, x[active])
+            step_vector = alpha * normalize_direction(grad, threat.norm)
+            if active is None:
+                x_adv = threat.project(x_adv.add_(step_vector), x)
+            else:
+                x_adv[active] = threat.project(x_adv[active] + step_vector, x[active])
         return x_adv
 
 

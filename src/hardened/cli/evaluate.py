@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from hardened._util.atomic import write_json
 from hardened.cli._common import (
     BatchOption,
     DataDirOption,
@@ -25,6 +26,7 @@ from hardened.cli._common import (
     seed_everything,
 )
 from hardened.evaluate import robust_accuracy_sweep, save_result
+from hardened.evaluate.transfer import transfer_sweep
 from hardened.report.plots import plot_sweeps
 
 
@@ -37,6 +39,10 @@ def evaluate_command(
     steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="number of test images")] = 1000,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("evaluate-results"),
+    transfer_from: Annotated[
+        str | None,
+        typer.Option("--transfer-from", help="black-box: craft the examples on this source model, measure MODEL on them"),
+    ] = None,
     weights: WeightsOption = None,
     batch_size: BatchOption = 250,
     device: DeviceOption = "auto",
@@ -53,6 +59,22 @@ def evaluate_command(
     options: dict[str, object] = {}
     if steps is not None:
         options["steps"] = steps
+    if transfer_from is not None:
+        source = load_model_for(transfer_from, None, test, target)
+        result = transfer_sweep(
+            source.model, loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values,
+            attack=attack, norm=norm, batch_size=batch_size, progress=True,
+            source_name=transfer_from, target_name=model, **options,
+        )
+        transfer_table = Table(title=f"{attack} ({norm}) crafted on {transfer_from}, {len(test)} {data} test images")
+        for column in ("eps", "source accuracy (white-box)", "target accuracy (transfer)"):
+            transfer_table.add_column(column, justify="right")
+        for value, src_acc, tgt_acc in zip(result.eps, result.source_accuracy, result.target_accuracy, strict=True):
+            transfer_table.add_row(f"{value:g}", f"{100 * src_acc:.1f}%", f"{100 * tgt_acc:.1f}%")
+        out.print(transfer_table)
+        write_json(out_dir / "transfer.json", result.to_dict())
+        out.print(f"wrote {out_dir / 'transfer.json'}")
+        return
     sweep = robust_accuracy_sweep(
         loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values, attack=attack,
         norm=norm, batch_size=batch_size, progress=True, **options,

@@ -32,11 +32,23 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from hardened.cli import attack, evaluate, train
+    from hardened.cli import attack, audit, certify, evaluate, train
 
     app.command("train")(train.train_command)
+    app.command("defend-compare")(train.compare_command)
     app.command("attack")(attack.attack_command)
     app.command("evaluate")(evaluate.evaluate_command)
+    app.command("audit")(audit.audit_command)
+    app.command("certify")(certify.certify_command)
+
+    from hardened.cli import benchmark_attacks, explain
+
+    app.command("explain")(explain.explain_command)
+    app.command("benchmark-attacks")(benchmark_attacks.benchmark_attacks_command)
+
+    from hardened.cli.guard import guard_app
+
+    app.add_typer(guard_app, name="guard")
 
 
 _register()

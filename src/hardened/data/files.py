@@ -63,7 +63,7 @@ def load_image_folder(
     for image in images:
         converted = image.convert(mode)
         if size is not None:
-            converted = converted.resize((size[1], size[0]), Image.BILINEAR)
+            converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         arrays.append(np.asarray(converted, dtype=np.uint8))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -78,8 +79,8 @@ class MinimalPerturbation:
     kind: str = "minimal_eps"
 
     def median(self) -> float:
-        values = torch.tensor(self.eps)
-        return float(values.median()) if len(values) else float("nan")
+        """The median minimal eps (``inf`` when most samples were never fooled)."""
+        return float(np.median(self.eps)) if self.eps else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "eps": [e if math.isfinite(e) else None for e in self.eps]}

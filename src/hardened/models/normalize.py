@@ -24,6 +24,9 @@ class Normalize(nn.Module):
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
+    mean: Tensor
+    std: Tensor
+
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,7 +17,8 @@ from torch import Tensor  # noqa: E402
 from hardened._util.atomic import atomic_path  # noqa: E402
 from hardened.evaluate.sweeps import SuccessCurve, SweepResult  # noqa: E402
 
-__all__ = ["save_figure", "plot_sweeps", "plot_success_curves", "plot_adversarial_grid", "image_for_display"]
+__all__ = ["save_figure", "plot_tradeoff", "plot_sweeps", "plot_success_curves", "plot_adversarial_grid", "image_for_display",
+           "plot_score_histograms"]
 
 
 def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:
@@ -95,4 +97,55 @@ def plot_adversarial_grid(
             axes[row][i].axis("off")
     axes[0][0].set_ylabel("original")
     figure.suptitle("original / adversarial / perturbation (amplified)", fontsize=9)
+    return save_figure(figure, path)
+
+
+def plot_score_histograms(evaluation: Any, path: str | os.PathLike[str], bins: int = 60) -> Path:
+    """Reliability-score histograms, ID against each OOD set, with the threshold as a line.
+
+    ``evaluation`` is a ``hardened.guard.GuardEvaluation`` (``id_scores``, ``ood[i].name``,
+    ``ood[i].scores``, ``threshold``, ``score``); non-finite scores are left out.
+    """
+    import numpy as np
+
+    sets = [(f"ID ({evaluation.id_name})", evaluation.id_scores)]
+    sets += [(result.name, result.scores) for result in evaluation.ood]
+    arrays = [(label, np.asarray(values.detach().cpu(), dtype=float)) for label, values in sets]
+    arrays = [(label, a[np.isfinite(a)]) for label, a in arrays]
+    pooled = np.concatenate([a for _, a in arrays if a.size] or [np.zeros(1)])
+    lo, hi = np.percentile(pooled, [0.5, 99.5])
+    lo, hi = min(lo, evaluation.threshold), max(hi, evaluation.threshold)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    figure, axis = plt.subplots(figsize=(6.0, 3.8))
+    for label, values in arrays:
+        axis.hist(np.clip(values, edges[0], edges[-1]), bins=edges, density=True, histtype="stepfilled",
+                  alpha=0.35, label=label)
+    axis.axvline(evaluation.threshold, color="black", linestyle="--", label="threshold")
+    axis.set_xlabel(f"{evaluation.score} score (higher = less reliable)")
+    axis.set_ylabel("density")
+    axis.legend(fontsize=8)
+    axis.set_title(f"Guard scores: in-distribution against OOD ({evaluation.score})")
+    return save_figure(figure, path)
+
+
+def plot_tradeoff(report: Any, path: str | os.PathLike[str]) -> Path:
+    """Trade-off of training methods (a ``TradeoffReport``): clean against robust accuracy
+    (white-box PGD filled, transfer hollow) and training time per method."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(report.rows):
+        color = colors[i % len(colors)]
+        left.scatter(100 * row.clean_accuracy, 100 * row.robust_accuracy, color=color, label=row.method)
+        left.scatter(100 * row.clean_accuracy, 100 * row.transfer_accuracy, facecolors="none",
+                     edgecolors=color)
+        right.barh(row.method, row.train_seconds, color=color)
+    left.set_xlabel("clean accuracy (%)")
+    left.set_ylabel("robust accuracy (%): PGD filled, transfer hollow")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    left.set_title(f"{report.data} {report.norm} eps={report.eps:g}")
+    right.set_xlabel("training time (s)")
+    right.invert_yaxis()
+    right.grid(alpha=0.3, axis="x")
+    right.set_title(f"{report.epochs} epochs, {report.n_labelled} labelled images")
     return save_figure(figure, path)

@@ -1,31 +1,81 @@
-"""The training loop: epochs over shuffled batches, a held-out evaluation per epoch, a log."""
+"""The training loop: ``Trainer`` (epochs, metrics log, atomic checkpoints, exact resume).
+
+Reproducibility: the shuffling of epoch ``e`` uses a generator seeded from ``(seed, e)``; the
+method's randomness at global step ``t`` a generator seeded from ``(seed, t)``; the global RNG
+(dropout) is forked and seeded from ``(seed, t)`` for the step and restored afterwards. So a run
+resumed from a checkpoint written after step ``t`` repeats exactly the steps ``t+1...`` of the
+uninterrupted run, and ends with the same weights (on the same device and thread count).
+
+Checkpoints are one file, ``checkpoint.ckpt``: a header line with the sha256 of the payload,
+then a ``torch.save`` payload of plain types and tensors, read back only with
+``torch.load(weights_only=True)`` and only after the checksum matches.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import math
+import os
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from hardened._util.atomic import append_jsonl
-from hardened._util.batching import batch_slices, predict_logits
+from hardened._util.atomic import append_jsonl, write_bytes, write_text
+from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.data.dataset import Dataset
-from hardened.errors import ConfigError
-from hardened.train.methods import Standard, TrainingMethod
+from hardened.errors import ConfigError, DataError
+from hardened.evaluate.sweeps import robust_accuracy_sweep
+from hardened.threat import check_norm
+from hardened.train.methods import Method, StepContext, TrainingMethod, as_method
 
-__all__ = ["TrainConfig", "EpochRecord", "TrainResult", "train", "accuracy"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "EpochRecord",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "accuracy",
+    "load_checkpoint",
+    "train",
+]
 
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "cyclic")
+CHECKPOINT_NAME = "checkpoint.ckpt"
+_MAGIC = b"HARDENED-CHECKPOINT 1 sha256="
+# settings that may differ between the interrupted run and its resumption
+_RESUME_FREE = ("checkpoint_every", "epochs")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. ``seed`` fixes shuffling and the method's randomness."""
+    """Optimisation and bookkeeping settings.
+
+    Args:
+        epochs, batch_size, lr, optimizer (``adam``/``sgd``), weight_decay, momentum: as usual.
+        lr_schedule: ``constant``; ``cosine`` (to 0 over the run); ``cyclic`` (linear up to
+            ``lr`` at 40% of the steps, down to 0 at the end; Wong et al. 2020).
+        seed: fixes shuffling, the method's randomness and the forked global RNG per step.
+        checkpoint_every: also checkpoint every N steps (0: at the end of each epoch only).
+        eval_n: held-out images for the per-epoch PGD accuracy (0: no evaluation); the clean
+            accuracy uses all of ``test_data`` (or this many training images without it).
+        eval_eps, eval_norm, eval_steps: the PGD attack of the per-epoch robust accuracy;
+            ``eval_eps=None`` takes the method's threat model (no robust accuracy if it has none).
+        amp: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU); ``None``: on
+            exactly when training on CUDA.
+    """
 
     epochs: int = 5
     batch_size: int = 128
@@ -34,6 +84,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     seed: int = 0
+    lr_schedule: str = "constant"
+    checkpoint_every: int = 0
+    eval_n: int = 500
+    eval_eps: float | None = None
+    eval_norm: str = "linf"
+    eval_steps: int = 10
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -44,24 +101,50 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown lr schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}"
+            )
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.eval_n < 0 or self.eval_steps < 1:
+            raise ConfigError("eval_n must be >= 0 and eval_steps >= 1")
+        if self.eval_eps is not None and not (math.isfinite(self.eval_eps) and self.eval_eps > 0):
+            raise ConfigError(f"eval_eps must be > 0 (or None), got {self.eval_eps}")
+        object.__setattr__(self, "eval_norm", check_norm(self.eval_norm))
 
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One line of the JSON-lines log.
+
+    ``test_accuracy`` is the clean accuracy on the held-out data, ``robust_accuracy`` the PGD
+    accuracy on its first ``eval_n`` images; ``extra`` holds the method's counters, guard events and the PGD settings.
+    """
+
     epoch: int
     loss: float
     train_accuracy: float
     test_accuracy: float | None
     seconds: float
+    robust_accuracy: float | None = None
+    steps: int = 0
+    lr: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """History of a training run; ``stopped`` says why it ended early (``None``: it did not)."""
+
     method: dict[str, Any]
     config: dict[str, Any]
     history: tuple[EpochRecord, ...]
     seconds: float
+    steps: int = 0
+    stopped: str | None = None
+    resumed_from_step: int | None = None
+    counters: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +152,10 @@ class TrainResult:
             "config": self.config,
             "history": [asdict(r) for r in self.history],
             "seconds": self.seconds,
+            "steps": self.steps,
+            "stopped": self.stopped,
+            "resumed_from_step": self.resumed_from_step,
+            "counters": dict(self.counters),
         }
 
 
@@ -78,7 +165,26 @@ def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
         return float("nan")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     logits = predict_logits(model, data.x.to(device), batch_size)
-    return float((logits.argmax(1).cpu() == data.y).float().mean())
+    return float((logits.argmax(1).cpu() == data.y.cpu()).float().mean())
+
+
+def _mix(seed: int, *parts: int) -> int:
+    """A 63-bit seed that is a pure function of ``(seed, *parts)`` (numpy SeedSequence)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, *[int(p) for p in parts]]).generate_state(
+        2, np.uint32
+    )
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Learning-rate multiplier at 0-based ``step`` of ``total`` under ``schedule``."""
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    t = step / total
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    peak = 0.4
+    return t / peak if t < peak else max(0.0, (1.0 - t) / (1.0 - peak))
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -89,62 +195,411 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically as one file: checksum header line, then the torch payload."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    return write_bytes(path, _MAGIC + _sha256(payload).encode("ascii") + b"\n" + payload)
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by the trainer; a checksum mismatch raises ``DataError``."""
+    target = Path(path)
+    try:
+        raw = target.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read checkpoint {target}: {error}") from error
+    header, newline, payload = raw.partition(b"\n")
+    if not newline or not header.startswith(_MAGIC):
+        raise DataError(
+            f"{target} is not a hardened training checkpoint (bad header); delete it to start "
+            "over, or point --checkpoint-dir at the run's folder"
+        )
+    expected = header[len(_MAGIC):].decode("ascii", "replace").strip()
+    if _sha256(payload) != expected:
+        raise DataError(
+            f"checkpoint {target} is corrupt: its sha256 does not match the recorded checksum "
+            "(a partial copy or a damaged disk?). It was not loaded; delete it to start over"
+        )
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except Exception as error:  # weights_only refuses pickled objects (UnpicklingError)
+        raise DataError(f"checkpoint {target} cannot be read safely: {error}") from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise DataError(f"checkpoint {target} does not hold a training state")
+    return state
+
+
+class Trainer:
+    """Train ``model`` in place on ``train_data`` with a method (standard by default).
+
+    ``fit()`` runs the epochs; with ``checkpoint_dir`` it writes ``checkpoint.ckpt`` atomically at
+    the end of every epoch and every ``config.checkpoint_every`` steps, and ``fit(resume=True)``
+    continues from it. Each epoch appends an ``EpochRecord`` to the JSON-lines ``log_path``
+    (rewritten from the checkpoint's history on resume, so it never holds repeated epochs).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Dataset,
+        *,
+        method: Method | TrainingMethod | None = None,
+        config: TrainConfig | None = None,
+        test_data: Dataset | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+    ) -> None:
+        if len(train_data) == 0:
+            raise ConfigError(f"{train_data.name} is empty: nothing to train on")
+        self.model = model
+        self.train_data = train_data
+        self.method = as_method(method)
+        self.config = config or TrainConfig()
+        self.test_data = test_data
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = progress
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.optimizer = _optimizer(model, self.config)
+        amp = self.config.amp if self.config.amp is not None else self.device.type == "cuda"
+        self.amp = bool(amp)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp and self.device.type == "cuda"
+        )
+        self.steps_per_epoch = -(-len(train_data) // self.config.batch_size)
+        self.total_steps = self.config.epochs * self.steps_per_epoch
+        self._eval_threat = self._pick_eval_threat()
+        self._reset_state()
+
+    # ------------------------------------------------------------------ state
+    def _reset_state(self) -> None:
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[EpochRecord] = []
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._epoch_seconds = 0.0
+        self._guard_best = -1.0
+        self._guard_best_state: dict[str, torch.Tensor] | None = None
+        self._guard_events: list[dict[str, Any]] = []
+        self._stopped: str | None = None
+
+    def _pick_eval_threat(self) -> tuple[str, float] | None:
+        if self.config.eval_eps is not None:
+            return self.config.eval_norm, float(self.config.eval_eps)
+        threat = self.method.threat
+        return (threat.norm, threat.eps) if threat is not None else None
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
+
+    def _comparable_config(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self.config).items() if k not in _RESUME_FREE}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (plain types and tensors, weights_only-loadable)."""
+        return {
+            "format": 1,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "method_config": json.dumps(self.method.config(), sort_keys=True, default=str),
+            "config": json.dumps(self._comparable_config(), sort_keys=True),
+            "epochs": self.config.epochs,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "history": [asdict(r) for r in self.history],
+            "loss_sum": self._loss_sum,
+            "loss_count": self._loss_count,
+            "epoch_seconds": self._epoch_seconds,
+            "guard_best": self._guard_best,
+            "guard_best_state": self._guard_best_state,
+            "guard_events": json.dumps(self._guard_events),
+            "stopped": self._stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state written by ``state_dict``; settings must match the current run."""
+        method_config = json.dumps(self.method.config(), sort_keys=True, default=str)
+        if state.get("method_config") != method_config:
+            raise ConfigError(
+                "the checkpoint was written by a different training method or method settings "
+                f"({state.get('method_config')}); resume with the same settings or start over"
+            )
+        if state.get("config") != json.dumps(self._comparable_config(), sort_keys=True):
+            raise ConfigError(
+                f"the checkpoint was written with different training settings ({state.get('config')}); "
+                "only --epochs and --checkpoint-every may change when resuming"
+            )
+        if self.config.lr_schedule != "constant" and state.get("epochs") != self.config.epochs:
+            raise ConfigError(
+                f"the {self.config.lr_schedule} lr schedule depends on the number of epochs: "
+                f"resume with --epochs {state.get('epochs')}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self._loss_sum = float(state["loss_sum"])
+        self._loss_count = int(state["loss_count"])
+        self._epoch_seconds = float(state["epoch_seconds"])
+        self._guard_best = float(state["guard_best"])
+        self._guard_best_state = state.get("guard_best_state")
+        self._guard_events = json.loads(state["guard_events"])
+        self._stopped = state.get("stopped")
+
+    def save(self) -> Path | None:
+        """Write the checkpoint now (atomically); ``None`` without a checkpoint folder."""
+        if self.checkpoint_path is None:
+            return None
+        return save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    # ------------------------------------------------------------------ steps
+    @contextmanager
+    def _step_rng(self, step: int) -> Iterator[None]:
+        """Fork the global RNG and seed it from ``(seed, step)`` for the step (dropout etc.)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = _mix(self.config.seed, 2, step)
+            torch.random.default_generator.manual_seed(seed)
+            if devices:
+                torch.cuda.manual_seed(seed)
+            yield
+
+    def _autocast(self) -> Any:
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        step = self.global_step
+        base_lr = self.config.lr * lr_factor(self.config.lr_schedule, step, self.total_steps)
+        ctx = StepContext(
+            epoch=self.epoch, step=step,
+            generator=make_generator(_mix(self.config.seed, 1, step), self.device), lr=base_lr,
+            total_steps=self.total_steps,
+        )
+        with self._step_rng(step):
+            self.model.train()
+            updates = self.method.updates(self.model, x, y, ctx)
+            while True:
+                with self._autocast():
+                    update = next(updates, None)
+                if update is None:
+                    break
+                if not torch.isfinite(update.loss.detach()).all():
+                    raise ConfigError(
+                        f"the {self.method.name} loss became {float(update.loss)} at step {step + 1}; "
+                        "lower the learning rate (--lr) or the eps"
+                    )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = base_lr * update.lr_scale
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(update.loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self._loss_sum += float(update.loss.detach()) * len(x)
+                self._loss_count += len(x)
+
+    # ------------------------------------------------------------ evaluation
+    def _eval_data(self, n: int) -> Dataset | None:
+        if n <= 0:
+            return None
+        source = self.test_data if self.test_data is not None and len(self.test_data) else None
+        return (source or self.train_data).head(n)
+
+    def _robust_accuracy(self, data: Dataset, steps: int) -> float | None:
+        if self._eval_threat is None:
+            return None
+        norm, eps = self._eval_threat
+        bounds = self.method.threat.bounds if self.method.threat is not None else (0.0, 1.0)
+        sweep = robust_accuracy_sweep(
+            self.model, data.x.to(self.device), data.y.to(self.device), eps_values=[eps],
+            attack="pgd", norm=norm, steps=steps, seed=self.config.seed, bounds=bounds,
+        )
+        return sweep.robust_accuracy[0]
+
+    def _check_guard(self, where: str) -> bool:
+        """Run the collapse guard; return True when training must stop."""
+        guard = self.method.guard
+        data = self._eval_data(guard.n) if guard is not None else None
+        if guard is None or data is None or self.method.threat is None:
+            return False
+        norm, eps = self.method.threat.norm, self.method.threat.eps
+        sweep = robust_accuracy_sweep(
+            self.model, data.x.to(self.device), data.y.to(self.device), eps_values=[eps],
+            attack="pgd", norm=norm, steps=guard.steps, seed=self.config.seed,
+            bounds=self.method.threat.bounds,
+        )
+        acc = sweep.robust_accuracy[0]
+        if acc > self._guard_best:
+            self._guard_best = acc
+            self._guard_best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return False
+        if not guard.collapsed(acc, self._guard_best):
+            return False
+        event = {
+            "event": "catastrophic_overfitting",
+            "step": self.global_step,
+            "where": where,
+            "pgd_accuracy": acc,
+            "best_pgd_accuracy": self._guard_best,
+            "action": guard.action,
+        }
+        self._guard_events.append(event)
+        message = (
+            f"catastrophic overfitting at step {self.global_step}: PGD accuracy fell to "
+            f"{acc:.3f} from {self._guard_best:.3f}"
+        )
+        if guard.action == "stop":
+            if self._guard_best_state is not None:
+                self.model.load_state_dict(self._guard_best_state)
+            self._stopped = message + "; stopped and restored the best weights"
+            return True
+        warnings.warn(message + " (guard action 'report': training goes on)", RuntimeWarning, stacklevel=2)
+        return False
+
+    def _end_epoch(self) -> EpochRecord:
+        data = self._eval_data(self.config.eval_n)
+        full = self.test_data if self.test_data is not None and len(self.test_data) else data
+        test_acc = accuracy(self.model, full) if data is not None and full is not None else None
+        robust = self._robust_accuracy(data, self.config.eval_steps) if data is not None else None
+        extra: dict[str, Any] = {"counters": dict(self.method.counters)}
+        if robust is not None and self._eval_threat is not None:
+            extra["pgd"] = {"norm": self._eval_threat[0], "eps": self._eval_threat[1],
+                            "steps": self.config.eval_steps, "n": len(data) if data else 0}
+        events = [e for e in self._guard_events if e.get("epoch") is None]
+        for event in events:
+            event["epoch"] = self.epoch + 1
+        if events:
+            extra["guard_events"] = events
+        return EpochRecord(
+            epoch=self.epoch + 1,
+            loss=self._loss_sum / max(self._loss_count, 1),
+            train_accuracy=accuracy(self.model, self.train_data.head(2000)),
+            test_accuracy=test_acc,
+            seconds=self._epoch_seconds,
+            robust_accuracy=robust,
+            steps=self.global_step,
+            lr=self.config.lr * lr_factor(self.config.lr_schedule, self.global_step - 1, self.total_steps),
+            extra=extra,
+        )
+
+    def _rewrite_log(self) -> None:
+        if self.log_path is not None:
+            write_text(self.log_path, "".join(json.dumps(asdict(r)) + "\n" for r in self.history))
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, *, resume: bool = False, max_steps: int | None = None) -> TrainResult:
+        """Train to ``config.epochs``; ``resume`` continues from the checkpoint when it exists.
+
+        ``max_steps`` ends this call after that many steps (checkpointed), e.g. to slice a long
+        job; a later ``fit(resume=True)`` goes on. The method's ``prepare`` (validation,
+        pseudo-labelling) runs before the first step.
+        """
+        start = time.perf_counter()
+        resumed_from: int | None = None
+        self._reset_state()
+        if resume:
+            if self.checkpoint_path is None:
+                raise ConfigError("resume needs a checkpoint folder (--checkpoint-dir)")
+            if self.checkpoint_path.exists():
+                self.load_state_dict(load_checkpoint(self.checkpoint_path, self.device))
+                resumed_from = self.global_step
+        self.method.prepare(self.model, self.train_data, config=self.config)
+        if resumed_from is None and self.log_path is not None and self.log_path.exists():
+            self.log_path.unlink()
+        if resumed_from is not None:
+            self._rewrite_log()
+        done_steps = 0
+        spe = self.steps_per_epoch
+        with progress_bar(self.total_steps, f"train {self.method.name}", self.progress) as bar:
+            bar.advance(min(self.global_step, self.total_steps))
+            while self.epoch < self.config.epochs and self._stopped is None:
+                shuffle = make_generator(_mix(self.config.seed, 0, self.epoch))
+                order = torch.randperm(len(self.train_data), generator=shuffle)
+                while self.step_in_epoch < spe:
+                    if max_steps is not None and done_steps >= max_steps:
+                        self.save()
+                        return self._result(start, resumed_from, "max_steps")
+                    tick = time.perf_counter()
+                    index = order[self.step_in_epoch * self.config.batch_size:][: self.config.batch_size]
+                    x = self.train_data.x[index].to(self.device)
+                    y = self.train_data.y[index].to(self.device)
+                    self._train_step(x, y)
+                    self.global_step += 1
+                    self.step_in_epoch += 1
+                    done_steps += 1
+                    bar.advance()
+                    guard = self.method.guard
+                    stop = bool(guard and guard.every and self.global_step % guard.every == 0
+                                and self._check_guard("step"))
+                    self._epoch_seconds += time.perf_counter() - tick
+                    if stop:
+                        break
+                    every = self.config.checkpoint_every
+                    if every and self.global_step % every == 0 and self.step_in_epoch < spe:
+                        self.save()
+                if self._stopped is None and self.method.guard is not None and not self.method.guard.every:
+                    self._check_guard("epoch")
+                record = self._end_epoch()
+                self.history.append(record)
+                if self.log_path is not None:
+                    append_jsonl(self.log_path, asdict(record))
+                bar.describe(
+                    f"train {self.method.name} epoch {record.epoch}/{self.config.epochs} "
+                    f"loss {record.loss:.3f}"
+                    + (f" acc {record.test_accuracy:.3f}" if record.test_accuracy is not None else "")
+                    + (f" pgd {record.robust_accuracy:.3f}" if record.robust_accuracy is not None else "")
+                )
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self._loss_sum, self._loss_count, self._epoch_seconds = 0.0, 0, 0.0
+                self.save()
+        return self._result(start, resumed_from, self._stopped)
+
+    def _result(self, start: float, resumed_from: int | None, stopped: str | None) -> TrainResult:
+        return TrainResult(
+            method=self.method.config(),
+            config=asdict(self.config),
+            history=tuple(self.history),
+            seconds=time.perf_counter() - start,
+            steps=self.global_step,
+            stopped=stopped,
+            resumed_from_step=resumed_from,
+            counters=dict(self.method.counters),
+        )
+
+
 def train(
     model: nn.Module,
     train_data: Dataset,
     *,
-    method: TrainingMethod | None = None,
+    method: Method | TrainingMethod | None = None,
     config: TrainConfig | None = None,
     test_data: Dataset | None = None,
     log_path: str | Path | None = None,
     progress: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train ``model`` in place on ``train_data`` with ``method`` (standard by default).
-
-    Each epoch shuffles with a generator seeded by ``(seed, epoch)``, logs a JSON line to
-    ``log_path`` and evaluates clean accuracy on ``test_data``.
-    """
-    method = method or Standard()
-    config = config or TrainConfig()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    optimizer = _optimizer(model, config)
-    history: list[EpochRecord] = []
-    start = time.perf_counter()
-    steps_per_epoch = -(-len(train_data) // config.batch_size)
-    with progress_bar(config.epochs * steps_per_epoch, f"train {method.name}", progress) as bar:
-        for epoch in range(config.epochs):
-            epoch_start = time.perf_counter()
-            shuffle = make_generator(config.seed * 100_003 + epoch)
-            order = torch.randperm(len(train_data), generator=shuffle)
-            method_rng = make_generator(config.seed * 100_003 + epoch + 50_000, device)
-            model.train()
-            total_loss, seen = 0.0, 0
-            for batch in batch_slices(len(order), config.batch_size):
-                index = order[batch]
-                x = train_data.x[index].to(device)
-                y = train_data.y[index].to(device)
-                loss = method.batch_loss(model, x, y, method_rng)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(index)
-                seen += len(index)
-                bar.advance()
-            model.eval()
-            train_acc = accuracy(model, train_data.head(2000))
-            test_acc = accuracy(model, test_data) if test_data is not None else None
-            record = EpochRecord(
-                epoch=epoch + 1,
-                loss=total_loss / max(seen, 1),
-                train_accuracy=train_acc,
-                test_accuracy=test_acc,
-                seconds=time.perf_counter() - epoch_start,
-            )
-            history.append(record)
-            bar.describe(
-                f"train {method.name} epoch {epoch + 1}/{config.epochs} loss {record.loss:.3f}"
-                + (f" test acc {test_acc:.3f}" if test_acc is not None else "")
-            )
-            if log_path is not None:
-                append_jsonl(log_path, asdict(record))
-    return TrainResult(method.config(), asdict(config), tuple(history), time.perf_counter() - start)
+    """Train ``model`` in place with ``method`` (standard by default); see ``Trainer``."""
+    trainer = Trainer(
+        model, train_data, method=method, config=config, test_data=test_data,
+        log_path=log_path, checkpoint_dir=checkpoint_dir, progress=progress,
+    )
+    return trainer.fit(resume=resume)

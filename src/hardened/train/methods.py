@@ -1,17 +1,68 @@
-"""Training methods: each a small object that gives the loss of one batch."""
+"""Training methods: each a small object that gives the loss of one batch.
+
+A method turns a clean batch ``(x, y)`` into one or more optimiser updates (``StepLoss``): the
+loss to minimise and a learning-rate factor. Methods that craft adversarial examples use the
+library's PGD loop (``hardened.attacks.PGD``) and ``ThreatModel`` geometry; their randomness
+comes only from the step generator the trainer passes in (a pure function of seed and step), so
+a resumed run repeats the uninterrupted one exactly.
+
+==================  ===========================================================================
+``standard``        cross-entropy on clean inputs
+``pgd``             Madry et al. 2018: cross-entropy on PGD examples (Linf or L2)
+``fgsm``            Wong et al. 2020 ("fast is better than free"): one FGSM step of 1.25·eps from
+                    a random start, with a catastrophic-overfitting guard
+``trades``          Zhang et al. 2019: CE(f(x), y) + beta · KL(f(x) || f(x'))
+``noise``           Gaussian noise augmentation x + N(0, sigma²) (Cohen et al. 2019)
+``ensemble``        Tramèr et al. 2018: half own adversarial examples, half crafted on one of
+                    several fixed pre-trained source models
+``semi-supervised`` Carmon et al. 2019 (robust self-training): pseudo-labels from a non-robust
+                    model on an unlabeled pool; alternates standard training on the labelled
+                    batch with adversarial training on a pseudo-labelled pool batch (lower LR)
+==================  ===========================================================================
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import copy
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TrainingMethod", "Standard"]
+from hardened._util.batching import eval_mode, predict_logits
+from hardened.attacks.base import Oracle
+from hardened.attacks.pgd import PGD
+from hardened.data.dataset import Dataset
+from hardened.errors import ConfigError
+from hardened.threat import ThreatModel, normalize_direction
+
+__all__ = [
+    "METHODS",
+    "CollapseGuard",
+    "Ensemble",
+    "FastFGSM",
+    "GaussianNoise",
+    "Method",
+    "PGDTraining",
+    "SemiSupervised",
+    "Standard",
+    "StepContext",
+    "StepLoss",
+    "TRADES",
+    "TrainingMethod",
+    "as_method",
+    "make_method",
+    "split_unlabeled",
+]
 
 
 class TrainingMethod(Protocol):
-    """Gives the batch loss to minimise; may craft adversarial or noisy inputs first."""
+    """The minimal protocol: the batch loss to minimise (may craft adversarial inputs first)."""
 
     name: str
 
@@ -20,7 +71,186 @@ class TrainingMethod(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
-class Standard:
+@dataclass(frozen=True)
+class StepContext:
+    """What the trainer tells a method about the current step.
+
+    ``step`` is the 0-based global step; ``generator`` is seeded from ``(seed, step)`` only.
+    """
+
+    epoch: int
+    step: int
+    generator: torch.Generator
+    lr: float
+    total_steps: int = 0
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """One optimiser update: minimise ``loss`` with the learning rate times ``lr_scale``."""
+
+    loss: Tensor
+    lr_scale: float = 1.0
+    kind: str = "main"
+
+
+@dataclass(frozen=True)
+class CollapseGuard:
+    """Catastrophic-overfitting guard (Wong et al. 2020, section 5.1).
+
+    The trainer measures PGD accuracy (``steps`` iterations, the method's threat model) on ``n``
+    held-out images every ``every`` steps (0: at the end of each epoch only). A *collapse* is an
+    accuracy more than ``drop`` below the best seen so far. ``action="stop"`` restores the best
+    weights and stops training; ``"report"`` records the event (log and a warning) and goes on.
+    """
+
+    drop: float = 0.3
+    every: int = 0
+    n: int = 128
+    steps: int = 10
+    action: str = "stop"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.drop <= 1.0:
+            raise ConfigError(f"guard drop must be in (0, 1], got {self.drop}")
+        if self.every < 0 or self.n < 1 or self.steps < 1:
+            raise ConfigError("guard every must be >= 0, n >= 1 and steps >= 1")
+        if self.action not in ("stop", "report"):
+            raise ConfigError(f"guard action must be 'stop' or 'report', got {self.action!r}")
+
+    def collapsed(self, accuracy: float, best: float) -> bool:
+        """True when ``accuracy`` lies more than ``drop`` below ``best``."""
+        return accuracy < best - self.drop
+
+
+class Method:
+    """Base class of the library's methods: hooks with defaults, counters, resumable state.
+
+    Subclasses set ``name`` and write ``batch_loss`` (one update) or ``updates`` (several).
+    ``counters`` record what a method consumed (adversarial examples per source, pool samples),
+    so tests and reports can check that extra inputs are really used.
+    """
+
+    name: ClassVar[str] = "method"
+    threat: ThreatModel | None = None
+    guard: CollapseGuard | None = None
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+
+    def _count(self, key: str, amount: int) -> None:
+        self.counters[key] = self.counters.get(key, 0) + int(amount)
+
+    def prepare(self, model: nn.Module, data: Dataset, *, config: Any = None) -> None:
+        """Validate against the model and data and set up; runs once before training.
+
+        ``config`` is the run's ``TrainConfig`` (``None`` outside a trainer).
+        """
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_loss or updates")
+
+    def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
+        """The optimiser updates of one step; each is applied before the next is computed."""
+        yield StepLoss(self.batch_loss(model, x, y, ctx.generator))
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.name, **self.params()}
+        if self.threat is not None:
+            out |= {"norm": self.threat.norm, "eps": self.threat.eps}
+        if self.guard is not None:
+            out["guard"] = asdict(self.guard)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (plain types and tensors only)."""
+        return {"counters": dict(self.counters)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counters = {str(k): int(v) for k, v in dict(state.get("counters", {})).items()}
+
+
+class _Wrapped(Method):
+    """Adapts any object with ``batch_loss``/``config`` (the ``TrainingMethod`` protocol)."""
+
+    def __init__(self, inner: TrainingMethod) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = str(getattr(inner, "name", type(inner).__name__))  # type: ignore[misc]
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        return self.inner.batch_loss(model, x, y, generator)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.inner.config())
+
+
+def as_method(method: Method | TrainingMethod | None) -> Method:
+    """``None`` -> ``Standard()``; a protocol object -> wrapped; a ``Method`` -> itself."""
+    if method is None:
+        return Standard()
+    if isinstance(method, Method):
+        return method
+    if not callable(getattr(method, "batch_loss", None)):
+        raise ConfigError(f"{type(method).__name__} is not a training method: it needs batch_loss()")
+    return _Wrapped(method)
+
+
+def _check_threat(
+    eps: float, norm: str, steps: int, step_size: float | None, random_start: bool,
+    bounds: tuple[float, float], default_step: float,
+) -> tuple[ThreatModel, int, float]:
+    """Validate an adversarial method's settings; return (threat, steps, step size)."""
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ConfigError(
+            f"eps must be > 0 for an adversarial training method, got {eps!r}; "
+            "use --method standard to train without adversarial examples"
+        )
+    threat = ThreatModel(norm, eps, bounds)
+    if int(steps) < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    step = float(default_step if step_size is None else step_size)
+    if not (math.isfinite(step) and step > 0):
+        raise ConfigError(f"step size must be > 0, got {step_size!r}")
+    if step > threat.eps and not random_start:
+        raise ConfigError(
+            f"step size {step:g} is larger than eps {threat.eps:g} with no random start: every "
+            "step would jump to the boundary of the ball; lower the step size or enable the "
+            "random start"
+        )
+    return threat, int(steps), step
+
+
+def craft(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    steps: int,
+    step_size: float,
+    random_start: bool,
+    generator: torch.Generator,
+) -> tuple[Tensor, int]:
+    """Training-time PGD examples: the library's PGD loop, all ``steps`` run, model in eval mode.
+
+    Returns ``(x_adv, gradient evaluations)``. Randomness comes only from ``generator``; no
+    input check or extra measurement forward passes (the trainer calls this every batch).
+    """
+    attack = PGD(
+        eps=threat.eps, norm=threat.norm, steps=steps, step_size=step_size,
+        random_start=random_start, early_stop=False, bounds=threat.bounds, seed=None,
+    )
+    oracle = Oracle(model, 0)
+    with eval_mode(model):
+        x_adv = attack._iterate(oracle, x.detach(), y, y, None, generator)
+    return x_adv.detach(), oracle.gradient_count
+
+
+class Standard(Method):
     """Plain cross-entropy on clean inputs."""
 
     name = "standard"
@@ -28,5 +258,430 @@ class Standard:
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
         return F.cross_entropy(model(x), y)
 
-    def config(self) -> dict[str, Any]:
-        return {"method": self.name}
+
+class _Adversarial(Method):
+    """Shared settings of the PGD-based methods."""
+
+    def __init__(
+        self, *, eps: float, norm: str, steps: int, step_size: float | None, random_start: bool,
+        bounds: tuple[float, float], default_step: float | None = None, eps_warmup: float = 0.0,
+    ) -> None:
+        super().__init__()
+        default = 2.5 * float(eps) / max(int(steps), 1) if default_step is None else default_step
+        self.threat, self.steps, self.step_size = _check_threat(
+            eps, norm, steps, step_size, random_start, bounds, default
+        )
+        self.random_start = bool(random_start)
+        if not 0.0 <= float(eps_warmup) < 1.0:
+            raise ConfigError(f"eps_warmup must be a fraction of the training in [0, 1), got {eps_warmup}")
+        self.eps_warmup = float(eps_warmup)
+        self._scale = 1.0
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"steps": self.steps, "step_size": self.step_size,
+                               "random_start": self.random_start}
+        return out | ({"eps_warmup": self.eps_warmup} if self.eps_warmup else {})
+
+    def _begin(self, ctx: StepContext) -> None:
+        """Set this step's eps factor: ``min(1, (step + 1) / (eps_warmup · total_steps))``."""
+        ramp = self.eps_warmup * ctx.total_steps
+        self._scale = min(1.0, (ctx.step + 1) / ramp) if ramp >= 1 else 1.0
+
+    def _current(self) -> tuple[ThreatModel, float]:
+        """The threat model and step size of the current step (scaled during the eps warm-up)."""
+        assert self.threat is not None
+        if self._scale >= 1.0:
+            return self.threat, self.step_size
+        threat = ThreatModel(self.threat.norm, self.threat.eps * self._scale, self.threat.bounds)
+        return threat, self.step_size * self._scale
+
+    def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
+        self._begin(ctx)
+        yield from super().updates(model, x, y, ctx)
+
+    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        threat, step_size = self._current()
+        x_adv, grads = craft(
+            model, x, y, threat, steps=self.steps, step_size=step_size,
+            random_start=self.random_start, generator=generator,
+        )
+        self._count("adversarial_examples", x.shape[0])
+        self._count("gradient_evaluations", grads)
+        return x_adv
+
+
+class PGDTraining(_Adversarial):
+    """Madry et al. 2018: minimise CE(f(x'), y) with x' = PGD(x) in the ``norm`` ball of ``eps``.
+
+    Step size defaults to ``2.5 · eps / steps``.
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self, *, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
+        random_start: bool = True, eps_warmup: float = 0.0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
+                         random_start=random_start, bounds=bounds, eps_warmup=eps_warmup)
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        return F.cross_entropy(model(self._adversarial(model, x, y, generator)), y)
+
+
+class FastFGSM(_Adversarial):
+    """Fast adversarial training (Wong et al. 2020): x' = Π(x + δ0 + α·sign(∇)), δ0 ~ U(ball).
+
+    One gradient step of ``α = 1.25 · eps`` from a uniform random start, then projection. The
+    default ``CollapseGuard`` watches PGD accuracy for catastrophic overfitting.
+    """
+
+    name = "fgsm"
+
+    def __init__(
+        self, *, eps: float, norm: str = "linf", step_size: float | None = None,
+        random_start: bool = True, guard: CollapseGuard | None = CollapseGuard(),
+        eps_warmup: float = 0.0, bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, steps=1, step_size=step_size,
+                         random_start=random_start, bounds=bounds, default_step=1.25 * float(eps),
+                         eps_warmup=eps_warmup)
+        self.guard = guard
+
+    def params(self) -> dict[str, Any]:
+        out = {k: v for k, v in super().params().items() if k != "steps"}
+        return out
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        return F.cross_entropy(model(self._adversarial(model, x, y, generator)), y)
+
+
+class TRADES(_Adversarial):
+    """Zhang et al. 2019: CE(f(x), y) + beta · KL(softmax f(x) || softmax f(x')), batch mean.
+
+    x' maximises the KL term by ``steps`` ascent steps from ``x + 0.001·N(0, I)``.
+    """
+
+    name = "trades"
+
+    def __init__(
+        self, *, eps: float, beta: float = 6.0, norm: str = "linf", steps: int = 10,
+        step_size: float | None = None, eps_warmup: float = 0.0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
+                         random_start=True, bounds=bounds, eps_warmup=eps_warmup)
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ConfigError(f"beta must be a finite number >= 0, got {beta}")
+        self.beta = float(beta)
+
+    def params(self) -> dict[str, Any]:
+        out = {k: v for k, v in super().params().items() if k != "random_start"}
+        return {"beta": self.beta, **out}
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        threat, step_size = self._current()
+        oracle = Oracle(model, 0)
+        with eval_mode(model):
+            with torch.no_grad():
+                p_clean = model(x).float().softmax(1)
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_adv = threat.clip(x + 0.001 * noise)
+
+            def kl(logits: Tensor) -> Tensor:
+                return F.kl_div(logits.float().log_softmax(1), p_clean, reduction="none").sum(1)
+
+            for _ in range(self.steps):
+                _, grad = oracle.input_grad(x_adv, kl)
+                x_adv = threat.project(x_adv + step_size * normalize_direction(grad, threat.norm), x)
+        self._count("adversarial_examples", x.shape[0])
+        self._count("gradient_evaluations", oracle.gradient_count)
+        logits = model(torch.cat([x, x_adv.detach()]))
+        clean, adv = logits[: len(x)], logits[len(x):]
+        robust = F.kl_div(adv.float().log_softmax(1), clean.float().softmax(1), reduction="batchmean")
+        return F.cross_entropy(clean, y) + self.beta * robust
+
+
+class GaussianNoise(Method):
+    """Gaussian data augmentation: CE(f(x + sigma·N(0, I)), y), not clipped to the pixel box.
+
+    The training randomized smoothing needs (Cohen et al. 2019): certify with the same sigma.
+    """
+
+    name = "noise"
+
+    def __init__(self, *, sigma: float) -> None:
+        super().__init__()
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise ConfigError(f"sigma must be > 0 for noise training, got {sigma!r}")
+        self.sigma = float(sigma)
+
+    def params(self) -> dict[str, Any]:
+        return {"sigma": self.sigma}
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        self._count("noisy_examples", x.shape[0])
+        return F.cross_entropy(model(x + self.sigma * noise), y)
+
+
+def _check_compatible(other: nn.Module, model: nn.Module, data: Dataset, what: str) -> nn.Module:
+    """Check ``other`` takes ``data``'s images and has ``model``'s classes; return it on the device."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    other_device = next((p.device for p in other.parameters()), device)
+    if other_device != device:
+        other = copy.deepcopy(other).to(device)
+    probe = data.x[:2].to(device)
+    try:
+        with eval_mode(other), torch.no_grad():
+            out = other(probe)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"{what} cannot take images of shape {'×'.join(map(str, data.input_shape))} "
+            f"(C×H×W) of {data.name}: {str(error).splitlines()[0]}; use a model trained on this data"
+        ) from error
+    with eval_mode(model), torch.no_grad():
+        expected = model(probe).shape[1]
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != expected:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{what} returns outputs of shape {shape} but the model being trained has "
+            f"{expected} classes; use a model with the same classes"
+        )
+    return other
+
+
+class Ensemble(_Adversarial):
+    """Ensemble adversarial training (Tramèr et al. 2018).
+
+    Each batch: loss = ½·CE(f(x), y) + ½·CE(f(x'), y), where the first half of x' is crafted
+    on the model being trained and the second half on fixed source model ``step mod m``
+    (round robin). Examples use the PGD loop (default: one step of 1.25·eps from a random
+    start, i.e. R+FGSM). ``counters["source_k"]`` counts the examples crafted on source k.
+    """
+
+    name = "ensemble"
+
+    def __init__(
+        self, sources: Sequence[nn.Module], *, eps: float, norm: str = "linf", steps: int = 1,
+        step_size: float | None = None, random_start: bool = True,
+        source_names: Sequence[str] | None = None, eps_warmup: float = 0.0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        default = 1.25 * float(eps) if int(steps) == 1 else None
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
+                         random_start=random_start, bounds=bounds, default_step=default,
+                         eps_warmup=eps_warmup)
+        self.sources = list(sources)
+        if not self.sources:
+            raise ConfigError("ensemble training needs at least one source model (--source-model)")
+        if source_names is not None and len(source_names) != len(self.sources):
+            raise ConfigError(f"{len(self.sources)} source models but {len(source_names)} names")
+        self.source_names = [str(s) for s in source_names] if source_names else [
+            f"source_{k}" for k in range(len(self.sources))
+        ]
+
+    def params(self) -> dict[str, Any]:
+        return super().params() | {"sources": list(self.source_names)}
+
+    def prepare(self, model: nn.Module, data: Dataset, *, config: Any = None) -> None:
+        self.sources = [
+            _check_compatible(source, model, data, f"source model {name}")
+            for source, name in zip(self.sources, self.source_names, strict=True)
+        ]
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        raise NotImplementedError("Ensemble uses updates(); it needs the step index")
+
+    def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
+        self._begin(ctx)
+        threat, step_size = self._current()
+        half = (len(x) + 1) // 2
+        k = ctx.step % len(self.sources)
+        parts = [self._adversarial(model, x[:half], y[:half], ctx.generator)]
+        self._count("own", half)
+        if len(x) > half:
+            crafted, grads = craft(
+                self.sources[k], x[half:], y[half:], threat, steps=self.steps,
+                step_size=step_size, random_start=self.random_start, generator=ctx.generator,
+            )
+            parts.append(crafted)
+            self._count(f"source_{k}", len(x) - half)
+            self._count("source_gradient_evaluations", grads)
+        logits = model(torch.cat([x, *parts]))
+        loss = 0.5 * F.cross_entropy(logits[: len(x)], y) + 0.5 * F.cross_entropy(logits[len(x):], y)
+        yield StepLoss(loss)
+
+
+def split_unlabeled(data: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Tensor]:
+    """Split ``data`` into a labelled part and an unlabeled pool (images only, labels dropped).
+
+    A seeded permutation puts ``round(fraction · N)`` samples in the pool.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"the unlabeled fraction must be in (0, 1), got {fraction}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(seed)))
+    cut = int(round(fraction * len(data)))
+    if cut == 0 or cut == len(data):
+        raise ConfigError(
+            f"an unlabeled fraction of {fraction} leaves an empty part of {len(data)} samples"
+        )
+    labelled = data.subset(order[cut:], f"{data.name}:labelled")
+    return labelled, data.x[order[:cut]]
+
+
+class SemiSupervised(_Adversarial):
+    """Robust self-training (Carmon et al. 2019) with pseudo-labels on an unlabeled pool.
+
+    Before training, a non-robust ``labeler`` (given, or a copy of the initial model trained
+    with standard training on the labelled data for ``labeler_epochs``) labels ``pool``. Each
+    step then makes two updates: standard CE on the labelled batch (learning rate × 1), then PGD
+    training on a pool batch of the same size with its pseudo-labels (learning rate ×
+    ``adversarial_lr_scale``). ``labelled="adversarial"`` trains the labelled batch on PGD
+    examples too. ``counters["pool_samples"]`` counts pool images used.
+    """
+
+    name = "semi-supervised"
+
+    def __init__(
+        self, pool: Tensor, *, eps: float, norm: str = "linf", steps: int = 10,
+        step_size: float | None = None, random_start: bool = True,
+        labeler: nn.Module | None = None, labeler_epochs: int | None = None,
+        adversarial_lr_scale: float = 0.5, labelled: str = "standard", eps_warmup: float = 0.0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
+                         random_start=random_start, bounds=bounds, eps_warmup=eps_warmup)
+        if not isinstance(pool, Tensor) or pool.dim() != 4:
+            raise ConfigError("the unlabeled pool must be an N×C×H×W image tensor")
+        if pool.shape[0] == 0:
+            raise ConfigError(
+                "the unlabeled pool is empty: give unlabeled images (e.g. --unlabeled-fraction "
+                "0.5 to hold out half of the training set as the pool)"
+            )
+        if not (math.isfinite(adversarial_lr_scale) and adversarial_lr_scale > 0):
+            raise ConfigError(f"adversarial_lr_scale must be > 0, got {adversarial_lr_scale}")
+        if labelled not in ("standard", "adversarial"):
+            raise ConfigError(f"labelled must be 'standard' or 'adversarial', got {labelled!r}")
+        if labeler_epochs is not None and int(labeler_epochs) < 1:
+            raise ConfigError(f"labeler_epochs must be >= 1, got {labeler_epochs}")
+        self.pool = pool
+        self.labeler = labeler
+        self.labeler_epochs = None if labeler_epochs is None else int(labeler_epochs)
+        self.adversarial_lr_scale = float(adversarial_lr_scale)
+        self.labelled = labelled
+        self.pseudo_labels: Tensor | None = None
+
+    def params(self) -> dict[str, Any]:
+        return super().params() | {
+            "pool_size": int(self.pool.shape[0]),
+            "labeler": "given" if self.labeler is not None else "standard",
+            "labeler_epochs": self.labeler_epochs,
+            "adversarial_lr_scale": self.adversarial_lr_scale,
+            "labelled": self.labelled,
+        }
+
+    def prepare(self, model: nn.Module, data: Dataset, *, config: Any = None) -> None:
+        if tuple(self.pool.shape[1:]) != data.input_shape:
+            raise ConfigError(
+                f"the unlabeled pool has images of shape {'×'.join(map(str, self.pool.shape[1:]))} "
+                f"but {data.name} has {'×'.join(map(str, data.input_shape))}"
+            )
+        lo, hi = self.threat.bounds if self.threat else (0.0, 1.0)
+        if float(self.pool.min()) < lo or float(self.pool.max()) > hi:
+            raise ConfigError(f"the unlabeled pool's pixel values must lie in [{lo}, {hi}]")
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.pool = self.pool.to(device)
+        if self.pseudo_labels is not None:
+            self.pseudo_labels = self.pseudo_labels.to(device)
+            return
+        labeler = self.labeler
+        if labeler is None:
+            from hardened.train.loop import TrainConfig, train
+
+            base = config if isinstance(config, TrainConfig) else TrainConfig()
+            labeler = copy.deepcopy(model)
+            epochs = self.labeler_epochs or base.epochs
+            train(labeler, data, method=Standard(), config=dataclasses.replace(
+                base, epochs=epochs, seed=base.seed + 7919, eval_n=0, checkpoint_every=0,
+            ))
+        labeler = _check_compatible(labeler, model, data, "the pseudo-labelling model")
+        self.pseudo_labels = predict_logits(labeler, self.pool).argmax(1)
+        self._count("pseudo_labelled", len(self.pseudo_labels))
+
+    def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
+        raise NotImplementedError("SemiSupervised uses updates(); it makes two updates per step")
+
+    def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
+        if self.pseudo_labels is None:
+            raise ConfigError("SemiSupervised.prepare() must run before training (the trainer does it)")
+        self._begin(ctx)
+        if self.labelled == "adversarial":
+            x = self._adversarial(model, x, y, ctx.generator)
+        self._count("labelled_samples", len(x))
+        yield StepLoss(F.cross_entropy(model(x), y), 1.0, "labelled")
+        index = torch.randint(
+            len(self.pool), (len(x),), generator=ctx.generator, device=ctx.generator.device
+        ).to(self.pool.device)
+        pool_x, pool_y = self.pool[index], self.pseudo_labels[index]
+        self._count("pool_samples", len(index))
+        loss = F.cross_entropy(model(self._adversarial(model, pool_x, pool_y, ctx.generator)), pool_y)
+        yield StepLoss(loss, self.adversarial_lr_scale, "pool")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.pseudo_labels is not None:
+            state["pseudo_labels"] = self.pseudo_labels.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        labels = state.get("pseudo_labels")
+        if isinstance(labels, Tensor):
+            if labels.shape[0] != self.pool.shape[0]:
+                raise ConfigError(
+                    f"the checkpoint has {labels.shape[0]} pseudo-labels but the pool has "
+                    f"{self.pool.shape[0]} images; resume with the same unlabeled pool"
+                )
+            self.pseudo_labels = labels
+
+
+METHODS: tuple[str, ...] = ("standard", "pgd", "fgsm", "trades", "noise", "ensemble", "semi-supervised")
+
+_CLASSES: dict[str, type[Method]] = {
+    "standard": Standard,
+    "pgd": PGDTraining,
+    "fgsm": FastFGSM,
+    "trades": TRADES,
+    "noise": GaussianNoise,
+    "ensemble": Ensemble,
+    "semi-supervised": SemiSupervised,
+}
+
+
+def make_method(name: str, **options: Any) -> Method:
+    """Build a method by name (one of ``METHODS``); ``None`` options are dropped.
+
+    ``ensemble`` takes ``sources=[...]`` (modules); ``semi-supervised`` takes ``pool=`` (images).
+    """
+    key = name.lower().replace("_", "-")
+    if key in ("rst", "semi", "semisupervised"):
+        key = "semi-supervised"
+    if key not in _CLASSES:
+        raise ConfigError(f"unknown training method {name!r}: use one of {', '.join(METHODS)}")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    if key in ("ensemble", "semi-supervised"):
+        extra = "sources" if key == "ensemble" else "pool"
+        if extra not in kwargs:
+            what = "source models (--source-model)" if key == "ensemble" else "unlabeled images"
+            raise ConfigError(f"the {key} method needs {extra}= ({what})")
+        first = kwargs.pop(extra)
+        try:
+            return _CLASSES[key](first, **kwargs)  # type: ignore[call-arg]
+        except TypeError as error:
+            raise ConfigError(f"bad options for the {key} method: {error}") from error
+    try:
+        return _CLASSES[key](**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"bad options for the {key} method: {error}") from error

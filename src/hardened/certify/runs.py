@@ -1,0 +1,270 @@
+"""Certify a dataset with randomized smoothing, one JSON line per sample, resumable.
+
+Each sample ``i`` draws its noise from its own generator seeded with ``derive_seed(seed, i)``, so
+a run killed at any point and restarted with the same settings continues after the last finished
+sample and ends with exactly the results of an uninterrupted run (no sample lost or counted
+twice). The settings (and fingerprints of the model and the data) are kept beside the log in
+``<log>.settings.json``; a restart with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hardened._util.atomic import append_jsonl, write_json, write_text
+from hardened._util.batching import eval_mode
+from hardened._util.checks import check_images, check_labels, check_model_output
+from hardened._util.progress import progress_bar
+from hardened._util.seeding import make_generator
+from hardened.certify.smoothing import (
+    DEFAULT_ALPHA,
+    DEFAULT_N,
+    DEFAULT_N0,
+    auto_batch_size,
+    certify,
+    check_certify_settings,
+)
+from hardened.errors import ConfigError, DataError
+
+__all__ = ["SampleRecord", "CertifyRun", "certify_dataset", "derive_seed", "read_records", "settings_path"]
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One certified sample: its index in the data, label, certificate and timing.
+
+    ``prediction`` is ``None`` when the certificate abstained; ``correct`` means a returned
+    prediction equals the label (an abstention is never correct); ``radius`` is 0.0 when abstained.
+    """
+
+    index: int
+    label: int
+    prediction: int | None
+    radius: float
+    correct: bool
+    pa_lower: float
+    counts: tuple[int, ...]
+    seconds: float
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "label": self.label,
+            "prediction": self.prediction,
+            "abstained": self.abstained,
+            "radius": self.radius,
+            "correct": self.correct,
+            "pa_lower": self.pa_lower,
+            "counts": list(self.counts),
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleRecord:
+        prediction = data.get("prediction")
+        return cls(
+            index=int(data["index"]),
+            label=int(data["label"]),
+            prediction=None if prediction is None else int(prediction),
+            radius=float(data["radius"]),
+            correct=bool(data["correct"]),
+            pa_lower=float(data["pa_lower"]),
+            counts=tuple(int(c) for c in data["counts"]),
+            seconds=float(data["seconds"]),
+        )
+
+    def result_key(self) -> tuple[Any, ...]:
+        """Everything but the timing: equal keys mean identical results."""
+        return (self.index, self.label, self.prediction, self.radius, self.correct,
+                self.pa_lower, self.counts)
+
+
+@dataclass(frozen=True)
+class CertifyRun:
+    """All records of a run (sorted by index) and its settings."""
+
+    records: tuple[SampleRecord, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "resumed_from": self.resumed_from,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` of a run seeded with ``seed`` (numpy ``SeedSequence``),
+    independent of which samples ran before it."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(index)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def settings_path(log_path: str | os.PathLike[str]) -> Path:
+    """``results/samples.jsonl`` -> ``results/samples.settings.json``."""
+    path = Path(log_path)
+    return path.with_name(path.stem + ".settings.json")
+
+
+def _sha256_tensors(tensors: Sequence[Tensor]) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _model_fingerprint(model: nn.Module) -> str:
+    state = model.state_dict()
+    return _sha256_tensors([state[k] for k in sorted(state)])
+
+
+def read_records(log_path: str | os.PathLike[str], *, repair: bool = False) -> list[SampleRecord]:
+    """Records of a JSON-lines log. A truncated last line (a run killed mid-write) is dropped,
+    and with ``repair=True`` removed from the file; a corrupt line elsewhere is a ``DataError``."""
+    path = Path(log_path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[SampleRecord] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(SampleRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            if number == len(lines):
+                if repair:
+                    good = "".join(text + "\n" for text in lines[:-1])
+                    write_text(path, good)
+                break
+            raise DataError(
+                f"{path} line {number} is corrupt ({error}); delete the file to start the run over"
+            ) from error
+    return records
+
+
+def _check_settings(path: Path, settings: dict[str, Any], batch_size_given: bool) -> dict[str, Any]:
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if not batch_size_given:
+        settings = {**settings, "batch_size": stored.get("batch_size")}
+    differ = [
+        f"{key}: {stored.get(key)!r} then, {settings.get(key)!r} now"
+        for key in sorted(set(stored) | set(settings))
+        if stored.get(key) != settings.get(key)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{path.parent} holds a run with other settings ({'; '.join(differ)}); resume with the "
+            "same model, data and settings, or use another output folder"
+        )
+    return settings
+
+
+def certify_dataset(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    sigma: float,
+    n0: int = DEFAULT_N0,
+    n: int = DEFAULT_N,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+    batch_size: int | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> CertifyRun:
+    """Certify every image of ``x`` (N×C×H×W) with labels ``y`` (N,), sample by sample.
+
+    With ``log_path`` each finished sample is appended to that JSON-lines file (flushed and
+    fsynced) and a restart with the same arguments resumes after the finished samples. Sample
+    ``i`` uses ``derive_seed(seed, i)``, so results do not depend on where a run was resumed.
+    """
+    sigma, n0, n, alpha, batch_size = check_certify_settings(sigma, n0, n, alpha, batch_size)
+    x = check_images(x, bounds, allow_empty=True)
+    y = check_labels(y, x.shape[0])
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    with eval_mode(model):
+        if x.shape[0]:
+            num_classes = int(check_model_output(model, x[:1]).shape[1])
+            check_labels(y, x.shape[0], num_classes)
+        size = batch_size if batch_size is not None else (
+            auto_batch_size(model, x[:1], max(n0, n)) if x.shape[0] else 1
+        )
+    settings: dict[str, Any] = {
+        "format": _FORMAT,
+        "method": "smoothing",
+        "sigma": float(sigma),
+        "n0": n0,
+        "n": n,
+        "alpha": float(alpha),
+        "seed": seed,
+        "batch_size": size,
+        "num_samples": int(x.shape[0]),
+        "data_sha256": _sha256_tensors([x, y]),
+        "model_sha256": _model_fingerprint(model),
+    }
+    done: dict[int, SampleRecord] = {}
+    if log_path is not None:
+        log = Path(log_path)
+        meta = settings_path(log)
+        if meta.is_file():
+            settings = _check_settings(meta, settings, batch_size is not None)
+            size = int(settings["batch_size"])
+        elif log.is_file() and log.stat().st_size > 0:
+            raise ConfigError(
+                f"{log} exists without its settings file {meta.name}; delete it or use another output folder"
+            )
+        else:
+            write_json(meta, settings)
+        for record in read_records(log, repair=True):
+            if record.index >= x.shape[0]:
+                raise DataError(f"{log} holds sample {record.index} but the data has {x.shape[0]} images")
+            done.setdefault(record.index, record)
+    resumed_from = len(done)
+    todo = [i for i in range(int(x.shape[0])) if i not in done]
+    with progress_bar(len(todo), f"certify sigma={sigma:g} n={n}", progress) as bar:
+        for index in todo:
+            generator = make_generator(derive_seed(seed, index), x.device)
+            cert = certify(model, x[index : index + 1], sigma, n0, n, alpha, batch_size=size,
+                           generator=generator, bounds=bounds)
+            label = int(y[index])
+            record = SampleRecord(
+                index=index,
+                label=label,
+                prediction=cert.prediction,
+                radius=cert.radius,
+                correct=cert.prediction == label,
+                pa_lower=cert.pa_lower,
+                counts=cert.counts,
+                seconds=cert.seconds,
+            )
+            done[index] = record
+            if log_path is not None:
+                append_jsonl(log_path, record.to_dict())
+            bar.advance(1)
+    records = tuple(done[i] for i in sorted(done))
+    return CertifyRun(records=records, settings=settings, resumed_from=resumed_from)

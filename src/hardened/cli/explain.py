@@ -1,0 +1,108 @@
+"""``hardened explain``: relevance heatmaps for chosen test images (PNG, JSON, .npz), and
+optionally pixel-flipping curves comparing the explanation methods."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from rich.table import Table
+
+from hardened._util.atomic import write_bytes, write_json
+from hardened.cli._common import (
+    DataDirOption,
+    DataOption,
+    DeviceOption,
+    DownloadOption,
+    ModelOption,
+    SeedOption,
+    WeightsOption,
+    load_data,
+    load_model_for,
+    out,
+    parse_ints,
+    resolve_device,
+    seed_everything,
+)
+from hardened.errors import ConfigError
+from hardened.explain import explain
+from hardened.explain.quality import compare_explanations
+from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_heatmap_grid
+
+
+def explain_command(
+    model: ModelOption,
+    data: DataOption = "mnist-5k",
+    index: Annotated[str, typer.Option("--index", help="comma-separated test-image indices")] = "0,1,2",
+    method: Annotated[str, typer.Option("--method", help="lrp, gradient, saliency, gradient-x-input, integrated-gradients, smoothgrad")] = "lrp",
+    composite: Annotated[str, typer.Option("--composite", help="LRP rules: epsilon-gamma-box, epsilon, epsilon-plus, epsilon-plus-box, epsilon-alpha2-beta1, alpha1-beta0")] = "epsilon-gamma-box",
+    target: Annotated[int | None, typer.Option("--target", help="class to explain (default: the prediction)")] = None,
+    compare: Annotated[str, typer.Option("--compare", help="more methods for the grid, comma-separated")] = "",
+    quality: Annotated[int, typer.Option("--quality", min=0, help="pixel-flipping curves on this many test images (0: off)")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("explain-results"),
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+) -> None:
+    """Explain the model's decision on chosen test images and draw heatmaps."""
+    seed_everything(seed)
+    where = resolve_device(device)
+    test = load_data(data, data_dir, download, seed).test
+    indices = parse_ints(index, "--index")
+    if not indices:
+        raise ConfigError("--index needs at least one test-image index, e.g. --index 0,1,2")
+    bad = [i for i in indices if not 0 <= i < len(test)]
+    if bad:
+        raise ConfigError(f"--index {bad} out of range: {data} has {len(test)} test images (0..{len(test) - 1})")
+    loaded = load_model_for(model, weights, test, where)
+    x = test.x[indices].to(where)
+    labels = test.y[indices]
+    goal = None if target is None else torch.full((len(indices),), int(target), dtype=torch.long, device=where)
+    options: dict[str, Any] = {"composite": composite, "seed": seed}
+    main = explain(loaded.model, x, goal, method, **options)
+    methods = [main.method] + [m for m in (c.strip() for c in compare.split(",")) if m]
+    attributions = {main.method: main}
+    for name in methods[1:]:
+        other = explain(loaded.model, x, goal, name, **options)
+        attributions[other.method] = other
+    classes = test.classes
+    for position, i in enumerate(indices):
+        title = (
+            f"#{i}: label {classes[int(labels[position])]}, predicted "
+            f"{classes[int(main.prediction[position])]}, explaining {classes[int(main.target[position])]} "
+            f"({main.method})"
+        )
+        plot_heatmap(x[position].cpu(), main.relevance[position].cpu(), out_dir / f"heatmap_{i}.png", title)
+    titles = [f"#{i} {classes[int(t)]}" for i, t in zip(indices, main.target.tolist(), strict=True)]
+    plot_heatmap_grid(x.cpu(), {k: a.relevance.cpu() for k, a in attributions.items()}, out_dir / "grid.png", titles)
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {f"relevance_{k}": a.relevance.cpu().numpy() for k, a in attributions.items()}
+    np.savez_compressed(buffer, index=np.array(indices), x=x.cpu().numpy(), **arrays)
+    write_bytes(out_dir / "relevance.npz", buffer.getvalue())
+    summary = {"model": model, "data": data, "index": indices, "methods": {k: a.to_dict() for k, a in attributions.items()}}
+    written = [f"{len(indices)} heatmap_*.png", "grid.png", "relevance.npz", "explain.json"]
+    if quality:
+        subset = test.head(quality)
+        curves = compare_explanations(loaded.model, subset.x.to(where), subset.y.to(where), seed=seed, composite=composite)
+        plot_deletion_curves(curves, out_dir / "deletion.png", title=f"Pixel flipping on {len(subset)} {data} test images")
+        summary["pixel_flipping"] = [c.to_dict() for c in curves]
+        table = Table(title=f"Pixel flipping on {len(subset)} images (area: lower is better)")
+        table.add_column("method")
+        table.add_column("area", justify="right")
+        for curve in sorted(curves, key=lambda c: c.area):
+            table.add_row(curve.method, f"{curve.area:.4f}")
+        out.print(table)
+        written.append("deletion.png")
+    write_json(out_dir / "explain.json", summary)
+    for position, i in enumerate(indices):
+        out.print(
+            f"#{i}: label {classes[int(labels[position])]}, predicted {classes[int(main.prediction[position])]}, "
+            f"logit {float(main.output[position]):.3f}, relevance sum {float(main.relevance_sum[position]):.3f}"
+        )
+    out.print(f"wrote {', '.join(written)} to {out_dir}")

@@ -1,0 +1,272 @@
+"""``explain(model, x, target=None, method="lrp") -> Attribution``: a relevance map per image.
+
+LRP (Bach et al. 2015) starts from the explained logit ``f_t(x)`` and redistributes it layer by
+layer onto the pixels with the composite's rules, so ``sum(relevance) ~= f_t(x)``
+(conservation; exact for the epsilon rule at eps -> 0 without biases). The gradient methods
+of ``hardened.explain.gradients`` are the baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hardened._util.batching import batch_slices, eval_mode
+from hardened._util.checks import check_images, check_labels, check_model_output
+from hardened._util.seeding import make_generator
+from hardened.errors import ConfigError
+from hardened.explain import gradients
+from hardened.explain.composites import Composite, make_composite
+
+__all__ = [
+    "Attribution",
+    "Explainer",
+    "METHODS",
+    "explain",
+    "lrp",
+    "conservation_error",
+    "check_finite",
+]
+
+METHODS = (
+    "lrp",
+    "gradient",
+    "saliency",
+    "gradient-x-input",
+    "integrated-gradients",
+    "smoothgrad",
+    "random",
+)
+_ALIASES = {
+    "grad": "gradient",
+    "gxi": "gradient-x-input",
+    "gradient*input": "gradient-x-input",
+    "ig": "integrated-gradients",
+}
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Relevance of each input element for the explained class.
+
+    Attributes:
+        relevance: N×C×H×W, same shape as the input; positive = evidence for ``target``.
+        target: int64 (N,): the explained class per image.
+        output: (N,): the explained logit ``f_target(x)`` (what LRP's relevance sums to).
+        prediction: int64 (N,): the model's predicted class.
+        method: ``"lrp"``, ``"gradient"``...; params: the method's settings.
+    """
+
+    relevance: Tensor
+    target: Tensor
+    output: Tensor
+    prediction: Tensor
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relevance_sum(self) -> Tensor:
+        """Total relevance per image (N,)."""
+        return self.relevance.flatten(1).sum(dim=1)
+
+    def to_dict(self, include_relevance: bool = False) -> dict[str, Any]:
+        """JSON-ready summary; ``include_relevance=True`` adds the maps as nested lists."""
+        out: dict[str, Any] = {
+            "method": self.method,
+            "params": self.params,
+            "n": int(self.target.numel()),
+            "shape": list(self.relevance.shape[1:]),
+            "target": self.target.tolist(),
+            "prediction": self.prediction.tolist(),
+            "output": self.output.tolist(),
+            "relevance_sum": self.relevance_sum.tolist(),
+            "relevance_abs_max": self.relevance.flatten(1).abs().amax(dim=1).tolist()
+            if self.relevance.numel()
+            else [],
+        }
+        if include_relevance:
+            out["relevance"] = self.relevance.tolist()
+        return out
+
+
+def lrp(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    composite: str | Composite = "epsilon-gamma-box",
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> tuple[Tensor, Tensor]:
+    """``(logits, relevance)``: one forward and one modified backward pass, no input checks.
+
+    The relevance starts as ``onehot(target) * logits`` at the output.
+    """
+    rules = make_composite(composite)
+    with rules.context(model, bounds), torch.enable_grad():
+        x_var = x.detach().requires_grad_(True)
+        logits = model(x_var)
+        chosen = logits.gather(1, target[:, None])
+        (relevance,) = torch.autograd.grad(chosen, x_var, grad_outputs=chosen.detach())
+    return logits.detach(), relevance.detach()
+
+
+def check_finite(relevance: Tensor, method: str) -> None:
+    """Raise ``ConfigError`` naming the images whose relevance has NaN or Inf values."""
+    bad = ~torch.isfinite(relevance.flatten(1)).all(dim=1)
+    if bool(bad.any()):
+        index = bad.nonzero().flatten().tolist()
+        raise ConfigError(
+            f"{method} relevance is not finite (NaN or Inf) for {len(index)} of "
+            f"{relevance.shape[0]} images (indices {index[:10]}): a rule divided by a zero "
+            "denominator or the model produced non-finite values; use a stabiliser > 0 "
+            "(e.g. composite epsilon with epsilon=1e-6) and check the model's weights, or pass "
+            "allow_nonfinite=True to get the raw maps"
+        )
+
+
+def _canonical(method: str) -> str:
+    key = str(method).lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in METHODS:
+        raise ConfigError(f"unknown explanation method {method!r}: use one of {', '.join(METHODS)}")
+    return key
+
+
+def _method_function(
+    key: str,
+    model: nn.Module,
+    rules: Composite | None,
+    bounds: tuple[float, float],
+    steps: int,
+    baseline: Tensor | float | None,
+    samples: int,
+    sigma: float,
+    generator: torch.Generator,
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(x_batch, target_batch) -> (logits, relevance)`` for one method."""
+    if rules is not None:
+        return lambda xb, tb: lrp(model, xb, tb, rules, bounds=bounds)
+    if key == "integrated-gradients":
+        return lambda xb, tb: gradients.integrated_gradients(
+            model, xb, tb, baseline=baseline, steps=steps
+        )
+    if key == "smoothgrad":
+        return lambda xb, tb: gradients.smoothgrad(
+            model, xb, tb, samples=samples, sigma=sigma, bounds=bounds, generator=generator
+        )
+    if key == "random":
+
+        def random_map(xb: Tensor, tb: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                out = model(xb)
+            noise = torch.rand(xb.shape, generator=generator, device=xb.device, dtype=xb.dtype)
+            return out, noise
+
+        return random_map
+    function = {
+        "gradient": gradients.gradient,
+        "saliency": gradients.saliency,
+        "gradient-x-input": gradients.gradient_x_input,
+    }[key]
+    return lambda xb, tb: function(model, xb, tb)
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | int | None = None,
+    method: str = "lrp",
+    *,
+    composite: str | Composite = "epsilon-gamma-box",
+    bounds: tuple[float, float] = (0.0, 1.0),
+    batch_size: int = 256,
+    steps: int = 32,
+    baseline: Tensor | float | None = None,
+    samples: int = 16,
+    sigma: float = 0.15,
+    seed: int | None = 0,
+    allow_nonfinite: bool = False,
+) -> Attribution:
+    """Explain ``model``'s logit for ``target`` (default: the predicted class) on images ``x``.
+
+    Args:
+        x: N×C×H×W in ``bounds``.
+        target: int64 (N,), one int for all images, or ``None`` for the prediction.
+        method: one of ``METHODS`` (``lrp``, ``gradient``, ``saliency``, ``gradient-x-input``,
+            ``integrated-gradients``, ``smoothgrad``, ``random``).
+        composite: LRP rules per layer: a name from ``COMPOSITES`` or a ``Composite``.
+        steps, baseline: integrated gradients; samples, sigma, seed: SmoothGrad and random.
+        allow_nonfinite: return NaN/Inf relevance instead of raising ``ConfigError``.
+
+    The model's mode is restored and its parameters are left untouched.
+    """
+    key = _canonical(method)
+    x = check_images(x, bounds, allow_empty=True)
+    rules = make_composite(composite) if key == "lrp" else None
+    generator = make_generator(seed, x.device)
+    with eval_mode(model):
+        logits = check_model_output(model, x) if x.shape[0] else None
+        num_classes = int(logits.shape[1]) if logits is not None else None
+        if target is None:
+            goal = logits.argmax(dim=1) if logits is not None else torch.zeros(0, dtype=torch.long)
+        elif isinstance(target, int) and not isinstance(target, bool):
+            goal = torch.full((x.shape[0],), int(target), dtype=torch.long)
+        else:
+            goal = target  # type: ignore[assignment]
+        goal = check_labels(goal, x.shape[0], num_classes, name="targets").to(x.device)
+        compute = _method_function(key, model, rules, bounds, steps, baseline, samples, sigma, generator)
+        parts, outputs = [], []
+        for s in batch_slices(x.shape[0], batch_size):
+            out, relevance = compute(x[s], goal[s])
+            parts.append(relevance)
+            outputs.append(out.gather(1, goal[s][:, None]).squeeze(1))
+    relevance = torch.cat(parts) if parts else torch.zeros_like(x)
+    output = torch.cat(outputs) if outputs else torch.zeros(0, device=x.device)
+    if not allow_nonfinite:
+        check_finite(relevance, key)
+    params: dict[str, Any] = {}
+    if rules is not None:
+        params = {"composite": rules.name}
+    elif key == "integrated-gradients":
+        params = {"steps": steps, "baseline": "zeros" if baseline is None else "given"}
+    elif key == "smoothgrad":
+        params = {"samples": samples, "sigma": sigma, "seed": seed}
+    elif key == "random":
+        params = {"seed": seed}
+    return Attribution(
+        relevance=relevance,
+        target=goal,
+        output=output.detach(),
+        prediction=(logits.argmax(dim=1) if logits is not None else goal),
+        method=key,
+        params=params,
+    )
+
+
+class Explainer:
+    """``explain`` with its settings fixed at construction: ``Explainer("lrp")(model, x)``."""
+
+    def __init__(self, method: str = "lrp", **options: Any) -> None:
+        self.method = _canonical(method)
+        self.options = options
+        if self.method == "lrp":
+            make_composite(options.get("composite", "epsilon-gamma-box"))
+
+    def __call__(self, model: nn.Module, x: Tensor, target: Tensor | int | None = None) -> Attribution:
+        return explain(model, x, target, self.method, **self.options)
+
+
+def conservation_error(attribution: Attribution) -> Tensor:
+    """Per-image relative conservation error ``|sum(R) - f_t(x)| / max(|f_t(x)|, 1e-12)``.
+
+    Near 0 for LRP with the epsilon rule at small eps on bias-free models; biases, the
+    stabiliser and the gamma/alpha-beta rules make it grow (the relevance they absorb).
+    """
+    output = attribution.output.double()
+    total = attribution.relevance.double().flatten(1).sum(dim=1)
+    return (total - output).abs() / output.abs().clamp(min=1e-12)
+

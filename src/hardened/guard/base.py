@@ -1,0 +1,247 @@
+"""The score contract: ``score.fit(data)`` once, then ``score.score(x)`` per input, higher = less reliable.
+
+A score is fitted on the classifier's training data (no OOD data is ever needed) and gives one
+float per image. ``BaseScore`` owns the checks every score shares: fitted before use, images
+of the fitted shape and inside [0, 1], batching without autograd, and the eval mode of the
+networks involved. A subclass writes ``_fit`` and ``_score`` (and its save/load hooks).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from hardened._util.batching import batch_slices, eval_mode
+from hardened._util.checks import check_images
+from hardened.data.dataset import Dataset
+from hardened.errors import ConfigError, InputError, NotFittedError
+
+__all__ = ["Score", "BaseScore", "ClassifierScore", "as_images", "model_device", "seeded_init"]
+
+
+@runtime_checkable
+class Score(Protocol):
+    """What a guard needs from a reliability score."""
+
+    name: str
+    differentiable: bool
+
+    def fit(self, data: Dataset | Tensor, *, progress: bool = False) -> Score:
+        """Fit on in-distribution training data; return ``self``."""
+        ...
+
+    def score(self, x: Tensor) -> Tensor:
+        """Scores (N,) for images N×C×H×W in [0, 1]; higher = less reliable."""
+        ...
+
+
+def as_images(data: Dataset | Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(images, labels or None)`` from a ``Dataset`` or an image tensor."""
+    if isinstance(data, Dataset):
+        return data.x, data.y
+    if isinstance(data, Tensor):
+        return data, None
+    raise InputError(f"fit data must be a hardened Dataset or an image tensor, got {type(data).__name__}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the first parameter or buffer (CPU for a parameter-free model)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+@torch.no_grad()
+def seeded_init(module: ModuleT, generator: torch.Generator) -> ModuleT:
+    """Re-initialise every Linear/Conv/ConvTranspose layer of ``module`` from ``generator``.
+
+    Weights and biases are drawn uniformly from ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (the bound
+    of PyTorch's default initialisation), so the result depends only on the generator's seed.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            bound = 1.0 / max(layer.weight[0].numel(), 1) ** 0.5
+            fresh = torch.rand(layer.weight.shape, generator=generator) * 2 * bound - bound
+            layer.weight.copy_(fresh)
+            if layer.bias is not None:
+                layer.bias.copy_(torch.rand(layer.bias.shape, generator=generator) * 2 * bound - bound)
+    return module
+
+
+class BaseScore(ABC):
+    """Shared machinery of every score.
+
+    Attributes:
+        name: the registry name (``"vae"``, ``"softmax"``...).
+        differentiable: ``True`` when ``score_tensor`` carries gradients to the input, which the
+            adaptive attack uses; ``False`` for scores defined by a discrete search.
+        input_shape: C×H×W the score was fitted for (``None`` before ``fit``).
+        batch_size: images per batch in ``score``.
+    """
+
+    name: ClassVar[str] = "score"
+    differentiable: ClassVar[bool] = True
+
+    def __init__(self, *, batch_size: int = 256) -> None:
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.input_shape: tuple[int, int, int] | None = None
+        self.fit_record: dict[str, Any] = {}
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.input_shape is not None
+
+    def fit(self, data: Dataset | Tensor, *, progress: bool = False) -> BaseScore:
+        """Fit on in-distribution training images (labels are used where a score needs them)."""
+        x, y = as_images(data)
+        x = check_images(x)
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise InputError(f"{x.shape[0]} images but {y.shape[0]} labels")
+        shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        self._fit(x, y, progress)
+        self.input_shape = shape
+        self.fit_record = {"n": int(x.shape[0]), **self.fit_record}
+        return self
+
+    def score(self, x: Tensor) -> Tensor:
+        """Scores (N,) float32 for images N×C×H×W in [0, 1], without autograd; higher = less reliable.
+
+        Scores are computed per batch of ``batch_size`` and do not depend on the batch they
+        come in (streaming one image at a time gives the same values).
+        """
+        x = self.check_input(x, allow_empty=True)
+        if x.shape[0] == 0:
+            return torch.zeros(0, device=x.device)
+        with self._modes():
+            parts = []
+            for part in batch_slices(x.shape[0], self.batch_size):
+                with torch.no_grad():
+                    parts.append(self._score(x[part]).detach().float().reshape(-1))
+        return torch.cat(parts)
+
+    def score_tensor(self, x: Tensor) -> Tensor:
+        """Scores (N,) with autograd to ``x`` (for attacks); only for ``differentiable`` scores."""
+        if not self.differentiable:
+            raise ConfigError(f"the {self.name} score is not differentiable; use score() instead")
+        self._check_fitted()
+        self._check_shape(x)
+        with self._modes():
+            return self._score(x).reshape(-1)
+
+    def check_input(self, x: object, *, allow_empty: bool = False) -> Tensor:
+        """Images in [0, 1] of the fitted shape, else ``InputError``; ``NotFittedError`` before fit."""
+        self._check_fitted()
+        images = check_images(x, allow_empty=allow_empty)
+        self._check_shape(images)
+        return images
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready configuration (constructor arguments, fitted shape, fit record)."""
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "batch_size": self.batch_size,
+            "options": self._options(),
+            "fit_record": self.fit_record,
+        }
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The fitted weights as named CPU tensors (saved as safetensors)."""
+        self._check_fitted()
+        return {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
+
+    def load_state(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> BaseScore:
+        """Restore a fitted score from ``config()`` and ``state_tensors()``."""
+        shape = config.get("input_shape")
+        if not shape or len(shape) != 3:
+            raise ConfigError("the saved score has no input shape: it was saved before fit")
+        self._load(tensors, tuple(int(s) for s in shape))  # type: ignore[arg-type]
+        self.input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+        self.fit_record = dict(config.get("fit_record") or {})
+        return self
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.is_fitted else "not fitted"
+        args = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+        return f"{type(self).__name__}({args}) [{state}]"
+
+    # ---- subclass hooks ---------------------------------------------------------------------
+
+    @abstractmethod
+    def _fit(self, x: Tensor, y: Tensor | None, progress: bool) -> None:
+        """Fit on checked images ``x`` (N×C×H×W) and optional labels ``y``."""
+
+    @abstractmethod
+    def _score(self, x: Tensor) -> Tensor:
+        """Per-sample scores (N,) for a checked batch; differentiable where the score is."""
+
+    def _options(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-ready) that rebuild this score."""
+        return {"batch_size": self.batch_size}
+
+    def _state(self) -> dict[str, Tensor]:
+        return {}
+
+    def _load(self, tensors: dict[str, Tensor], input_shape: tuple[int, int, int]) -> None:
+        return None
+
+    def _networks(self) -> list[nn.Module]:
+        """Modules put in eval mode while scoring (restored afterwards)."""
+        return []
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"the {self.name} score is not fitted: call fit(train_data) first")
+
+    def _check_shape(self, x: Tensor) -> None:
+        expected = self.input_shape
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            got = "×".join(map(str, x.shape[1:])) if x.dim() == 4 else f"shape {tuple(x.shape)}"
+            want = "×".join(map(str, expected or ()))
+            raise InputError(
+                f"the {self.name} score was fitted for images of shape {want} (C×H×W) but got {got}; "
+                "convert the input to the classifier's format (see hardened.guard.probes.to_format)"
+            )
+
+    def _modes(self) -> _EvalModes:
+        return _EvalModes(self._networks())
+
+
+class _EvalModes:
+    """Put several modules in eval mode and restore each one's mode on exit."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self._contexts = [eval_mode(m) for m in modules]
+
+    def __enter__(self) -> None:
+        for context in self._contexts:
+            context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for context in reversed(self._contexts):
+            context.__exit__(*exc)
+
+
+class ClassifierScore(BaseScore):
+    """A score computed from the classifier itself (softmax, energy, Mahalanobis, delta_z)."""
+
+    def __init__(self, model: nn.Module, *, batch_size: int = 256) -> None:
+        super().__init__(batch_size=batch_size)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"the {self.name} score needs the classifier (an nn.Module), got {type(model).__name__}")
+        self.model = model
+
+    def _networks(self) -> list[nn.Module]:
+        return [self.model]

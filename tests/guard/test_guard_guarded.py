@@ -1,0 +1,119 @@
+"""GuardedClassifier: predict or refuse, batch without raising, unscorable inputs, persistence."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import Tensor
+
+from hardened.errors import InputError, ModelLoadError, NotFittedError, NotReliableClassification
+from hardened.guard import GuardedClassifier, calibrate, make_score
+from hardened.guard.baselines import Energy
+
+
+@pytest.fixture(scope="module")
+def energy(digits_model, digits):
+    return make_score("energy", digits_model).fit(digits.train)
+
+
+@pytest.fixture
+def guard(digits_model, digits, energy):
+    guard = GuardedClassifier(digits_model, energy)
+    guard.calibrate(digits.test.x[:150], fpr=0.05)
+    return guard
+
+
+class _NaNOnBright(Energy):
+    """A score that fails (NaN) on images brighter than 0.6 on average."""
+
+    def _score(self, x: Tensor) -> Tensor:
+        base = super()._score(x)
+        return torch.where(x.flatten(1).mean(dim=1) > 0.6, torch.full_like(base, float("nan")), base)
+
+
+def test_refusal_carries_prediction_score_and_threshold(guard, digits_model, noise):
+    refused = guard.predict_batch(noise)
+    index = int((~refused.accepted).nonzero()[0])
+    with pytest.raises(NotReliableClassification) as info:
+        guard.predict(noise[index])
+    error = info.value
+    assert error.prediction == int(digits_model(noise[index : index + 1]).argmax())
+    assert error.score == pytest.approx(float(refused.scores[index]))
+    assert error.threshold == guard.threshold and error.score > error.threshold
+
+
+def test_accepted_input_returns_the_class(guard, digits_model, digits):
+    batch = guard.predict_batch(digits.test.x[150:200])
+    index = int(batch.accepted.nonzero()[0])
+    x = digits.test.x[150 + index]
+    assert guard.predict(x) == int(digits_model(x[None]).argmax())
+    assert guard.predict(x[None]) == guard.predict(x)
+
+
+def test_batch_never_raises_and_mask_matches_scores(guard, digits, noise):
+    x = torch.cat([digits.test.x[150:250], noise[:100]])
+    result = guard.predict_batch(x)
+    assert result.predictions.shape == result.accepted.shape == result.scores.shape == (200,)
+    assert torch.equal(result.accepted, result.scores <= guard.threshold)
+    assert result.accepted[:100].float().mean() > 0.8 and result.accepted[100:].float().mean() < 0.2
+    json.dumps(result.to_dict())
+
+
+def test_nan_scores_are_refused_never_accepted(digits_model, digits):
+    score = _NaNOnBright(digits_model).fit(digits.train)
+    guard = GuardedClassifier(digits_model, score, threshold=1e9)  # would accept everything
+    bright = torch.full((3, 1, 8, 8), 0.9)
+    result = guard.predict_batch(torch.cat([bright, digits.test.x[:3]]))
+    assert result.scored.tolist() == [False] * 3 + [True] * 3
+    assert result.accepted.tolist() == [False] * 3 + [True] * 3
+    with pytest.raises(InputError, match="not finite"):
+        guard.predict(bright[0])
+    with pytest.raises(InputError, match="NaN or infinite"):
+        calibrate(score.score(torch.cat([bright, digits.test.x[:200]])), fpr=0.05)
+
+
+def test_missing_threshold_is_an_error(digits_model, energy, digits, tmp_path):
+    guard = GuardedClassifier(digits_model, energy)
+    with pytest.raises(NotFittedError, match="no threshold"):
+        guard.predict(digits.test.x[0])
+    with pytest.raises(NotFittedError, match="no threshold"):
+        guard.predict_batch(digits.test.x[:2])
+    with pytest.raises(NotFittedError, match="no threshold"):
+        guard.save(tmp_path / "g")
+
+
+def test_unfitted_score_and_bad_inputs(digits_model, guard):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        GuardedClassifier(digits_model, make_score("softmax", digits_model), 0.5)
+    with pytest.raises(InputError, match="one image"):
+        guard.predict(torch.rand(2, 1, 8, 8))
+    with pytest.raises(InputError, match="fitted for images of shape"):
+        guard.predict(torch.rand(1, 28, 28))
+    with pytest.raises(InputError, match="must lie in"):
+        guard.predict_batch(torch.full((1, 1, 8, 8), 2.0))
+
+
+def test_save_load_records_calibration_and_checks_the_classifier(guard, digits, tmp_path):
+    folder = guard.save(tmp_path / "g", extra={"data": "digits"})
+    assert sorted(p.name for p in folder.iterdir()) == ["guard.json", "score.safetensors"]
+    record = json.loads((folder / "guard.json").read_text())
+    assert record["threshold"] == guard.threshold and record["calibration"]["method"] == "fpr"
+    loaded = GuardedClassifier.load(folder, guard.model)
+    assert loaded.calibration == guard.calibration
+    x = digits.test.x[:50]
+    assert torch.equal(loaded.predict_batch(x).accepted, guard.predict_batch(x).accepted)
+    other = copy.deepcopy(guard.model)
+    with torch.no_grad():
+        other[-1].bias.add_(1.0)
+    with pytest.raises(ModelLoadError, match="differ"):
+        GuardedClassifier.load(folder, other)
+    with pytest.raises(ModelLoadError, match="no classifier reference"):
+        GuardedClassifier.load(folder)
+    (folder / "score.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        GuardedClassifier.load(folder, guard.model)
+    with pytest.raises(ModelLoadError, match="not a saved guard"):
+        GuardedClassifier.load(tmp_path / "missing", guard.model)

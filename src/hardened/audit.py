@@ -75,11 +75,11 @@ class AuditBudget:
 
 BUDGETS: dict[str, AuditBudget] = {
     "quick": AuditBudget(
-        name="quick", n_eval=200, pgd_steps=20,
-        eps_linf=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
-        headline_linf=0.1, headline_l2=1.0, n_minimal=64, bisection_steps=7, n_gallery=6,
-        n_guided=64, n_certify=40, smoothing_n=1_000, smoothing_sigma=0.25, ibp_eps=0.01,
-        n_guard_fit=2_000, guard_epochs=3, n_guard_eval=300, strong_steps_factor=3, strong_restarts=2,
+        name="quick", n_eval=100, pgd_steps=10,
+        eps_linf=(0.0, 0.05, 0.1, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 2.0, 3.0),
+        headline_linf=0.1, headline_l2=1.0, n_minimal=32, bisection_steps=6, n_gallery=6,
+        n_guided=32, n_certify=20, smoothing_n=500, smoothing_sigma=0.25, ibp_eps=0.01,
+        n_guard_fit=2_000, guard_epochs=2, n_guard_eval=200, strong_steps_factor=3, strong_restarts=2,
     ),
     "standard": AuditBudget(
         name="standard", n_eval=1_000, pgd_steps=40,
@@ -256,6 +256,7 @@ def _stage_sanity(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, str]]:
         checks += run_sanity_checks(
             ctx.model, x, y, ctx.shared[f"pgd_{norm}"], eps=headline, steps=budget.pgd_steps, seed=ctx.seed,
             strong_steps_factor=budget.strong_steps_factor, strong_restarts=budget.strong_restarts,
+            unbounded_steps=2 * budget.pgd_steps,
         )
     table = _table("Gradient-masking checks", ["check", "result", "what it means"],
                    [[c.name, "pass" if c.passed else "flagged", c.explanation] for c in checks])
@@ -308,8 +309,9 @@ def _stage_explain_attacks(ctx: AuditContext) -> tuple[dict[str, Any], dict[str,
     eps = max(budget.eps_linf)
     pixels = int(x[0].numel())
     max_pixels = max(4, min(100, pixels // 8))  # 98 of MNIST's 784 pixels
-    suite = default_attack_suite(eps=eps, seed=ctx.seed, max_pixels=max_pixels,
-                                 pixels_per_step=max(1, max_pixels // 25))
+    steps = 2 * budget.pgd_steps
+    suite = default_attack_suite(eps=eps, steps=steps, step_size=2.5 * eps / steps, seed=ctx.seed,
+                                 max_pixels=max_pixels, pixels_per_step=max(1, max_pixels // 25))
     comparison = compare_attacks(ctx.model, x, y, suite)
     figures = {}
     for norm, label in (("l0", "L0"), ("l2", "L2"), ("linf", "Linf")):
@@ -392,12 +394,81 @@ def _stage_certify(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, str]]:
     return data, {"Certified accuracy (randomized smoothing)": path.name}
 
 
+GUARD_SCORES = ("softmax", "energy", "mahalanobis", "vae")
+GUARD_PROBES = ("noise", "inverted", "natural")
+
+
+def _stage_guard(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, str]]:
+    from hardened.guard import GuardedClassifier, make_score
+    from hardened.guard.adaptive import attack_guard
+    from hardened.guard.evaluation import evaluate_guard
+    from hardened.guard.probes import load_probe
+    from hardened.report.plots import plot_score_histograms
+
+    budget = ctx.budget
+    train = ctx.splits.train.to(ctx.device)
+    n_fit = min(budget.n_guard_fit, len(train) * 3 // 4)
+    fit_data, held_out = train.head(n_fit), train.subset(slice(n_fit, n_fit + max(len(train) - n_fit, 0)))
+    if len(held_out) < 20:
+        raise StageSkipped(f"too few training images ({len(train)}) to fit and calibrate a guard")
+    id_x = ctx.test.x[: budget.n_guard_eval]
+    probes = {name: load_probe(name, id_x, len(id_x), seed=ctx.seed).to(ctx.device) for name in GUARD_PROBES}
+    evaluations = {}
+    guards = {}
+    for name in GUARD_SCORES:
+        options: dict[str, Any] = {"epochs": budget.guard_epochs, "seed": ctx.seed} if name == "vae" else {}
+        score = make_score(name, None if name == "vae" else ctx.model, **options).fit(fit_data)
+        guard = GuardedClassifier(ctx.model, score)
+        guard.calibrate(held_out.x, fpr=0.05)
+        guards[name] = guard
+        evaluations[name] = evaluate_guard(guard, id_x, probes, id_name=ctx.test.name)
+    mean_auroc = {n: sum(r.auroc for r in e.ood) / len(e.ood) for n, e in evaluations.items()}
+    best = max(mean_auroc, key=lambda n: mean_auroc[n])
+    best_eval = evaluations[best]
+    x, y = ctx.test.x[: budget.n_guided], ctx.test.y[: budget.n_guided]
+    adaptive = attack_guard(guards[best], x, y, eps=budget.headline_linf * 2, steps=budget.pgd_steps, seed=ctx.seed)
+    path = plot_score_histograms(best_eval, ctx.figure("guard_scores"))
+    score_rows = [
+        [name, f"{e.threshold:.4g}", _pct(e.id_fpr),
+         *[f"{_pct(r.fnr)} / {r.auroc:.3f}" for r in e.ood], f"{mean_auroc[name]:.3f}"]
+        for name, e in evaluations.items()
+    ]
+    over_rows = [[r.name, *[_pct(v) for v in r.overconfident.values()]] for r in best_eval.ood]
+    levels = list(best_eval.ood[0].overconfident) if best_eval.ood else []
+    attack_rows = [[a.attack, _pct(a.success_rate), _pct(a.detection_rate if a.detection_rate == a.detection_rate else None),
+                    _pct(a.evasion_rate)] for a in adaptive.attacks]
+    tables = [
+        _table("Reliability scores: threshold at 5% false positives on held-out training images; "
+               "per probe false-negative rate / AUROC",
+               ["score", "threshold", "test FPR", *GUARD_PROBES, "mean AUROC"], score_rows),
+        _table("Overconfidence of the bare classifier on out-of-distribution probes (share above confidence)",
+               ["probe", *[f"> {lv}" for lv in levels]], over_rows),
+        _table(f"Attacks on the guarded classifier ({best} score, Linf eps {adaptive.eps:g}, {adaptive.n} images)",
+               ["attack", "label changed", "detected by the guard", "adversarial and accepted"], attack_rows),
+    ]
+    worst_fnr = max(r.fnr for r in best_eval.ood)
+    evasion = {a.attack: a.evasion_rate for a in adaptive.attacks}
+    summary = (
+        f"The best guard ({best} score, 5% false positives) lets through at most {100 * worst_fnr:.1f}% of the "
+        f"out-of-distribution probes; under an adaptive attack that also keeps the score low, "
+        f"{100 * max(evasion.values()):.0f}% of the images become adversarial and accepted."
+    )
+    return {
+        "summary": summary,
+        "best_score": best,
+        "evaluations": {n: e.to_dict() for n, e in evaluations.items()},
+        "adaptive_attack": adaptive.to_dict(),
+        "tables": tables,
+    }, {f"Score distributions ({best})": path.name}
+
+
 STAGES: tuple[tuple[str, str, StageFunction, float], ...] = (
     ("clean", "Clean accuracy and calibration", _stage_clean, 1.0),
     ("robustness", "Robustness against gradient attacks", _stage_robustness, 6.0),
     ("explain_attacks", "Explanation-guided attacks", _stage_explain_attacks, 3.0),
     ("gallery", "Example gallery", _stage_gallery, 1.0),
     ("certify", "Certified robustness", _stage_certify, 2.0),
+    ("guard", "Guard against unreliable inputs", _stage_guard, 3.0),
     ("sanity", "Sanity checks for gradient masking", _stage_sanity, 5.0),
 )
 

@@ -141,12 +141,13 @@ def noise_check(
 def run_sanity_checks(
     model: nn.Module, x: Tensor, y: Tensor, sweep: SweepResult, *, eps: float, steps: int,
     batch_size: int = 256, seed: int = 0, strong_steps_factor: int = 5, strong_restarts: int = 3,
+    unbounded_steps: int = 50,
 ) -> list[SanityCheck]:
     """All four checks for one PGD sweep (its norm, at ``eps``, which must be in the sweep)."""
     reported = dict(zip(sweep.eps, sweep.robust_accuracy, strict=True))[eps]
     return [
         monotone_check(sweep),
-        unbounded_check(model, x, y, norm=sweep.norm, batch_size=batch_size, seed=seed),
+        unbounded_check(model, x, y, norm=sweep.norm, steps=unbounded_steps, batch_size=batch_size, seed=seed),
         stronger_attack_check(
             model, x, y, norm=sweep.norm, eps=eps, reported_accuracy=reported, reported_steps=steps,
             steps_factor=strong_steps_factor, restarts=strong_restarts, batch_size=batch_size, seed=seed,

@@ -75,11 +75,11 @@ class AuditBudget:
 
 BUDGETS: dict[str, AuditBudget] = {
     "quick": AuditBudget(
-        name="quick", n_eval=100, pgd_steps=10,
-        eps_linf=(0.0, 0.05, 0.1, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 2.0, 3.0),
-        headline_linf=0.1, headline_l2=1.0, n_minimal=32, bisection_steps=6, n_gallery=6,
-        n_guided=32, n_certify=20, smoothing_n=500, smoothing_sigma=0.25, ibp_eps=0.01,
-        n_guard_fit=2_000, guard_epochs=2, n_guard_eval=200, strong_steps_factor=3, strong_restarts=2,
+        name="quick", n_eval=200, pgd_steps=20,
+        eps_linf=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+        headline_linf=0.1, headline_l2=1.0, n_minimal=64, bisection_steps=7, n_gallery=6,
+        n_guided=64, n_certify=40, smoothing_n=1_000, smoothing_sigma=0.25, ibp_eps=0.01,
+        n_guard_fit=3_000, guard_epochs=3, n_guard_eval=300, strong_steps_factor=3, strong_restarts=2,
     ),
     "standard": AuditBudget(
         name="standard", n_eval=1_000, pgd_steps=40,

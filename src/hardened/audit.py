@@ -662,7 +662,7 @@ def default_model_path(seed: int = 0) -> Path:
 
 def default_model(splits: Splits, seed: int = 0, progress: bool = False, epochs: int = 4) -> tuple[nn.Module, Path]:
     """A ``lenet`` trained on ``splits.train`` (mnist-5k), reused from the user cache when present."""
-    from hardened.models import build_model, load_model, save_model
+    from hardened.models import arch_kwargs_for, build_model, load_model, save_model
     from hardened.train import TrainConfig, train
 
     path = default_model_path(seed)
@@ -671,12 +671,7 @@ def default_model(splits: Splits, seed: int = 0, progress: bool = False, epochs:
             return load_model(path).model, path
         except HardenedError:
             pass  # a corrupt cache entry is retrained below and replaced atomically
-    kwargs = {
-        "input_shape": list(splits.train.input_shape),
-        "num_classes": splits.train.num_classes,
-        "mean": splits.train.x.mean(dim=(0, 2, 3)).tolist(),
-        "std": splits.train.x.std(dim=(0, 2, 3)).tolist(),
-    }
+    kwargs = arch_kwargs_for(splits.train)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = build_model("lenet", **kwargs)

@@ -24,7 +24,7 @@ from hardened.cli._common import (
 )
 from hardened.data import Dataset
 from hardened.errors import ConfigError
-from hardened.models import build_model, load_model, save_model
+from hardened.models import arch_kwargs_for, build_model, load_model, save_model
 from hardened.report.plots import plot_tradeoff
 from hardened.train import (
     METHODS,
@@ -57,15 +57,6 @@ EvalNOption = Annotated[int, typer.Option("--eval-n", min=0, help="held-out imag
 EvalEpsOption = Annotated[float | None, typer.Option("--eval-eps", help="eps of the per-epoch PGD accuracy (default: the method's)")]
 WarmupOption = Annotated[float, typer.Option("--eps-warmup", help="ramp eps linearly from 0 over this fraction of the training steps")]
 AmpOption = Annotated[bool | None, typer.Option("--amp/--no-amp", help="mixed precision (default: on with CUDA)")]
-
-
-def _arch_kwargs(train: Dataset) -> dict[str, Any]:
-    return {
-        "input_shape": list(train.input_shape),
-        "num_classes": train.num_classes,
-        "mean": train.x.mean(dim=(0, 2, 3)).tolist(),
-        "std": train.x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist(),
-    }
 
 
 def _guard(mode: str, drop: float, every: int) -> CollapseGuard | None:
@@ -166,7 +157,7 @@ def train_command(
     elif unlabeled_fraction is not None or labeler is not None:
         raise ConfigError("--unlabeled-fraction and --labeler are for --method semi-supervised")
     training_method = make_method(key, **options)
-    arch_kwargs = _arch_kwargs(train_set)
+    arch_kwargs = arch_kwargs_for(train_set)
     model = build_model(arch, **arch_kwargs).to(target)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
@@ -245,7 +236,7 @@ def compare_command(
         ).items() if k not in ("eps", "norm")}
         for name in names if name in METHODS
     }
-    arch_kwargs = _arch_kwargs(train_set)
+    arch_kwargs = arch_kwargs_for(train_set)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule,
         eval_n=eval_n, eval_eps=eps, eval_norm=norm, eval_steps=10,

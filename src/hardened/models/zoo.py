@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from hardened.errors import ConfigError
 from hardened.models.normalize import Normalize
 
-__all__ = ["ARCHITECTURES", "build_model", "mlp", "lenet", "resnet_small"]
+__all__ = ["ARCHITECTURES", "arch_kwargs_for", "build_model", "mlp", "lenet", "resnet_small"]
 
 InputShape = tuple[int, int, int]
 
@@ -146,3 +146,15 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
         return ARCHITECTURES[key](**kwargs)
     except TypeError as error:
         raise ConfigError(f"bad arguments for architecture {key}: {error}") from error
+
+
+def arch_kwargs_for(data: Any) -> dict[str, Any]:
+    """Architecture arguments fitted to a training ``Dataset``: its input shape, class count, and
+    per-channel pixel mean/std for the ``Normalize`` layer (std floored at 1e-3 so a constant
+    channel cannot divide by zero). JSON-ready, for the model's sidecar."""
+    return {
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "mean": data.x.mean(dim=(0, 2, 3)).tolist(),
+        "std": data.x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist(),
+    }

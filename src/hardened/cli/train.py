@@ -22,7 +22,6 @@ from hardened.cli._common import (
     resolve_device,
     seed_everything,
 )
-from hardened.data import Dataset
 from hardened.errors import ConfigError
 from hardened.models import arch_kwargs_for, build_model, load_model, save_model
 from hardened.report.plots import plot_tradeoff

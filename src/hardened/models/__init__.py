@@ -2,7 +2,14 @@
 
 from hardened.models.io import LoadedModel, ModelInfo, load_model, save_model, sidecar_path
 from hardened.models.normalize import Normalize
-from hardened.models.zoo import ARCHITECTURES, arch_kwargs_for, build_model, lenet, mlp, resnet_small
+from hardened.models.zoo import (
+    ARCHITECTURES,
+    arch_kwargs_for,
+    build_model,
+    lenet,
+    mlp,
+    resnet_small,
+)
 
 __all__ = [
     "ARCHITECTURES",

@@ -65,10 +65,11 @@ def classifier(args: argparse.Namespace, splits: Any) -> tuple[torch.nn.Module, 
 
 def score_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "vae":
-        return {"epochs": args.vae_epochs, "seed": args.seed}
+        return {"epochs": args.vae_epochs, "hidden": args.vae_hidden, "latent": args.vae_latent,
+                "seed": args.seed}
     if name == "wgan-inverter":
         return {"gan_steps": args.gan_steps, "inverter_steps": args.inverter_steps, "width": args.gan_width,
-                "latent": 32, "critic_steps": args.critic_steps, "lr": args.gan_lr, "seed": args.seed}
+                "latent": args.gan_latent, "critic_steps": args.critic_steps, "lr": args.gan_lr, "seed": args.seed}
     return {}
 
 
@@ -79,12 +80,15 @@ def main() -> None:
     parser.add_argument("--train-n", type=int, default=60000, help="MNIST training images (classifier)")
     parser.add_argument("--epochs", type=int, default=3, help="LeNet epochs")
     parser.add_argument("--score-train-n", type=int, default=60000, help="training images for the scores")
-    parser.add_argument("--vae-epochs", type=int, default=10)
-    parser.add_argument("--gan-steps", type=int, default=1000)
-    parser.add_argument("--critic-steps", type=int, default=3)
-    parser.add_argument("--inverter-steps", type=int, default=1500)
-    parser.add_argument("--gan-width", type=int, default=8)
-    parser.add_argument("--gan-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-epochs", type=int, default=30)
+    parser.add_argument("--vae-hidden", type=int, default=400)
+    parser.add_argument("--vae-latent", type=int, default=20)
+    parser.add_argument("--gan-steps", type=int, default=2000)
+    parser.add_argument("--critic-steps", type=int, default=5)
+    parser.add_argument("--inverter-steps", type=int, default=2000)
+    parser.add_argument("--gan-width", type=int, default=16)
+    parser.add_argument("--gan-latent", type=int, default=64)
+    parser.add_argument("--gan-lr", type=float, default=1e-4)
     parser.add_argument("--wgan-eval-n", type=int, default=2000, help="images per set for the (slow) delta_z search")
     parser.add_argument("--attack-n", type=int, default=200)
     parser.add_argument("--attack-eps", type=float, default=0.15)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers import blob_data, tiny_cnn, tiny_mlp
-from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, make_attack
+from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, attack_in_batches, make_attack
 from hardened.errors import ConfigError, InputError
 from hardened.train import TrainConfig, train
 
@@ -86,6 +86,39 @@ def test_fgm_step_has_l2_norm_exactly_eps_before_clipping():
     x = torch.full((4, 1, 8, 8), 0.5)
     result = FGM(eps=0.3)(model, x, torch.tensor([0, 1, 2, 0]))
     assert torch.allclose(result.norms["l2"], torch.full((4,), 0.3, dtype=torch.float64), atol=1e-5)
+
+
+class _FGSMWithoutReuse(FGSM):
+    def _first_gradient_at_clean(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_one_step_attacks_reuse_the_clean_forward_pass(cnn, blobs, norm):
+    x, y = blobs.x[:16], blobs.y[:16]
+    reused = FGSM(eps=0.2, norm=norm)(cnn, x, y)
+    fresh = _FGSMWithoutReuse(eps=0.2, norm=norm)(cnn, x, y)
+    assert torch.equal(reused.x_adv, fresh.x_adv)
+    # the check's forward serves the gradient: one forward + one backward + the final forward
+    assert (reused.forward_count, reused.gradient_count) == (2 * 16, 16)
+    assert (fresh.forward_count, fresh.gradient_count) == (3 * 16, 16)
+    bim = BIM(eps=0.2, steps=4)(cnn, x, y)
+    assert bim.forward_count == bim.gradient_count + 16  # check (reused once) + steps + final
+    assert all(p.grad is None for p in cnn.parameters())
+
+
+def test_attack_in_batches_merges_into_the_single_batch_result(cnn, blobs):
+    x, y = blobs.x[:16], blobs.y[:16]
+    targets = (y + 1) % 3
+    attack = BIM(eps=0.2, steps=3, early_stop=False)
+    whole = attack(cnn, x, y, targets=targets)
+    merged = attack_in_batches(attack, cnn, x, y, batch_size=5, targets=targets)
+    for field in ("x_adv", "success", "labels", "targets", "pred_clean", "pred_adv"):
+        assert torch.equal(getattr(merged, field), getattr(whole, field)), field
+    torch.testing.assert_close(merged.confidence_adv, whole.confidence_adv)
+    assert all(torch.allclose(merged.norms[k], whole.norms[k]) for k in whole.norms)
+    assert (merged.forward_count, merged.gradient_count) == (whole.forward_count, whole.gradient_count)
+    assert merged.params == whole.params and merged.attack == "bim"
 
 
 @pytest.fixture(scope="module")

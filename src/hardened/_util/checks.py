@@ -60,10 +60,14 @@ def check_labels(y: object, n: int, num_classes: int | None = None, *, name: str
     return y.long()
 
 
-def check_model_output(model: nn.Module, x: Tensor) -> Tensor:
-    """Run ``model`` on ``x`` (no grad) and check it returns logits N×K; return them."""
+def check_model_output(model: nn.Module, x: Tensor, *, keep_graph: bool = False) -> Tensor:
+    """Run ``model`` on ``x`` and check it returns logits N×K; return them.
+
+    Without ``keep_graph`` the pass runs under ``no_grad``; with it, autograd records the pass
+    (for an ``x`` that requires grad) so a caller can backpropagate through the logits.
+    """
     try:
-        with torch.no_grad():
+        with torch.enable_grad() if keep_graph else torch.no_grad():
             out = model(x)
     except RuntimeError as error:
         raise InputError(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hardened.attacks.base import Attack, AttackResult, Oracle
+from hardened.attacks.base import Attack, AttackResult, Oracle, attack_in_batches
 from hardened.attacks.fgsm import FGM, FGSM
 from hardened.attacks.guided import LRPFlip, LRPGrad, LRPMean
 from hardened.attacks.pgd import BIM, MIFGSM, PGD
 from hardened.errors import ConfigError
 
-__all__ = ["Attack", "AttackResult", "Oracle", "FGSM", "FGM", "PGD", "BIM", "MIFGSM",
+__all__ = ["Attack", "AttackResult", "Oracle", "attack_in_batches", "FGSM", "FGM", "PGD", "BIM", "MIFGSM",
            "LRPFlip", "LRPMean", "LRPGrad", "ATTACKS", "make_attack"]
 
 ATTACKS: dict[str, type[Attack]] = {

@@ -15,13 +15,14 @@ from typing import Any, ClassVar, final
 import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import eval_mode
+from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.checks import check_images, check_labels, check_model_output
+from hardened._util.progress import ProgressTask
 from hardened.attacks.losses import attack_loss, is_success
 from hardened.errors import ConfigError
 from hardened.threat import ThreatModel, norms_of
 
-__all__ = ["Attack", "AttackResult", "Oracle"]
+__all__ = ["Attack", "AttackResult", "Oracle", "attack_in_batches"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,22 @@ class Oracle:
         self.num_classes = num_classes
         self.forward_count = 0
         self.gradient_count = 0
+        self._primed: tuple[Tensor, Tensor] | None = None
+
+    def prime(self, x_var: Tensor, logits: Tensor) -> None:
+        """Keep the graph of a forward pass already made on ``x_var`` (which requires grad).
+
+        The next ``loss_and_grad`` on an input equal to ``x_var`` backpropagates through this
+        graph instead of running the model again: a one-step attack that starts at the clean
+        image then costs one forward and one backward, like a bare FGSM loop.
+        """
+        self._primed = (x_var, logits)
+
+    def _take_primed(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        primed, self._primed = self._primed, None
+        if primed is not None and primed[0].shape == x.shape and torch.equal(primed[0].detach(), x):
+            return primed
+        return None
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits without autograd."""
@@ -124,11 +141,15 @@ class Oracle:
         self, x: Tensor, labels: Tensor, *, loss: str = "ce", targeted: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(logits, per-sample loss, d loss / d x)`` for a batch."""
-        self.forward_count += x.shape[0]
         self.gradient_count += x.shape[0]
+        primed = self._take_primed(x)
         with torch.enable_grad():
-            x_var = x.detach().requires_grad_(True)
-            logits = self.model(x_var)
+            if primed is not None:
+                x_var, logits = primed
+            else:
+                self.forward_count += x.shape[0]
+                x_var = x.detach().requires_grad_(True)
+                logits = self.model(x_var)
             values = attack_loss(loss, logits, labels, targeted)
             (grad,) = torch.autograd.grad(values.sum(), x_var)
         return logits.detach(), values.detach(), grad.detach()
@@ -171,7 +192,9 @@ class Attack(ABC):
         if targets is not None and not self.supports_targeted:
             raise ConfigError(f"the {self.name} attack has no targeted mode; drop targets=")
         with eval_mode(model):
-            clean_logits = check_model_output(model, x)
+            x_var = x.detach().requires_grad_(True) if self._first_gradient_at_clean() else None
+            clean_graph = check_model_output(model, x if x_var is None else x_var, keep_graph=x_var is not None)
+            clean_logits = clean_graph.detach()
             num_classes = clean_logits.shape[1]
             y = check_labels(y, x.shape[0], num_classes).to(x.device)
             if targets is not None:
@@ -179,6 +202,9 @@ class Attack(ABC):
                 targets = targets.to(x.device)
             oracle = Oracle(model, num_classes)
             oracle.forward_count += x.shape[0]
+            if x_var is not None:
+                oracle.prime(x_var, clean_graph)
+            del clean_graph
             x_adv = self._perturb(oracle, x.detach().clone(), y, targets)
             x_adv = x_adv.detach()
             if self.threat is not None:
@@ -205,6 +231,14 @@ class Attack(ABC):
             params=self.params(),
         )
 
+    def _first_gradient_at_clean(self) -> bool:
+        """Whether ``_perturb`` first asks for a gradient at the clean images.
+
+        If so, the input check's forward pass keeps its graph and the first gradient reuses it
+        (saving one forward pass per call). Only attacks without a random start say yes.
+        """
+        return False
+
     @abstractmethod
     def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         """Return adversarial images for ``x`` (a copy the subclass may modify)."""
@@ -219,3 +253,44 @@ class Attack(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def attack_in_batches(
+    attack: Attack,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int,
+    targets: Tensor | None = None,
+    bar: ProgressTask | None = None,
+) -> AttackResult:
+    """Run ``attack`` batch by batch over ``x`` and merge the results into one ``AttackResult``.
+
+    Per-sample tensors are concatenated in order; counts and seconds are summed. ``bar``, if
+    given, advances by the number of images after each batch. An empty ``x`` is an error of
+    the attack itself (its input check).
+    """
+    parts = []
+    for s in batch_slices(len(x), batch_size):
+        parts.append(attack(model, x[s], y[s], targets=None if targets is None else targets[s]))
+        if bar is not None:
+            bar.advance(s.stop - s.start)
+    if len(parts) <= 1:
+        return parts[0] if parts else attack(model, x, y, targets=targets)
+    first = parts[0]
+    return AttackResult(
+        x_adv=torch.cat([r.x_adv for r in parts]),
+        success=torch.cat([r.success for r in parts]),
+        labels=torch.cat([r.labels for r in parts]),
+        targets=None if first.targets is None else torch.cat([r.targets for r in parts if r.targets is not None]),
+        pred_clean=torch.cat([r.pred_clean for r in parts]),
+        pred_adv=torch.cat([r.pred_adv for r in parts]),
+        confidence_adv=torch.cat([r.confidence_adv for r in parts]),
+        norms={k: torch.cat([r.norms[k] for r in parts]) for k in first.norms},
+        forward_count=sum(r.forward_count for r in parts),
+        gradient_count=sum(r.gradient_count for r in parts),
+        seconds=sum(r.seconds for r in parts),
+        attack=first.attack,
+        params=first.params,
+    )

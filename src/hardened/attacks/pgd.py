@@ -99,6 +99,9 @@ class PGD(Attack):
         self.early_stop = bool(early_stop)
         self.seed = seed
 
+    def _first_gradient_at_clean(self) -> bool:
+        return not self.random_start and self.threat is not None and self.threat.eps > 0.0
+
     def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         if self.threat is None or self.threat.eps == 0.0:
             return x

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +63,7 @@ class SampleRecord:
         return self.prediction is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "label": self.label,
-            "prediction": self.prediction,
-            "abstained": self.abstained,
-            "radius": self.radius,
-            "correct": self.correct,
-            "pa_lower": self.pa_lower,
-            "counts": list(self.counts),
-            "seconds": self.seconds,
-        }
+        return asdict(self) | {"abstained": self.abstained, "counts": list(self.counts)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleRecord:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -85,19 +85,8 @@ class Certificate:
         return self.prediction is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "prediction": self.prediction,
-            "abstained": self.abstained,
-            "radius": self.radius,
-            "pa_lower": self.pa_lower,
-            "counts": list(self.counts),
-            "selection_counts": list(self.selection_counts),
-            "sigma": self.sigma,
-            "n0": self.n0,
-            "n": self.n,
-            "alpha": self.alpha,
-            "seconds": self.seconds,
-        }
+        return asdict(self) | {"abstained": self.abstained, "counts": list(self.counts),
+                               "selection_counts": list(self.selection_counts)}
 
 
 @dataclass(frozen=True)
@@ -125,16 +114,7 @@ class SmoothedPrediction:
         return self.prediction is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "prediction": self.prediction,
-            "abstained": self.abstained,
-            "p_value": self.p_value,
-            "counts": list(self.counts),
-            "sigma": self.sigma,
-            "n": self.n,
-            "alpha": self.alpha,
-            "seconds": self.seconds,
-        }
+        return asdict(self) | {"abstained": self.abstained, "counts": list(self.counts)}
 
 
 # ---------------------------------------------------------------- validation

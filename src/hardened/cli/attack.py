@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import torch
 import typer
 
 from hardened._util.atomic import write_bytes, write_json
-from hardened._util.batching import batch_slices, predict_logits
+from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
-from hardened.attacks import make_attack
+from hardened.attacks import attack_in_batches, make_attack
 from hardened.cli._common import (
     BatchOption,
     DataDirOption,
@@ -64,15 +63,10 @@ def attack_command(
         options["seed"] = seed
     instance = make_attack(attack, **options)
     x, y = test.x.to(target), test.y.to(target)
-    results = []
     with progress_bar(len(x), f"{attack} {norm} eps={eps:g}", True) as bar:
-        for s in batch_slices(len(x), batch_size):
-            results.append(instance(loaded.model, x[s], y[s]))
-            bar.advance(s.stop - s.start)
-    x_adv = torch.cat([r.x_adv for r in results]).cpu()
-    success = torch.cat([r.success for r in results]).cpu()
-    pred_adv = torch.cat([r.pred_adv for r in results]).cpu()
-    conf_adv = torch.cat([r.confidence_adv for r in results]).cpu()
+        result = attack_in_batches(instance, loaded.model, x, y, batch_size=batch_size, bar=bar)
+    x_adv, success = result.x_adv.cpu(), result.success.cpu()
+    pred_adv, conf_adv = result.pred_adv.cpu(), result.confidence_adv.cpu()
     clean_probs = predict_logits(loaded.model, x).softmax(1).cpu()
     summary = {
         "model": model,
@@ -84,12 +78,12 @@ def attack_command(
         "robust_accuracy": float((pred_adv == test.y).float().mean()),
         "success_rate": float(success.float().mean()),
         "median_norms_of_successes": {
-            k: (float(torch.cat([r.norms[k] for r in results]).cpu()[success].median()) if bool(success.any()) else None)
+            k: (float(result.norms[k].cpu()[success].median()) if bool(success.any()) else None)
             for k in ("l0", "l2", "linf")
         },
-        "forward_count": sum(r.forward_count for r in results),
-        "gradient_count": sum(r.gradient_count for r in results),
-        "seconds": sum(r.seconds for r in results),
+        "forward_count": result.forward_count,
+        "gradient_count": result.gradient_count,
+        "seconds": result.seconds,
     }
     buffer = io.BytesIO()
     np.savez_compressed(

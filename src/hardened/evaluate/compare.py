@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import batch_slices, predict_logits
+from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
-from hardened.attacks import BIM, Attack, LRPFlip, LRPGrad, LRPMean
+from hardened.attacks import BIM, Attack, LRPFlip, LRPGrad, LRPMean, attack_in_batches
 from hardened.errors import ConfigError, InputError
 from hardened.evaluate.sweeps import SuccessCurve, success_curve
 from hardened.explain.attribute import lrp
@@ -156,27 +156,17 @@ def compare_attacks(
     runs = []
     with progress_bar(len(attacks) * len(x), "comparing attacks", progress) as bar:
         for label, attack in attacks.items():
-            success: list[Tensor] = []
-            norms: dict[str, list[Tensor]] = {k: [] for k in COMPARED_NORMS}
-            forward = gradient = 0
             start = time.perf_counter()
-            for s in batch_slices(len(x), batch_size):
-                result = attack(model, x[s], y[s])
-                success.append(result.success.cpu())
-                for k in COMPARED_NORMS:
-                    norms[k].append(result.norms[k].cpu())
-                forward += result.forward_count
-                gradient += result.gradient_count
-                bar.advance(s.stop - s.start)
+            result = attack_in_batches(attack, model, x, y, batch_size=batch_size, bar=bar)
             runs.append(
                 AttackRun(
                     label=label,
                     attack=attack.name,
                     params=attack.params(),
-                    success=torch.cat(success).tolist(),
-                    norms={k: torch.cat(v).double().tolist() for k, v in norms.items()},
-                    forward_count=forward,
-                    gradient_count=gradient,
+                    success=result.success.cpu().tolist(),
+                    norms={k: result.norms[k].cpu().double().tolist() for k in COMPARED_NORMS},
+                    forward_count=result.forward_count,
+                    gradient_count=result.gradient_count,
                     seconds=time.perf_counter() - start,
                 )
             )

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import batch_slices, predict_logits
+from hardened._util.batching import predict_logits
 from hardened._util.seeding import make_generator
-from hardened.attacks import PGD
+from hardened.attacks import PGD, attack_in_batches
 from hardened.evaluate.sweeps import SweepResult
 from hardened.threat import ThreatModel
 
@@ -41,8 +41,7 @@ def _accuracy(result_pred: Tensor, y: Tensor) -> float:
 
 
 def _attack_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: Any, batch_size: int) -> float:
-    preds = [attack(model, x[s], y[s]).pred_adv for s in batch_slices(len(x), batch_size)]
-    return _accuracy(torch.cat(preds), y)
+    return _accuracy(attack_in_batches(attack, model, x, y, batch_size=batch_size).pred_adv, y)
 
 
 def monotone_check(sweep: SweepResult, tolerance: float = 0.01) -> SanityCheck:

@@ -14,9 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from hardened._util.atomic import write_json
-from hardened._util.batching import batch_slices
 from hardened._util.progress import progress_bar
-from hardened.attacks import make_attack
+from hardened.attacks import attack_in_batches, make_attack
 from hardened.errors import ConfigError
 from hardened.threat import check_norm
 
@@ -114,12 +113,8 @@ def _attack_batched(
     model: nn.Module, x: Tensor, y: Tensor, attack: Any, batch_size: int
 ) -> tuple[Tensor, Tensor]:
     """Run ``attack`` over batches; return (pred_adv == y, success) per sample."""
-    correct, success = [], []
-    for s in batch_slices(len(x), batch_size):
-        result = attack(model, x[s], y[s])
-        correct.append((result.pred_adv == result.labels).cpu())
-        success.append(result.success.cpu())
-    return torch.cat(correct), torch.cat(success)
+    result = attack_in_batches(attack, model, x, y, batch_size=batch_size)
+    return (result.pred_adv == result.labels).cpu(), result.success.cpu()
 
 
 def robust_accuracy_sweep(

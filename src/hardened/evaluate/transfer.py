@@ -11,12 +11,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import batch_slices, predict_logits
+from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
-from hardened.attacks import make_attack
+from hardened.attacks import attack_in_batches, make_attack
 from hardened.evaluate.sweeps import _check_eps_values
 from hardened.threat import check_norm
 
@@ -65,8 +64,9 @@ def craft_transfer(
 ) -> Tensor:
     """Adversarial examples (N×C×H×W, same device as ``x``) crafted on ``source`` only."""
     instance = make_attack(attack, eps=eps, norm=check_norm(norm), **attack_kwargs)
-    parts = [instance(source, x[s], y[s]).x_adv for s in batch_slices(len(x), batch_size)]
-    return torch.cat(parts) if parts else x.clone()
+    if len(x) == 0:
+        return x.clone()
+    return attack_in_batches(instance, source, x, y, batch_size=batch_size).x_adv
 
 
 def transfer_accuracy(target: nn.Module, x_adv: Tensor, y: Tensor, batch_size: int = 512) -> float:

@@ -46,6 +46,9 @@ PUBLISHED = {
 
 
 def classifier(args: argparse.Namespace, splits: Any) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    if args.classifier:
+        loaded = load_model(args.classifier)
+        return loaded.model, str(Path(args.classifier).resolve()), dict(loaded.info.training)
     path = RESULTS / "guard_lenet.safetensors"
     if path.exists() and not args.retrain:
         loaded = load_model(path)
@@ -77,6 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="/work/shared/data")
     parser.add_argument("--scores", default="softmax,energy,mahalanobis,vae,wgan-inverter")
+    parser.add_argument("--classifier", default=None,
+                        help="a saved MNIST classifier to guard (default: train a LeNet, cached in results/)")
     parser.add_argument("--train-n", type=int, default=60000, help="MNIST training images (classifier)")
     parser.add_argument("--epochs", type=int, default=3, help="LeNet epochs")
     parser.add_argument("--score-train-n", type=int, default=60000, help="training images for the scores")

@@ -161,3 +161,14 @@ def test_hand_computed_tiny_network() -> None:
     torch.testing.assert_close(eps_rel.reshape(-1), torch.tensor([1.0, 1.0], dtype=torch.float64), atol=1e-6, rtol=0)
     plus_rel = explain(model, x, 0, composite=Composite("z", [(nn.Linear, ZPlus(1e-12))])).relevance
     torch.testing.assert_close(plus_rel.reshape(-1), torch.tensor([0.4, 1.6], dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_zbox_on_a_batch_equals_each_image_alone() -> None:
+    """The bounds' terms are computed once and broadcast: a batch must match single images."""
+    torch.manual_seed(5)
+    layer = nn.Conv2d(2, 3, 3, padding=1).double()
+    rule = ZBox(low=(-0.5, 0.0), high=(1.0, 2.0), epsilon=EPS)
+    x = torch.rand(4, 2, 5, 5, dtype=torch.float64)
+    batch = single_layer_relevance(layer, rule, x, target=11)
+    alone = torch.cat([single_layer_relevance(layer, rule, x[i : i + 1], target=11) for i in range(4)])
+    torch.testing.assert_close(batch, alone, rtol=1e-12, atol=1e-12)

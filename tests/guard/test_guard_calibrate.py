@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -82,3 +83,13 @@ def test_calibration_record_round_trip():
     assert Calibration.from_dict(record.to_dict()) == record
     with pytest.raises(ConfigError, match="malformed"):
         Calibration.from_dict({"threshold": 1.0})
+
+
+def test_tied_scores_that_miss_the_rate_warn():
+    scores = np.r_[np.zeros(900), np.ones(100)]  # 10% tie at the top
+    with pytest.warns(RuntimeWarning, match="100 of 1000 held-out scores tie"):
+        cal = calibrate(scores, fpr=0.05)
+    assert cal.threshold == 1.0 and cal.heldout_fpr == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate(np.arange(1000.0), fpr=0.05)  # continuous scores: no warning

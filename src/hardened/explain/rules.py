@@ -272,15 +272,20 @@ class ZBox(Rule):
                 "ZBox needs the input bounds: give ZBox(low=..., high=...) in the layer's input "
                 "space, or use it as a composite's first-layer rule so the pixel bounds are mapped"
             )
-        weight, _ = _params(module)
+        weight, bias = _params(module)
         low, high = _expand(self.low, a), _expand(self.high, a)
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
         if getattr(module, "groups", 1) == 1:
-            # one layer call with three stacked input blocks instead of three calls:
-            # [x, l, h] through [W, -W^+, -W^-] (concatenated along the input dimension)
+            # The denominator reuses the layer's own output, z - b = x W, and the bounds' terms
+            # l W^+ and h W^- are the same for every sample: one image's worth, broadcast.
+            # The backward is one call with three stacked input blocks: [x, l, h] through
+            # [W, -W^+, -W^-] (concatenated along the input dimension).
+            z_x = z if bias is None else z - bias.reshape((1, -1) + (1,) * (z.dim() - 2))
+            z_box = (z_x - _forward(module, low[:1], w_pos, None)
+                     - _forward(module, high[:1], w_neg, None))
             stacked = torch.cat([a, low, high], dim=1)
             w_cat = torch.cat([weight, -w_pos, -w_neg], dim=1)
-            s = relevance / stabilize(_forward(module, stacked, w_cat, None), self.epsilon)
+            s = relevance / stabilize(z_box, self.epsilon)
             return (stacked * _vjp(module, stacked, w_cat, s)).reshape(
                 (a.shape[0], 3) + tuple(a.shape[1:])
             ).sum(dim=1)

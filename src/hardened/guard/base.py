@@ -74,6 +74,21 @@ def seeded_init(module: ModuleT, generator: torch.Generator) -> ModuleT:
     return module
 
 
+def frozen(module: ModuleT) -> ModuleT:
+    """``module`` in eval mode with gradients off for its parameters (a fitted score network)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One update: clear the gradients, backpropagate ``loss``, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 class BaseScore(ABC):
     """Shared machinery of every score.
 

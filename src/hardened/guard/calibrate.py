@@ -13,6 +13,7 @@ A guard accepts an input when ``score <= threshold``. Two rules:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -171,4 +172,13 @@ def calibrate(
         k = int(math.ceil((n + 1) * (1.0 - target) - 1e-9))
         threshold = float(ordered[min(max(k, 1), n) - 1])
     heldout = float((array > threshold).mean())
+    tied = int((array == threshold).sum())
+    if target is not None and tied > 1 and heldout < 0.5 * target:
+        warnings.warn(
+            f"{tied} of {n} held-out scores tie at the threshold {threshold:.6g}, so only "
+            f"{100 * heldout:.2f}% of them are refused (target {100 * target:g}%): the score is too "
+            "coarse at this rate; choose another score or a larger rate",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return Calibration(threshold, method, target, heldout, n, summary)

@@ -25,7 +25,7 @@ from hardened._util.batching import batch_slices
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.errors import ConfigError
-from hardened.guard.base import BaseScore, seeded_init
+from hardened.guard.base import BaseScore, frozen, optimizer_step, seeded_init
 
 __all__ = ["VAE", "VAEScore", "vae_loss"]
 
@@ -119,16 +119,12 @@ class VAEScore(BaseScore):
                     batch = x[order[part]]
                     eps = torch.randn(batch.shape[0], self.latent, generator=noise, device=x.device)
                     loss = vae_loss(model, batch, eps).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    optimizer_step(optimizer, loss)
                     total += float(loss.detach()) * batch.shape[0]
                     bar.advance()
                 losses.append(total / x.shape[0])
                 bar.describe(f"fit vae epoch {epoch + 1}/{self.epochs} loss {losses[-1]:.2f}")
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        frozen(model)
         self.vae = model
         self.fit_record = {"epoch_losses": losses}
 
@@ -155,7 +151,5 @@ class VAEScore(BaseScore):
             model.load_state_dict(state)
         except RuntimeError as error:
             raise ConfigError(f"the saved VAE weights do not fit: {str(error).splitlines()[0]}") from error
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        frozen(model)
         self.vae = model

@@ -47,7 +47,7 @@ from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.attacks.losses import logit_margin
 from hardened.errors import ConfigError
-from hardened.guard.base import ClassifierScore, seeded_init
+from hardened.guard.base import ClassifierScore, frozen, optimizer_step, seeded_init
 
 __all__ = ["Generator", "Critic", "Inverter", "WGANInverterScore", "ImageFrame", "gradient_penalty"]
 
@@ -235,9 +235,7 @@ class WGANInverterScore(ClassifierScore):
         with progress_bar(self.gan_steps + self.inverter_steps, "fit wgan-gp", progress) as bar:
             gaps = self._fit_gan(x, frame, gen, critic, bar)
             inverter_losses = self.fit_inverter(x, frame, gen, inverter, bar)
-        critic.eval()
-        for p in critic.parameters():
-            p.requires_grad_(False)
+        frozen(critic)
         self.frame, self.generator, self.inverter = frame, gen, inverter
         self.fit_record = {"side": frame.side, "resized": frame.resize, "critic_gap": gaps,
                            "inverter_loss": inverter_losses}
@@ -271,21 +269,13 @@ class WGANInverterScore(ClassifierScore):
                 with torch.no_grad():
                     fake = gen(noise())
                 gap = critic(real).mean() - critic(fake).mean()
-                loss_d = -gap + self.gp_weight * gradient_penalty(critic, real, fake, penalty_rng)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-            loss_g = -critic(gen(noise())).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+                optimizer_step(opt_d, -gap + self.gp_weight * gradient_penalty(critic, real, fake, penalty_rng))
+            optimizer_step(opt_g, -critic(gen(noise())).mean())
             bar.advance()
             if step % 50 == 0 or step == self.gan_steps - 1:
                 gaps.append(float(gap.detach()))
                 bar.describe(f"fit wgan-gp step {step + 1}/{self.gan_steps} W-gap {gaps[-1]:.3f}")
-        gen.eval()
-        for p in gen.parameters():
-            p.requires_grad_(False)
+        frozen(gen)
         return gaps
 
     def fit_inverter(
@@ -306,16 +296,12 @@ class WGANInverterScore(ClassifierScore):
             with torch.no_grad():
                 fake = gen(z)
             loss_i = F.mse_loss(gen(inverter(real)), real) + self.z_weight * F.mse_loss(inverter(fake), z)
-            opt_i.zero_grad(set_to_none=True)
-            loss_i.backward()
-            opt_i.step()
+            optimizer_step(opt_i, loss_i)
             bar.advance()
             if step % 50 == 0 or step == self.inverter_steps - 1:
                 losses.append(float(loss_i.detach()))
                 bar.describe(f"fit inverter step {step + 1}/{self.inverter_steps} loss {losses[-1]:.4f}")
-        inverter.eval()
-        for p in inverter.parameters():
-            p.requires_grad_(False)
+        frozen(inverter)
         return losses
 
     # ---- scoring ----------------------------------------------------------------------------
@@ -414,7 +400,5 @@ class WGANInverterScore(ClassifierScore):
                 net.load_state_dict(state)
             except RuntimeError as error:
                 raise ConfigError(f"the saved {prefix[:-1]} weights do not fit: {str(error).splitlines()[0]}") from error
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
+            frozen(net)
         self.frame, self.generator, self.inverter = frame, gen, inverter

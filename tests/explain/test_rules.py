@@ -172,3 +172,13 @@ def test_zbox_on_a_batch_equals_each_image_alone() -> None:
     batch = single_layer_relevance(layer, rule, x, target=11)
     alone = torch.cat([single_layer_relevance(layer, rule, x[i : i + 1], target=11) for i in range(4)])
     torch.testing.assert_close(batch, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_stabilize_adds_epsilon_with_the_sign_of_z_and_plus_at_zero() -> None:
+    from hardened.explain.rules import stabilize
+
+    z = torch.tensor([-2.0, -1e-9, -0.0, 0.0, 1e-9, 3.0], dtype=torch.float64)
+    expected = torch.tensor([-2.0 - 0.5, -1e-9 - 0.5, 0.5, 0.5, 1e-9 + 0.5, 3.5], dtype=torch.float64)
+    torch.testing.assert_close(stabilize(z, 0.5), expected, rtol=0, atol=0)
+    assert bool((stabilize(torch.zeros(3), 1e-6) > 0).all())
+    assert stabilize(z, 0.0).tolist() == z.tolist()

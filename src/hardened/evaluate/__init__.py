@@ -1,5 +1,15 @@
-"""Evaluation: robust accuracy sweeps, minimal perturbations, success rate against norm."""
+"""Evaluation: robust accuracy sweeps, minimal perturbations, success rate against norm,
+transfer, attack comparisons and gradient-masking sanity checks."""
 
+from hardened.evaluate.compare import (
+    AttackComparison,
+    AttackRun,
+    TraceStep,
+    compare_attacks,
+    default_attack_suite,
+    trace_attack,
+)
+from hardened.evaluate.sanity import SanityCheck, run_sanity_checks
 from hardened.evaluate.sweeps import (
     MinimalPerturbation,
     SuccessCurve,
@@ -18,6 +28,14 @@ from hardened.evaluate.transfer import (
 )
 
 __all__ = [
+    "AttackComparison",
+    "AttackRun",
+    "SanityCheck",
+    "TraceStep",
+    "compare_attacks",
+    "default_attack_suite",
+    "run_sanity_checks",
+    "trace_attack",
     "MinimalPerturbation",
     "SuccessCurve",
     "SweepResult",

@@ -132,13 +132,15 @@ def make_contenders(model: nn.Module, b: Budget, seed: int, peers: tuple[str, ..
         x_adv, pred = fn()
         return x_adv, pred, time.perf_counter() - start
 
-    def hardened_run(early_stop: bool) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, float]]:
+    def hardened_run(
+        early_stop: bool, start: bool | str = b.random_start
+    ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, float]]:
         if is_fgsm:
             attack: hd.Attack = hd.FGSM(eps=b.eps, norm=b.norm)
         else:
             attack = hd.PGD(
                 eps=b.eps, norm=b.norm, steps=b.steps, step_size=b.step_size,
-                random_start=b.random_start, early_stop=early_stop, seed=seed,
+                random_start=start, early_stop=early_stop, seed=seed,
             )
 
         def run(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
@@ -164,6 +166,12 @@ def make_contenders(model: nn.Module, b: Budget, seed: int, peers: tuple[str, ..
         out.append(Contender(
             "hardened_early_stop", hardened_run(True),
             "hd.PGD(early_stop=True): a sample stops being attacked once it is misclassified",
+        ))
+    if not is_fgsm and b.norm == "l2" and b.random_start:
+        out.append(Contender(
+            "hardened_radial", hardened_run(False, "radial"),
+            "hd.PGD(random_start='radial', early_stop=False): start radius uniform in [0, eps] "
+            "(as torchattacks) instead of uniform by volume",
         ))
 
     if "torchattacks" in peers:

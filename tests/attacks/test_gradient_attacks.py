@@ -198,6 +198,17 @@ def test_bim_and_mifgsm_start_from_the_clean_image(cnn, blobs):
     assert bool((BIM(eps=0.1)(cnn, x, y).norms["linf"] <= 0.1 + 1e-6).all())
 
 
+def test_radial_start_is_accepted_seeded_and_validated(cnn, blobs):
+    x, y = blobs.x[:8], blobs.y[:8]
+    a = PGD(eps=0.5, norm="l2", steps=3, random_start="radial", early_stop=False)(cnn, x, y)
+    b = PGD(eps=0.5, norm="l2", steps=3, random_start="radial", early_stop=False)(cnn, x, y)
+    c = PGD(eps=0.5, norm="l2", steps=3, random_start="uniform", early_stop=False)(cnn, x, y)
+    assert torch.equal(a.x_adv, b.x_adv) and not torch.equal(a.x_adv, c.x_adv)
+    assert a.params["random_start"] == "radial"
+    with pytest.raises(ConfigError, match="random_start"):
+        PGD(eps=0.5, random_start="gaussian")
+
+
 def test_zero_eps_returns_the_input(cnn, blobs):
     result = PGD(eps=0.0)(cnn, blobs.x[:5], blobs.y[:5])
     assert torch.equal(result.x_adv, blobs.x[:5])

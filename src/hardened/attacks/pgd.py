@@ -46,7 +46,9 @@ class PGD(Attack):
         norm: ``"linf"`` (default), ``"l2"`` or ``"l1"``.
         steps: iterations per restart.
         step_size: step length in the norm; default ``2.5 * eps / steps``.
-        random_start: start from a uniform point in the ball.
+        random_start: ``True`` (or ``"uniform"``) starts from a point uniform in the ball;
+            ``"radial"`` draws the start's radius uniformly from ``[0, eps]`` instead (nearer
+            the clean image; stronger on L2 in our benchmark); ``False`` starts at the image.
         restarts: independent runs; each sample keeps its best (success first, then loss).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner logit margin).
         schedule: step-size schedule, ``"constant"``, ``"cosine"`` or ``"step"``.
@@ -67,7 +69,7 @@ class PGD(Attack):
         norm: str = "linf",
         steps: int = 40,
         step_size: float | None = None,
-        random_start: bool = True,
+        random_start: bool | str = True,
         restarts: int = 1,
         loss: str = "ce",
         schedule: str = "constant",
@@ -91,7 +93,11 @@ class PGD(Attack):
         self.step_size = float(default_step if step_size is None else step_size)
         if self.step_size < 0 or not math.isfinite(self.step_size):
             raise ConfigError(f"step_size must be a finite number >= 0, got {step_size}")
-        self.random_start = bool(random_start)
+        if random_start not in (True, False, "uniform", "radial"):
+            raise ConfigError(
+                f"random_start must be True, False, 'uniform' or 'radial', got {random_start!r}"
+            )
+        self.random_start = random_start
         self.restarts = int(restarts)
         self.loss = check_loss(loss)
         self.schedule = schedule
@@ -151,7 +157,10 @@ class PGD(Attack):
         assert self.threat is not None
         threat = self.threat
         targeted = targets is not None
-        x_adv = threat.random_start(x, generator) if self.random_start else x.clone()
+        if self.random_start:
+            x_adv = threat.random_start(x, generator, radial=self.random_start == "radial")
+        else:
+            x_adv = x.clone()
         active: Tensor | None = None  # indices of the samples still attacked; None: all of them
         accumulated = torch.zeros_like(x) if self.momentum > 0 else None
         for step in range(self.steps):

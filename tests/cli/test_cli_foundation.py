@@ -59,6 +59,17 @@ def test_attack_writes_npz_json_and_grid(model_file, tmp_path):
     assert (tmp_path / "at" / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_attack_start_option_reaches_the_attack(model_file, tmp_path):
+    result = runner.invoke(
+        app,
+        ["attack", "--model", str(model_file), "--data", "digits", "--norm", "l2", "--eps", "1.0",
+         "--steps", "3", "--n", "10", "--start", "radial", "--out", str(tmp_path / "at")],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "at" / "summary.json").read_text())
+    assert summary["params"]["random_start"] == "radial"
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -68,6 +79,7 @@ def test_attack_writes_npz_json_and_grid(model_file, tmp_path):
         (["evaluate", "--model", "{model}", "--data", "digits", "--eps", "a,b"], "comma-separated"),
         (["attack", "--model", "{model}", "--data", "digits", "--attack", "nope"], "unknown attack"),
         (["attack", "--model", "{model}", "--data", "digits", "--norm", "l9"], "unknown norm"),
+        (["attack", "--model", "{model}", "--data", "digits", "--start", "gauss"], "unknown --start"),
         (["train", "--data", "no-such-data", "--out", "{tmp}/x.safetensors"], "unknown data"),
         (["train", "--data", "digits", "--arch", "vgg", "--out", "{tmp}/x.safetensors"], "unknown architecture"),
         (["evaluate", "--model", "{model}", "--data", "digits", "--device", "cuda:7"], "cuda"),

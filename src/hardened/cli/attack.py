@@ -28,6 +28,7 @@ from hardened.cli._common import (
     resolve_device,
     seed_everything,
 )
+from hardened.errors import ConfigError
 from hardened.report.plots import plot_adversarial_grid
 
 
@@ -39,6 +40,8 @@ def attack_command(
     eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
     steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,
     restarts: Annotated[int | None, typer.Option("--restarts", help="random restarts (pgd)")] = None,
+    start: Annotated[str | None, typer.Option(
+        "--start", help="pgd start: uniform (in the ball), radial (radius uniform in [0, eps]) or none")] = None,
     loss: Annotated[str, typer.Option("--loss", help="ce or margin")] = "ce",
     n: Annotated[int, typer.Option("--n", min=1, help="number of test images to attack")] = 100,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("attack-results"),
@@ -59,6 +62,11 @@ def attack_command(
         options["steps"] = steps
     if restarts is not None:
         options["restarts"] = restarts
+    if start is not None:
+        starts = {"uniform": True, "radial": "radial", "none": False}
+        if start.lower() not in starts:
+            raise ConfigError(f"unknown --start {start!r}: use uniform, radial or none")
+        options["random_start"] = starts[start.lower()]
     if attack.lower() in ("pgd", "bim", "ifgsm", "mifgsm"):
         options["seed"] = seed
     instance = make_attack(attack, **options)

@@ -144,6 +144,14 @@ class Inverter(nn.Module):
         return self.fc2(F.relu(self.fc1(self.features(x))))
 
 
+def _track(bar: Any, record: list[float], value: Tensor, step: int, total: int, task: str, label: str) -> None:
+    """Advance the progress bar; every 50 steps (and at the last) record ``value`` and show it."""
+    bar.advance()
+    if step % 50 == 0 or step == total - 1:
+        record.append(float(value.detach()))
+        bar.describe(f"{task} step {step + 1}/{total} {label} {record[-1]:.4f}")
+
+
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
     """``E[(||grad D(x_hat)||_2 - 1)^2]`` on random interpolates ``x_hat`` (Gulrajani et al. 2017)."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device)
@@ -271,10 +279,7 @@ class WGANInverterScore(ClassifierScore):
                 gap = critic(real).mean() - critic(fake).mean()
                 optimizer_step(opt_d, -gap + self.gp_weight * gradient_penalty(critic, real, fake, penalty_rng))
             optimizer_step(opt_g, -critic(gen(noise())).mean())
-            bar.advance()
-            if step % 50 == 0 or step == self.gan_steps - 1:
-                gaps.append(float(gap.detach()))
-                bar.describe(f"fit wgan-gp step {step + 1}/{self.gan_steps} W-gap {gaps[-1]:.3f}")
+            _track(bar, gaps, gap, step, self.gan_steps, "fit wgan-gp", "W-gap")
         frozen(gen)
         return gaps
 
@@ -297,10 +302,7 @@ class WGANInverterScore(ClassifierScore):
                 fake = gen(z)
             loss_i = F.mse_loss(gen(inverter(real)), real) + self.z_weight * F.mse_loss(inverter(fake), z)
             optimizer_step(opt_i, loss_i)
-            bar.advance()
-            if step % 50 == 0 or step == self.inverter_steps - 1:
-                losses.append(float(loss_i.detach()))
-                bar.describe(f"fit inverter step {step + 1}/{self.inverter_steps} loss {losses[-1]:.4f}")
+            _track(bar, losses, loss_i, step, self.inverter_steps, "fit inverter", "loss")
         frozen(inverter)
         return losses
 

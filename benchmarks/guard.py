@@ -79,7 +79,8 @@ def score_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="/work/shared/data")
-    parser.add_argument("--scores", default="softmax,energy,mahalanobis,vae,wgan-inverter")
+    parser.add_argument("--scores", default="softmax,energy,mahalanobis,mahalanobis-all,vae,wgan-inverter",
+                        help="comma-separated; mahalanobis-all is Mahalanobis with layers='all'")
     parser.add_argument("--classifier", default=None,
                         help="a saved MNIST classifier to guard (default: train a LeNet, cached in results/)")
     parser.add_argument("--train-n", type=int, default=60000, help="MNIST training images (classifier)")
@@ -130,7 +131,10 @@ def main() -> None:
         report["scores"] = {k: v for k, v in previous.get("scores", {}).items()}
     for name in [s.strip() for s in args.scores.split(",") if s.strip()]:
         start = time.perf_counter()
-        score = make_score(name, model, **score_options(name, args))
+        if name == "mahalanobis-all":  # the multi-layer variant, a row of its own
+            score = make_score("mahalanobis", model, layers="all")
+        else:
+            score = make_score(name, model, **score_options(name, args))
         score.fit(score_train, progress=True)
         fit_seconds = time.perf_counter() - start
         n_eval = args.wgan_eval_n if name == "wgan-inverter" else None
@@ -159,6 +163,7 @@ def main() -> None:
         attacked = attack_guard(guard, heldout.x[:n_attack], heldout.y[:n_attack], eps=args.attack_eps,
                                 steps=args.attack_steps, seed=args.seed)
         entry["attack"] = attacked.to_dict() | {"seconds": time.perf_counter() - start}
+        entry["run_args"] = vars(args)  # each row keeps the arguments of the run that made it
         report["scores"][name] = entry
         write_json(out, report)
         t = entry["thresholds"]

@@ -249,3 +249,65 @@ def test_delta_z_is_the_signed_latent_distance_to_the_label_boundary():
     far = torch.full((1, 1, 16, 16), 0.5)
     far[0, 0, 0, 0] = 0.5 + 0.1 * 12.0  # t = 12: boundary 11.5 away
     assert float(score.delta_z(far)) == pytest.approx(10.0)
+
+
+@pytest.fixture(scope="module")
+def mahalanobis_all(digits_model, digits):
+    return make_score("mahalanobis", digits_model, layers="all").fit(digits.train)
+
+
+def test_mahalanobis_all_layers_matches_float64_formula(mahalanobis_all, digits_model, digits):
+    layers = [m for m in digits_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    def features(x):
+        outs = []
+        handles = [layer.register_forward_hook(lambda m, i, o: outs.append(o)) for layer in layers]
+        with torch.no_grad():
+            digits_model(x)
+        for h in handles:
+            h.remove()
+        return [(o.mean(dim=(2, 3)) if o.dim() == 4 else o).double().numpy() for o in outs]
+
+    labels = digits.train.y.numpy()
+    held = np.arange(len(labels)) % 5 == 4
+    train_f, test_f = features(digits.train.x), features(digits.test.x[:10])
+    z_train, z_test = [], []
+    for f, g in zip(train_f, test_f, strict=True):
+        fit, lab = f[~held], labels[~held]
+        means = np.stack([fit[lab == k].mean(axis=0) for k in range(10)])
+        centred = fit - means[lab]
+        cov = centred.T @ centred / (len(fit) - 1)
+        cov += (1e-6 * np.trace(cov) / cov.shape[0] + 1e-12) * np.eye(cov.shape[0])
+        precision = np.linalg.inv(cov)
+
+        def distance(rows, means=means, precision=precision):
+            return np.array([min((r - m) @ precision @ (r - m) for m in means) for r in rows])
+
+        z_train.append(distance(f[held]))
+        z_test.append(distance(g))
+    z_train, z_test = np.stack(z_train, 1), np.stack(z_test, 1)
+    expected = ((z_test - z_train.mean(0)) / z_train.std(0, ddof=1)).sum(1)
+    np.testing.assert_allclose(mahalanobis_all.score(digits.test.x[:10]).double().numpy(), expected,
+                               rtol=2e-3, atol=2e-3)
+
+
+def test_mahalanobis_all_layers_separates_streams_saves_and_differentiates(
+    mahalanobis_all, digits_model, digits, noise, tmp_path
+):
+    x = digits.test.x[:200]
+    id_scores = mahalanobis_all.score(x)
+    # measured: 1.0 (noise), 1.0 (inverted)
+    assert auroc(id_scores, mahalanobis_all.score(noise)) > 0.99
+    assert auroc(id_scores, mahalanobis_all.score(1 - x)) > 0.99
+    one_by_one = torch.cat([mahalanobis_all.score(x[i : i + 1]) for i in range(12)])
+    torch.testing.assert_close(one_by_one, id_scores[:12], rtol=1e-4, atol=1e-4)
+    guard = GuardedClassifier(digits_model, mahalanobis_all, 0.5, model_ref=None)
+    guard.save(tmp_path / "g")
+    loaded = GuardedClassifier.load(tmp_path / "g", digits_model)
+    assert torch.equal(loaded.score.score(x[:20]), mahalanobis_all.score(x[:20]))
+    assert loaded.score.config()["options"]["layers"] == "all"
+    x_var = x[:4].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(mahalanobis_all.score_tensor(x_var).sum(), x_var)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="layers must be one of"):
+        make_score("mahalanobis", digits_model, layers="some")

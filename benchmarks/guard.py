@@ -67,6 +67,8 @@ def classifier(args: argparse.Namespace, splits: Any) -> tuple[torch.nn.Module, 
 
 
 def score_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == "mahalanobis-all":
+        return {"layers": "all"}
     if name == "vae":
         return {"epochs": args.vae_epochs, "hidden": args.vae_hidden, "latent": args.vae_latent,
                 "seed": args.seed}
@@ -131,10 +133,8 @@ def main() -> None:
         report["scores"] = {k: v for k, v in previous.get("scores", {}).items()}
     for name in [s.strip() for s in args.scores.split(",") if s.strip()]:
         start = time.perf_counter()
-        if name == "mahalanobis-all":  # the multi-layer variant, a row of its own
-            score = make_score("mahalanobis", model, layers="all")
-        else:
-            score = make_score(name, model, **score_options(name, args))
+        # mahalanobis-all: the multi-layer variant, a row of its own
+        score = make_score(name.removesuffix("-all"), model, **score_options(name, args))
         score.fit(score_train, progress=True)
         fit_seconds = time.perf_counter() - start
         n_eval = args.wgan_eval_n if name == "wgan-inverter" else None

@@ -416,10 +416,10 @@ def _stage_guard(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, str]]:
     evaluations = {}
     guards = {}
     for name in GUARD_SCORES:
-        options: dict[str, Any] = (
-            {"epochs": budget.guard_epochs, "seed": ctx.seed} if name == "vae"
-            else {"layers": "all"} if name == "mahalanobis" else {}
-        )
+        options: dict[str, Any] = {
+            "vae": {"epochs": budget.guard_epochs, "seed": ctx.seed},
+            "mahalanobis": {"layers": "all"},
+        }.get(name, {})
         score = make_score(name, None if name == "vae" else ctx.model, **options).fit(fit_data)
         guard = GuardedClassifier(ctx.model, score)
         guard.calibrate(held_out.x, fpr=0.05)

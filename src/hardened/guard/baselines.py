@@ -99,13 +99,18 @@ def _tap(layer: nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:
-    """Input of the model's last linear layer for images ``x``: N×D (differentiable)."""
+def _penultimate_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The input of the model's last linear layer (N×D) and the logits, from one forward pass."""
     with _tap(last_linear(model)) as captured:
-        model(x)
+        logits = model(x)
     if not captured:
         raise InputError("the model's last linear layer was not called in the forward pass")
-    return captured[-1].flatten(1)
+    return captured[-1].flatten(1), logits
+
+
+def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:
+    """Input of the model's last linear layer for images ``x``: N×D (differentiable)."""
+    return _penultimate_and_logits(model, x)[0]
 
 
 def _feature_layers(model: nn.Module) -> list[nn.Module]:
@@ -193,11 +198,8 @@ class Mahalanobis(ClassifierScore):
     def _features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Per-layer features (each N×D) and the logits for images ``x`` (differentiable)."""
         if self.layers == "penultimate":
-            with _tap(last_linear(self.model)) as captured:
-                logits = self.model(x)
-            if not captured:
-                raise InputError("the model's last linear layer was not called in the forward pass")
-            return [captured[-1].flatten(1)], logits
+            features, logits = _penultimate_and_logits(self.model, x)
+            return [features], logits
         with _tap_outputs(_feature_layers(self.model)) as outputs:
             logits = self.model(x)
         return list(outputs), logits

@@ -328,7 +328,7 @@ class WGANInverterScore(ClassifierScore):
         n = x.shape[0]
         radius = self.search_steps * self.search_step
         delta = torch.full((n,), radius, device=x.device)
-        outside = torch.zeros(n, dtype=torch.bool, device=x.device)  # G(z0) not labelled y0
+        outside: Tensor  # G(z0) not labelled y0; set at step 0
         active = torch.arange(n, device=x.device)
         z = z0.clone()
         previous = z0.clone()

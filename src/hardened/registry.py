@@ -36,7 +36,7 @@ import importlib.metadata
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from inspect import Signature, signature
+from inspect import Parameter, Signature, signature
 from typing import Any, Generic, TypeVar
 
 from hardened.errors import ConfigError
@@ -48,6 +48,7 @@ C = TypeVar("C", bound=type)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _COLLECTIONS = (tuple, list, set, frozenset)
+_VARIADIC = (Parameter.VAR_POSITIONAL, Parameter.VAR_KEYWORD)
 
 
 def normalize_name(name: str) -> str:
@@ -196,7 +197,9 @@ class Registry(Generic[T]):
             try:
                 sig.bind(*args, **options)
             except TypeError as error:
-                accepted = ", ".join(p for p in sig.parameters if p not in ("args", "kwargs"))
+                accepted = ", ".join(
+                    p.name for p in sig.parameters.values() if p.kind not in _VARIADIC
+                )
                 raise ConfigError(
                     f"bad options for the {key} {self.kind}: {error}; it accepts: "
                     f"{accepted or 'no options'}"

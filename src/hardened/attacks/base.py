@@ -20,9 +20,10 @@ from hardened._util.checks import check_images, check_labels, check_model_output
 from hardened._util.progress import ProgressTask
 from hardened.attacks.losses import attack_loss, is_success
 from hardened.errors import ConfigError
+from hardened.registry import Registry
 from hardened.threat import ThreatModel, norms_of
 
-__all__ = ["Attack", "AttackResult", "Oracle", "attack_in_batches"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Oracle", "attack_in_batches"]
 
 
 @dataclass(frozen=True)
@@ -170,11 +171,26 @@ class Attack(ABC):
 
     Subclasses set ``name``, ``self.bounds`` and optionally ``self.threat`` (a ``ThreatModel``
     the result is projected into; ``None`` for attacks bounded otherwise, e.g. pixel budgets),
-    and implement ``_perturb``.
+    and implement ``_perturb``. They register with ``@ATTACKS.register(name, aliases=...)`` and
+    declare their capabilities as the class attributes below (``ATTACKS.select`` reads them).
+
+    Capabilities:
+        norms: the perturbation norms the attack supports (``"linf"``, ``"l2"``, ``"l1"``, or
+            ``"l0"`` for pixel budgets).
+        targeted: accepts ``targets=``.
+        needs_gradients: uses input gradients (or relevance) of the model.
+        scores_only: needs only the model's outputs (logits), no gradients.
+        labels_only: needs only the model's predicted labels.
+        seeded: draws random numbers from its ``seed`` (the same seed gives the same result).
     """
 
     name: ClassVar[str] = "attack"
-    supports_targeted: ClassVar[bool] = False
+    norms: ClassVar[tuple[str, ...]] = ()
+    targeted: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True
+    scores_only: ClassVar[bool] = False
+    labels_only: ClassVar[bool] = False
+    seeded: ClassVar[bool] = False
 
     threat: ThreatModel | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
@@ -189,7 +205,7 @@ class Attack(ABC):
         """
         start = time.perf_counter()
         x = check_images(x, self.bounds)
-        if targets is not None and not self.supports_targeted:
+        if targets is not None and not self.targeted:
             raise ConfigError(f"the {self.name} attack has no targeted mode; drop targets=")
         with eval_mode(model):
             x_var = x.detach().requires_grad_(True) if self._first_gradient_at_clean() else None
@@ -253,6 +269,14 @@ class Attack(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+ATTACKS: Registry[Attack] = Registry(
+    "attack",
+    group="hardened.attacks",
+    base=Attack,
+    capabilities=("norms", "targeted", "needs_gradients", "scores_only", "labels_only", "seeded"),
+)
 
 
 def attack_in_batches(

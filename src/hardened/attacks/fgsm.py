@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from hardened.attacks.base import ATTACKS
 from hardened.attacks.pgd import PGD
 
 __all__ = ["FGSM", "FGM"]
 
 
+@ATTACKS.register("fgsm")
 class FGSM(PGD):
     """Fast gradient sign method; ``norm="l2"`` gives the fast gradient method (FGM)."""
 
     name = "fgsm"
+    seeded = False
 
     def __init__(self, *, eps: float, norm: str = "linf", loss: str = "ce", **kwargs: Any) -> None:
         super().__init__(
@@ -33,6 +36,7 @@ class FGSM(PGD):
         )
 
 
+@ATTACKS.register("fgm")
 class FGM(FGSM):
     """Fast gradient method: FGSM in the L2 norm."""
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
-from hardened.attacks.base import Attack, Oracle
+from hardened.attacks.base import ATTACKS, Attack, Oracle
 from hardened.attacks.losses import check_loss, is_success
 from hardened.errors import ConfigError
 from hardened.explain.attribute import lrp
@@ -50,6 +50,8 @@ def _check_selection(selection: str) -> str:
 
 class _Guided(Attack):
     """Shared pieces: the selection scores and the composite."""
+
+    seeded = True
 
     selection: str
     bounds: tuple[float, float]
@@ -81,6 +83,7 @@ class _Guided(Attack):
         return logits, torch.rand((n, h * w), generator=generator, device=x.device)
 
 
+@ATTACKS.register("lrp-flip")
 class LRPFlip(_Guided):
     """L0 attack: change the ``pixels_per_step`` most relevant unchanged pixels per step.
 
@@ -94,6 +97,7 @@ class LRPFlip(_Guided):
     """
 
     name = "lrp-flip"
+    norms = ("l0",)
 
     def __init__(
         self,
@@ -147,6 +151,7 @@ class LRPFlip(_Guided):
         return x_adv
 
 
+@ATTACKS.register("lrp-mean")
 class LRPMean(LRPFlip):
     """L0 attack like ``LRPFlip``, but chosen pixels are set to a mean value.
 
@@ -180,6 +185,7 @@ class LRPMean(LRPFlip):
         return values.reshape(1, -1, 1, 1).expand_as(x)
 
 
+@ATTACKS.register("lrp-grad")
 class LRPGrad(_Guided):
     """Iterative gradient attack whose step is restricted to the most relevant pixels.
 
@@ -197,6 +203,7 @@ class LRPGrad(_Guided):
     """
 
     name = "lrp-grad"
+    norms = ("linf", "l2")
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
-from hardened.attacks.base import Attack, Oracle
+from hardened.attacks.base import ATTACKS, Attack, Oracle
 from hardened.attacks.losses import attack_loss, check_loss, is_success
 from hardened.errors import ConfigError
 from hardened.threat import ThreatModel, normalize_direction
@@ -38,6 +38,7 @@ def step_size_at(base: float, step: int, steps: int, schedule: str) -> float:
     return base * (0.5 ** (int(step >= steps // 2) + int(step >= (3 * steps) // 4)))
 
 
+@ATTACKS.register("pgd")
 class PGD(Attack):
     """Projected gradient descent (Madry et al. 2018) in the Linf, L2 or L1 ball.
 
@@ -60,7 +61,9 @@ class PGD(Attack):
     """
 
     name = "pgd"
-    supports_targeted = True
+    norms = ("linf", "l2", "l1")
+    targeted = True
+    seeded = True
 
     def __init__(
         self,
@@ -201,6 +204,7 @@ class PGD(Attack):
         return x_adv
 
 
+@ATTACKS.register("bim", aliases=("ifgsm", "i-fgsm"))
 class BIM(PGD):
     """Basic iterative method / I-FGSM (Kurakin et al. 2017): PGD from the clean image."""
 
@@ -210,6 +214,7 @@ class BIM(PGD):
         super().__init__(eps=eps, steps=steps, random_start=random_start, **kwargs)
 
 
+@ATTACKS.register("mifgsm", aliases=("mi-fgsm",))
 class MIFGSM(PGD):
     """Momentum iterative FGSM (Dong et al. 2018): decay 1.0, step ``eps / steps``, no start."""
 

@@ -23,9 +23,11 @@ their ``pyproject.toml``::
     [project.entry-points."hardened.attacks"]
     toy = "hardened_toy.attacks:ToyAttack"
 
-The group is read on the first lookup (never at ``import hardened``). An entry point may name a
-class (registered under the entry point's name unless it registered itself) or a module whose
-decorators register its components. A plugin that fails to load does not break the others: it
+Components are usually classes; a family whose components are configured instances of one
+class (LRP composites) registers factory functions instead, and ``make`` checks they return a
+``base``. The group is read on the first lookup (never at ``import hardened``). An entry point
+may name a class or factory (registered under the entry point's name unless it registered
+itself) or a module whose decorators register its components. A plugin that fails to load does not break the others: it
 is left out of ``names()``, and asking for it raises ``ConfigError`` naming the plugin, its
 distribution and the original error.
 """
@@ -93,7 +95,10 @@ class Registry(Generic[T]):
     # -- registration -------------------------------------------------------------------
 
     def register(self, name: str, *, aliases: Iterable[str] = ()) -> Callable[[C], C]:
-        """Class decorator: register the class under ``name`` (and ``aliases``); returns it as is."""
+        """Decorator: register a class (or a factory function) under ``name`` and ``aliases``.
+
+        Returns the decorated object unchanged.
+        """
         key = self._check_name(name)
         alias_keys = tuple(self._check_name(alias) for alias in aliases)
 
@@ -112,10 +117,10 @@ class Registry(Generic[T]):
             )
         return key
 
-    def _add(self, key: str, alias_keys: tuple[str, ...], cls: type) -> None:
-        if not isinstance(cls, type):
-            raise ConfigError(f"the {self.kind} {key!r} must be a class, got {cls!r}")
-        if self.base is not None and not issubclass(cls, self.base):
+    def _add(self, key: str, alias_keys: tuple[str, ...], cls: Any) -> None:
+        if not callable(cls):
+            raise ConfigError(f"the {self.kind} {key!r} must be a class or a factory, got {cls!r}")
+        if isinstance(cls, type) and self.base is not None and not issubclass(cls, self.base):
             raise ConfigError(
                 f"the {self.kind} {key!r} ({_qualname(cls)}) must subclass {_qualname(self.base)}"
             )
@@ -150,7 +155,7 @@ class Registry(Generic[T]):
                 continue
             try:
                 loaded = point.load()
-                if isinstance(loaded, type) and loaded not in self._classes.values():
+                if callable(loaded) and loaded not in self._classes.values():
                     self._add(self._check_name(point.name), (), loaded)
             except Exception as error:  # a broken plugin must not hide the working ones
                 self._broken[key] = _describe_failure(self.kind, point, error)
@@ -163,9 +168,9 @@ class Registry(Generic[T]):
     # -- lookup -------------------------------------------------------------------------
 
     def names(self) -> tuple[str, ...]:
-        """The canonical names (no aliases), sorted."""
+        """The canonical names (no aliases) in registration order: built-ins, then plugins."""
         self._ensure_plugins()
-        return tuple(sorted(self._classes))
+        return tuple(self._classes)
 
     def aliases(self) -> dict[str, str]:
         """Every alias mapped to its canonical name."""
@@ -185,11 +190,14 @@ class Registry(Generic[T]):
         raise ConfigError(f"unknown {self.kind} {name!r}: use one of {listed}")
 
     def get(self, name: str) -> type[T]:
-        """The class registered under ``name`` (or an alias); ``ConfigError`` listing names if unknown."""
+        """The class (or factory) registered under ``name`` or an alias; ``ConfigError`` if unknown."""
         return self._classes[self.canonical(name)]
 
     def make(self, name: str, /, *args: Any, **options: Any) -> T:
-        """Build the component ``name`` with ``options``; bad options give a ``ConfigError``."""
+        """Build the component ``name`` with ``options``; bad options give a ``ConfigError``.
+
+        A factory's result must be an instance of ``base`` (when given).
+        """
         key = self.canonical(name)
         cls = self._classes[key]
         sig = _signature(cls)
@@ -205,12 +213,18 @@ class Registry(Generic[T]):
                     f"{accepted or 'no options'}"
                 ) from error
         try:
-            return cls(*args, **options)
+            made = cls(*args, **options)
         except TypeError as error:
             raise ConfigError(f"bad options for the {key} {self.kind}: {error}") from error
+        if self.base is not None and not isinstance(made, self.base):
+            raise ConfigError(
+                f"the {self.kind} factory {key!r} ({_qualname(cls)}) returned "
+                f"{type(made).__name__}, not a {self.base.__name__}"
+            )
+        return made  # type: ignore[no-any-return]
 
     def select(self, **capabilities: Any) -> tuple[str, ...]:
-        """Canonical names whose class attributes match every keyword, sorted.
+        """Canonical names whose class attributes match every keyword, in ``names()`` order.
 
         A scalar attribute matches by equality, a collection attribute by membership
         (``select(norms="l2")`` finds ``norms = ("linf", "l2")``).
@@ -225,7 +239,7 @@ class Registry(Generic[T]):
             )
         return tuple(
             key
-            for key in sorted(self._classes)
+            for key in self._classes
             if all(_matches(self._classes[key], cap, want) for cap, want in capabilities.items())
         )
 
@@ -259,7 +273,7 @@ def _signature(cls: type) -> Signature | None:
         return None
 
 
-def _qualname(obj: type) -> str:
+def _qualname(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 

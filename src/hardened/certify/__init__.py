@@ -1,6 +1,9 @@
 """Certificates: randomized smoothing (L2, Cohen et al. 2019) with resumable dataset runs and
-reports, and interval bound propagation (Linf / L2, Gowal et al. 2018)."""
+reports, and interval bound propagation (Linf / L2, Gowal et al. 2018). Both register in
+``CERTIFIERS`` as thin ``Certifier`` classes (``Smoothing``, ``IBP``) giving certified radii."""
 
+from hardened.certify.base import CERTIFIERS, Certifier
+from hardened.certify.certifiers import IBP, Smoothing
 from hardened.certify.ibp import (
     IBPResult,
     IntervalBounds,
@@ -42,6 +45,10 @@ from hardened.certify.stats import (
 )
 
 __all__ = [
+    "CERTIFIERS",
+    "Certifier",
+    "IBP",
+    "Smoothing",
     "DEFAULT_ALPHA",
     "DEFAULT_N",
     "DEFAULT_N0",

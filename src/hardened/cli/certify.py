@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
+from hardened.certify import CERTIFIERS
 from hardened.certify.ibp import certify_ibp
 from hardened.certify.report import (
     CertifySummary,
@@ -146,11 +147,20 @@ def _ibp(
     out.print(f"wrote {out_dir / 'ibp.json'} and {out_dir / 'ibp.md'}")
 
 
+def _methods_help() -> str:
+    """``smoothing (l2, probabilistic), ibp (linf/l2, deterministic)`` from the registry."""
+    kinds = {True: "deterministic", False: "probabilistic"}
+    return ", ".join(
+        f"{name} ({'/'.join(cls.norms)}, {kinds[bool(cls.deterministic)]})"
+        for name, cls in ((name, CERTIFIERS.get(name)) for name in CERTIFIERS.names())
+    )
+
+
 def certify_command(
     model: Annotated[list[str], typer.Option(
         "--model", help="model file or pkg.module:factory; repeat to compare several models")],
     data: DataOption = "mnist-5k",
-    method: Annotated[str, typer.Option("--method", help="smoothing (L2, randomized) or ibp (interval bounds)")] = "smoothing",
+    method: Annotated[str, typer.Option("--method", help=f"certificate: {_methods_help()}")] = "smoothing",
     sigma: Annotated[float, typer.Option("--sigma", help="smoothing noise level")] = 0.25,
     n: Annotated[int, typer.Option("--n", help="estimation samples per image")] = 100_000,
     n0: Annotated[int, typer.Option("--n0", help="selection samples per image")] = 100,
@@ -172,9 +182,12 @@ def certify_command(
     """Certify test images: smoothing writes samples.jsonl (resumable), summary.json/.md and
     curve.png per model, plus comparison.json/.md/.png for several models; ibp writes ibp.json/.md."""
     seed_everything(seed)
-    key = method.lower()
+    key = CERTIFIERS.canonical(method)
     if key not in ("smoothing", "ibp"):
-        raise ConfigError(f"unknown --method {method!r}: use smoothing or ibp")
+        raise ConfigError(
+            f"the certify command reports smoothing and ibp; certify with {key} from Python: "
+            f"hardened.certify.CERTIFIERS.make({key!r}, ...).radii(model, x, y)"
+        )
     labels = _names(model, name)
     target = resolve_device(device)
     test = _subset(load_data(data, data_dir, download, seed).test, images, every)

@@ -70,13 +70,11 @@ def _options(
     guard: CollapseGuard | None, eps_warmup: float = 0.0,
 ) -> dict[str, Any]:
     """The options ``make_method`` takes for ``method`` from the command-line values."""
-    key = method.lower()
-    if key not in METHODS:
-        raise ConfigError(f"unknown training method {method!r}: use one of {', '.join(METHODS)}")
-    if key == "standard":
-        return {}
+    key = METHODS.canonical(method)
     if key == "noise":
         return {"sigma": sigma}
+    if not METHODS.get(key).adversarial:
+        return {}
     if eps is None:
         raise ConfigError(f"--method {key} is adversarial: give --eps (e.g. --eps 0.3 --norm linf)")
     options: dict[str, Any] = {"eps": eps, "norm": norm, "step_size": step_size,

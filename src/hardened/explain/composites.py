@@ -33,6 +33,7 @@ from hardened.explain.rules import (
     ZPlus,
 )
 from hardened.models.normalize import Normalize
+from hardened.registry import Registry
 
 __all__ = ["Composite", "COMPOSITES", "make_composite", "RULE_CATALOGUE"]
 
@@ -215,22 +216,31 @@ class Composite:
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _epsilon(epsilon: float = 1e-6, **_: Any) -> Composite:
+#: named composites (zennit's names where they exist), each a factory taking keyword options;
+#: other packages add composites through the ``hardened.composites`` entry-point group
+COMPOSITES: Registry[Composite] = Registry("composite", group="hardened.composites", base=Composite)
+
+
+@COMPOSITES.register("epsilon")
+def _epsilon(*, epsilon: float = 1e-6) -> Composite:
     rule = Epsilon(epsilon)
     return Composite("epsilon", [(LINEAR_LAYERS + POOL_LAYERS, rule)])
 
 
-def _epsilon_plus(epsilon: float = 1e-6, **_: Any) -> Composite:
+@COMPOSITES.register("epsilon-plus")
+def _epsilon_plus(*, epsilon: float = 1e-6) -> Composite:
     return Composite(
         "epsilon-plus", [(_CONV, ZPlus()), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))]
     )
 
 
-def _epsilon_plus_box(epsilon: float = 1e-6, **_: Any) -> Composite:
-    return replace(_epsilon_plus(epsilon), name="epsilon-plus-box", first=ZBox())
+@COMPOSITES.register("epsilon-plus-box")
+def _epsilon_plus_box(*, epsilon: float = 1e-6) -> Composite:
+    return replace(_epsilon_plus(epsilon=epsilon), name="epsilon-plus-box", first=ZBox())
 
 
-def _epsilon_gamma_box(epsilon: float = 1e-6, gamma: float = 0.25, **_: Any) -> Composite:
+@COMPOSITES.register("epsilon-gamma-box")
+def _epsilon_gamma_box(*, epsilon: float = 1e-6, gamma: float = 0.25) -> Composite:
     return Composite(
         "epsilon-gamma-box",
         [(_CONV, Gamma(gamma)), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))],
@@ -238,28 +248,19 @@ def _epsilon_gamma_box(epsilon: float = 1e-6, gamma: float = 0.25, **_: Any) -> 
     )
 
 
-def _epsilon_alpha2_beta1(epsilon: float = 1e-6, **_: Any) -> Composite:
+@COMPOSITES.register("epsilon-alpha2-beta1")
+def _epsilon_alpha2_beta1(*, epsilon: float = 1e-6) -> Composite:
     return Composite(
         "epsilon-alpha2-beta1",
         [(_CONV, AlphaBeta(2.0, 1.0)), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))],
     )
 
 
-def _alpha1_beta0(epsilon: float = 1e-6, **_: Any) -> Composite:
+@COMPOSITES.register("alpha1-beta0")
+def _alpha1_beta0(*, epsilon: float = 1e-6) -> Composite:
     return Composite(
         "alpha1-beta0", [(LINEAR_LAYERS, AlphaBeta(1.0, 0.0)), (POOL_LAYERS, Epsilon(epsilon))]
     )
-
-
-#: named composites (zennit's names where they exist); each a factory taking keyword options
-COMPOSITES = {
-    "epsilon": _epsilon,
-    "epsilon-plus": _epsilon_plus,
-    "epsilon-plus-box": _epsilon_plus_box,
-    "epsilon-gamma-box": _epsilon_gamma_box,
-    "epsilon-alpha2-beta1": _epsilon_alpha2_beta1,
-    "alpha1-beta0": _alpha1_beta0,
-}
 
 
 def make_composite(composite: str | Composite, **options: Any) -> Composite:
@@ -269,9 +270,9 @@ def make_composite(composite: str | Composite, **options: Any) -> Composite:
     """
     if isinstance(composite, Composite):
         return composite
-    key = str(composite).lower().replace("_", "-")
-    if key not in COMPOSITES:
+    if not isinstance(composite, str):
         raise ConfigError(
-            f"unknown composite {composite!r}: use one of {', '.join(COMPOSITES)} or a Composite"
+            f"composite must be a name ({', '.join(COMPOSITES)}) or a Composite, "
+            f"got {type(composite).__name__}"
         )
-    return COMPOSITES[key](**options)
+    return COMPOSITES.make(composite, **options)

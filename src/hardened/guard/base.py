@@ -18,8 +18,9 @@ from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.checks import check_images
 from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, InputError, NotFittedError
+from hardened.registry import Registry
 
-__all__ = ["Score", "BaseScore", "ClassifierScore", "as_images", "model_device", "seeded_init"]
+__all__ = ["SCORES", "Score", "BaseScore", "ClassifierScore", "as_images", "model_device", "seeded_init"]
 
 
 @runtime_checkable
@@ -92,16 +93,24 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
 class BaseScore(ABC):
     """Shared machinery of every score.
 
+    A score registers with ``@SCORES.register(name, aliases=...)`` in its own module and
+    declares its capabilities as the class attributes ``differentiable``, ``needs_model`` and
+    ``seeded`` (``SCORES.select`` reads them).
+
     Attributes:
         name: the registry name (``"vae"``, ``"softmax"``...).
         differentiable: ``True`` when ``score_tensor`` carries gradients to the input, which the
             adaptive attack uses; ``False`` for scores defined by a discrete search.
+        needs_model: built as ``cls(model, **options)`` from the classifier (``ClassifierScore``).
+        seeded: takes a ``seed`` option that fixes its fit (trained networks).
         input_shape: C×H×W the score was fitted for (``None`` before ``fit``).
         batch_size: images per batch in ``score``.
     """
 
     name: ClassVar[str] = "score"
     differentiable: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = False
+    seeded: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int = 256) -> None:
         if int(batch_size) < 1:
@@ -252,6 +261,8 @@ class _EvalModes:
 class ClassifierScore(BaseScore):
     """A score computed from the classifier itself (softmax, energy, Mahalanobis, delta_z)."""
 
+    needs_model = True
+
     def __init__(self, model: nn.Module, *, batch_size: int = 256) -> None:
         super().__init__(batch_size=batch_size)
         if not isinstance(model, nn.Module):
@@ -260,3 +271,11 @@ class ClassifierScore(BaseScore):
 
     def _networks(self) -> list[nn.Module]:
         return [self.model]
+
+
+SCORES: Registry[BaseScore] = Registry(
+    "score",
+    group="hardened.scores",
+    base=BaseScore,
+    capabilities=("differentiable", "needs_model", "seeded"),
+)

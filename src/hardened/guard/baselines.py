@@ -27,13 +27,14 @@ from torch import Tensor, nn
 from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.progress import progress_bar
 from hardened.errors import ConfigError, InputError
-from hardened.guard.base import ClassifierScore
+from hardened.guard.base import SCORES, ClassifierScore
 
 __all__ = ["MaxSoftmax", "Energy", "Mahalanobis", "penultimate_features", "last_linear", "LAYER_CHOICES"]
 
 LAYER_CHOICES = ("penultimate", "all")
 
 
+@SCORES.register("softmax", aliases=("msp", "max-softmax"))
 class MaxSoftmax(ClassifierScore):
     """``1 - max softmax probability``: in [0, 1 - 1/K], higher = less confident."""
 
@@ -46,6 +47,7 @@ class MaxSoftmax(ClassifierScore):
         return 1.0 - self.model(x).float().softmax(dim=1).amax(dim=1)
 
 
+@SCORES.register("energy")
 class Energy(ClassifierScore):
     """Free energy ``-T logsumexp(z / T)`` of the logits ``z``; higher = less reliable.
 
@@ -162,6 +164,7 @@ def _min_distance(f: Tensor, means: Tensor, precision: Tensor) -> Tensor:
     return torch.einsum("nkd,de,nke->nk", diff, precision, diff).amin(dim=1)
 
 
+@SCORES.register("mahalanobis")
 class Mahalanobis(ClassifierScore):
     """Minimum squared Mahalanobis distance of the classifier's features to the class means.
 

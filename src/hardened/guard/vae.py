@@ -25,7 +25,7 @@ from hardened._util.batching import batch_slices
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.errors import ConfigError
-from hardened.guard.base import BaseScore, frozen, optimizer_step, seeded_init
+from hardened.guard.base import SCORES, BaseScore, frozen, optimizer_step, seeded_init
 
 __all__ = ["VAE", "VAEScore", "vae_loss"]
 
@@ -62,6 +62,7 @@ def vae_loss(model: VAE, x: Tensor, z_noise: Tensor | None = None) -> Tensor:
     return recon + kl
 
 
+@SCORES.register("vae")
 class VAEScore(BaseScore):
     """The VAE loss as a reliability score (higher = less like the training images).
 
@@ -73,6 +74,7 @@ class VAEScore(BaseScore):
     """
 
     name = "vae"
+    seeded = True
 
     def __init__(
         self,

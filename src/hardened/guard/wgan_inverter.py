@@ -47,7 +47,7 @@ from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.attacks.losses import logit_margin
 from hardened.errors import ConfigError
-from hardened.guard.base import ClassifierScore, frozen, optimizer_step, seeded_init
+from hardened.guard.base import SCORES, ClassifierScore, frozen, optimizer_step, seeded_init
 
 __all__ = ["Generator", "Critic", "Inverter", "WGANInverterScore", "ImageFrame", "gradient_penalty"]
 
@@ -160,6 +160,7 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, generator: t
     return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
 
 
+@SCORES.register("wgan-inverter", aliases=("wgan", "wgan-gp"))
 class WGANInverterScore(ClassifierScore):
     """``-delta_z``: minus the latent distance to a label change (see the module docstring).
 
@@ -181,6 +182,7 @@ class WGANInverterScore(ClassifierScore):
 
     name = "wgan-inverter"
     differentiable = False
+    seeded = True
 
     def __init__(
         self,

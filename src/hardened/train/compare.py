@@ -135,10 +135,10 @@ def compare_methods(
     """
     start = time.perf_counter()
     norm = check_norm(norm)
-    names = [m.lower() for m in methods]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise ConfigError(f"unknown methods {unknown or names}: use some of {', '.join(METHODS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"unknown methods {unknown or list(methods)}: use some of {', '.join(METHODS)}")
+    names = [METHODS.canonical(m) for m in methods]
     config = config or TrainConfig()
     options = {k.lower(): dict(v) for k, v in (method_options or {}).items()}
     kwargs = dict(arch_kwargs or {})

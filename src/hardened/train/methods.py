@@ -39,6 +39,7 @@ from hardened.attacks.base import Oracle
 from hardened.attacks.pgd import PGD
 from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError
+from hardened.registry import Registry
 from hardened.threat import ThreatModel, normalize_direction
 
 __all__ = [
@@ -128,10 +129,13 @@ class Method:
 
     Subclasses set ``name`` and write ``batch_loss`` (one update) or ``updates`` (several).
     ``counters`` record what a method consumed (adversarial examples per source, pool samples),
-    so tests and reports can check that extra inputs are really used.
+    so tests and reports can check that extra inputs are really used. A method registers with
+    ``@METHODS.register(name, aliases=...)``; its capability ``adversarial`` says whether it
+    trains on crafted adversarial examples.
     """
 
     name: ClassVar[str] = "method"
+    adversarial: ClassVar[bool] = False
     threat: ThreatModel | None = None
     guard: CollapseGuard | None = None
 
@@ -171,6 +175,11 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counters = {str(k): int(v) for k, v in dict(state.get("counters", {})).items()}
+
+
+METHODS: Registry[Method] = Registry(
+    "training method", group="hardened.methods", base=Method, capabilities=("adversarial",)
+)
 
 
 class _Wrapped(Method):
@@ -250,6 +259,7 @@ def craft(
     return x_adv.detach(), oracle.gradient_count
 
 
+@METHODS.register("standard")
 class Standard(Method):
     """Plain cross-entropy on clean inputs."""
 
@@ -261,6 +271,8 @@ class Standard(Method):
 
 class _Adversarial(Method):
     """Shared settings of the PGD-based methods."""
+
+    adversarial = True
 
     def __init__(
         self, *, eps: float, norm: str, steps: int, step_size: float | None, random_start: bool,
@@ -310,6 +322,7 @@ class _Adversarial(Method):
         return x_adv
 
 
+@METHODS.register("pgd")
 class PGDTraining(_Adversarial):
     """Madry et al. 2018: minimise CE(f(x'), y) with x' = PGD(x) in the ``norm`` ball of ``eps``.
 
@@ -330,6 +343,7 @@ class PGDTraining(_Adversarial):
         return F.cross_entropy(model(self._adversarial(model, x, y, generator)), y)
 
 
+@METHODS.register("fgsm")
 class FastFGSM(_Adversarial):
     """Fast adversarial training (Wong et al. 2020): x' = Π(x + δ0 + α·sign(∇)), δ0 ~ U(ball).
 
@@ -357,6 +371,7 @@ class FastFGSM(_Adversarial):
         return F.cross_entropy(model(self._adversarial(model, x, y, generator)), y)
 
 
+@METHODS.register("trades")
 class TRADES(_Adversarial):
     """Zhang et al. 2019: CE(f(x), y) + beta · KL(softmax f(x) || softmax f(x')), batch mean.
 
@@ -403,6 +418,7 @@ class TRADES(_Adversarial):
         return F.cross_entropy(clean, y) + self.beta * robust
 
 
+@METHODS.register("noise")
 class GaussianNoise(Method):
     """Gaussian data augmentation: CE(f(x + sigma·N(0, I)), y), not clipped to the pixel box.
 
@@ -452,6 +468,7 @@ def _check_compatible(other: nn.Module, model: nn.Module, data: Dataset, what: s
     return other
 
 
+@METHODS.register("ensemble")
 class Ensemble(_Adversarial):
     """Ensemble adversarial training (Tramèr et al. 2018).
 
@@ -531,6 +548,7 @@ def split_unlabeled(data: Dataset, fraction: float, seed: int = 0) -> tuple[Data
     return labelled, data.x[order[:cut]]
 
 
+@METHODS.register("semi-supervised", aliases=("rst", "semi", "semisupervised"))
 class SemiSupervised(_Adversarial):
     """Robust self-training (Carmon et al. 2019) with pseudo-labels on an unlabeled pool.
 
@@ -647,41 +665,17 @@ class SemiSupervised(_Adversarial):
             self.pseudo_labels = labels
 
 
-METHODS: tuple[str, ...] = ("standard", "pgd", "fgsm", "trades", "noise", "ensemble", "semi-supervised")
-
-_CLASSES: dict[str, type[Method]] = {
-    "standard": Standard,
-    "pgd": PGDTraining,
-    "fgsm": FastFGSM,
-    "trades": TRADES,
-    "noise": GaussianNoise,
-    "ensemble": Ensemble,
-    "semi-supervised": SemiSupervised,
-}
-
-
 def make_method(name: str, **options: Any) -> Method:
-    """Build a method by name (one of ``METHODS``); ``None`` options are dropped.
+    """Build a method by name (one of ``METHODS.names()`` or an alias); ``None`` options are dropped.
 
     ``ensemble`` takes ``sources=[...]`` (modules); ``semi-supervised`` takes ``pool=`` (images).
     """
-    key = name.lower().replace("_", "-")
-    if key in ("rst", "semi", "semisupervised"):
-        key = "semi-supervised"
-    if key not in _CLASSES:
-        raise ConfigError(f"unknown training method {name!r}: use one of {', '.join(METHODS)}")
+    key = METHODS.canonical(name)
     kwargs = {k: v for k, v in options.items() if v is not None}
     if key in ("ensemble", "semi-supervised"):
         extra = "sources" if key == "ensemble" else "pool"
         if extra not in kwargs:
             what = "source models (--source-model)" if key == "ensemble" else "unlabeled images"
             raise ConfigError(f"the {key} method needs {extra}= ({what})")
-        first = kwargs.pop(extra)
-        try:
-            return _CLASSES[key](first, **kwargs)  # type: ignore[call-arg]
-        except TypeError as error:
-            raise ConfigError(f"bad options for the {key} method: {error}") from error
-    try:
-        return _CLASSES[key](**kwargs)
-    except TypeError as error:
-        raise ConfigError(f"bad options for the {key} method: {error}") from error
+        return METHODS.make(key, kwargs.pop(extra), **kwargs)
+    return METHODS.make(key, **kwargs)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from hardened._util.seeding import mix_seed
 from hardened.certify import SampleRecord, certify_dataset, read_records, summarize
 from hardened.certify.report import (
     comparison_markdown,
@@ -17,27 +18,31 @@ from hardened.certify.report import (
     plot_certified_accuracy,
     summary_markdown,
 )
-from hardened.certify.runs import derive_seed, settings_path
+from hardened.certify.runs import settings_path
 from hardened.errors import ConfigError
 from helpers import blob_data, tiny_cnn
 
 SETTINGS = {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.01, "seed": 3, "batch_size": 64}
 
 
-class Killer(nn.Module):
-    """Raises KeyboardInterrupt on its ``after``-th forward call (a run killed mid-sample)."""
+class Killer:
+    """Raises KeyboardInterrupt on the model's ``after``-th forward call (a run killed
+    mid-sample); a hook on the same model, so its digest, checked on resume, is unchanged."""
 
-    def __init__(self, inner: nn.Module, after: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.after = after
-        self.calls = 0
+    def __init__(self, model: nn.Module, after: int) -> None:
+        self.model, self.after, self.calls = model, after, 0
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __enter__(self) -> nn.Module:
+        self.handle = self.model.register_forward_pre_hook(self._count)
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _count(self, module: nn.Module, args: object) -> None:
         self.calls += 1
         if self.calls == self.after:
             raise KeyboardInterrupt
-        return self.inner(x)
 
 
 def keys(records: tuple[SampleRecord, ...] | list[SampleRecord]) -> list[tuple[object, ...]]:
@@ -57,8 +62,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, small) -> None: 
 
     log = tmp_path / "killed.jsonl"
     # each sample takes a probe, 2 batches of selection+estimation...; kill somewhere in sample 4
-    with pytest.raises(KeyboardInterrupt):
-        certify_dataset(Killer(model, after=20), x, y, log_path=log, **SETTINGS)
+    with pytest.raises(KeyboardInterrupt), Killer(model, after=20) as killed:
+        certify_dataset(killed, x, y, log_path=log, **SETTINGS)
     finished = read_records(log)
     assert 0 < len(finished) < 7
     # and a half-written last line, as left by a kill during the write
@@ -90,10 +95,10 @@ def test_resume_with_other_settings_refused(tmp_path: Path, small) -> None:  # t
     assert not (tmp_path / "new.jsonl").exists() and not settings_path(tmp_path / "new.jsonl").exists()
 
 
-def test_derive_seed_distinct() -> None:
-    seeds = {derive_seed(s, i) for s in range(3) for i in range(100)}
+def test_mix_seed_distinct() -> None:
+    seeds = {mix_seed(s, i) for s in range(3) for i in range(100)}
     assert len(seeds) == 300 and all(0 <= v < 2**63 for v in seeds)
-    assert derive_seed(1, 2) == derive_seed(1, 2)
+    assert mix_seed(1, 2) == mix_seed(1, 2)
 
 
 def record(index: int, label: int, prediction: int | None, radius: float) -> SampleRecord:

@@ -23,7 +23,6 @@ from hardened.certify.runs import (
     CertifyRun,
     SampleRecord,
     certify_dataset,
-    derive_seed,
     read_records,
 )
 from hardened.certify.smoothing import (
@@ -68,7 +67,6 @@ __all__ = [
     "clopper_pearson_upper",
     "comparison_markdown",
     "comparison_table",
-    "derive_seed",
     "interval_bounds",
     "margin_lower_bounds",
     "min_samples_to_certify",

@@ -1,6 +1,6 @@
 """Certify a dataset with randomized smoothing, one JSON line per sample, resumable.
 
-Each sample ``i`` draws its noise from its own generator seeded with ``derive_seed(seed, i)``, so
+Each sample ``i`` draws its noise from its own generator seeded with ``mix_seed(seed, i)``, so
 a run killed at any point and restarted with the same settings continues after the last finished
 sample and ends with exactly the results of an uninterrupted run (no sample lost or counted
 twice). The settings (and fingerprints of the model and the data) are kept beside the log in
@@ -9,23 +9,20 @@ twice). The settings (and fingerprints of the model and the data) are kept besid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 
 from hardened._util.atomic import append_jsonl, write_json, write_text
 from hardened._util.batching import eval_mode
 from hardened._util.checks import check_images, check_labels, check_model_output
+from hardened._util.digests import model_digest, tensor_digest
 from hardened._util.progress import progress_bar
-from hardened._util.seeding import make_generator
+from hardened._util.seeding import make_generator, mix_seed
 from hardened.certify.smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_N,
@@ -36,7 +33,7 @@ from hardened.certify.smoothing import (
 )
 from hardened.errors import ConfigError, DataError
 
-__all__ = ["SampleRecord", "CertifyRun", "certify_dataset", "derive_seed", "read_records", "settings_path"]
+__all__ = ["SampleRecord", "CertifyRun", "certify_dataset", "read_records", "settings_path"]
 
 _FORMAT = 1
 
@@ -101,32 +98,10 @@ class CertifyRun:
         }
 
 
-def derive_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample ``index`` of a run seeded with ``seed`` (numpy ``SeedSequence``),
-    independent of which samples ran before it."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(index)]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
 def settings_path(log_path: str | os.PathLike[str]) -> Path:
     """``results/samples.jsonl`` -> ``results/samples.settings.json``."""
     path = Path(log_path)
     return path.with_name(path.stem + ".settings.json")
-
-
-def _sha256_tensors(tensors: Sequence[Tensor]) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _model_fingerprint(model: nn.Module) -> str:
-    state = model.state_dict()
-    return _sha256_tensors([state[k] for k in sorted(state)])
 
 
 def read_records(log_path: str | os.PathLike[str], *, repair: bool = False) -> list[SampleRecord]:
@@ -190,7 +165,7 @@ def certify_dataset(
 
     With ``log_path`` each finished sample is appended to that JSON-lines file (flushed and
     fsynced) and a restart with the same arguments resumes after the finished samples. Sample
-    ``i`` uses ``derive_seed(seed, i)``, so results do not depend on where a run was resumed.
+    ``i`` uses ``mix_seed(seed, i)``, so results do not depend on where a run was resumed.
     """
     sigma, n0, n, alpha, batch_size = check_certify_settings(sigma, n0, n, alpha, batch_size)
     x = check_images(x, bounds, allow_empty=True)
@@ -214,8 +189,8 @@ def certify_dataset(
         "seed": seed,
         "batch_size": size,
         "num_samples": int(x.shape[0]),
-        "data_sha256": _sha256_tensors([x, y]),
-        "model_sha256": _model_fingerprint(model),
+        "data_sha256": tensor_digest({"x": x, "y": y}),
+        "model_sha256": model_digest(model),
     }
     done: dict[int, SampleRecord] = {}
     if log_path is not None:
@@ -238,7 +213,7 @@ def certify_dataset(
     todo = [i for i in range(int(x.shape[0])) if i not in done]
     with progress_bar(len(todo), f"certify sigma={sigma:g} n={n}", progress) as bar:
         for index in todo:
-            generator = make_generator(derive_seed(seed, index), x.device)
+            generator = make_generator(mix_seed(seed, index), x.device)
             cert = certify(model, x[index : index + 1], sigma, n0, n, alpha, batch_size=size,
                            generator=generator, bounds=bounds)
             label = int(y[index])

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from hardened._util.batching import eval_mode
 from hardened._util.checks import check_images, check_model_output
+from hardened._util.device import model_device
 from hardened._util.seeding import make_generator
 from hardened.certify.stats import (
     binomial_test,
@@ -154,13 +155,12 @@ def _check_single_image(x: object, bounds: tuple[float, float]) -> Tensor:
 
 
 def _check_device(model: nn.Module, x: Tensor) -> None:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.device != x.device:
-            raise InputError(
-                f"the image is on {x.device} but the model is on {tensor.device}; "
-                f"move the image with x.to('{tensor.device}') (the library never moves the model)"
-            )
-        return
+    device = model_device(model, default=x.device)
+    if device != x.device:
+        raise InputError(
+            f"the image is on {x.device} but the model is on {device}; "
+            f"move the image with x.to('{device}') (the library never moves the model)"
+        )
 
 
 def _resolve_generator(

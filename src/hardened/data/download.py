@@ -9,7 +9,6 @@ comma-separated list of base URLs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardened._util.atomic import write_bytes
+from hardened._util.digests import sha256_hex
 from hardened.errors import DataError
 
 __all__ = ["IDX_SOURCES", "IdxSource", "default_data_dir", "locate_idx_files", "download_idx_files"]
@@ -100,10 +100,6 @@ def locate_idx_files(source: IdxSource, data_dir: Path) -> dict[str, Path] | Non
     return found
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _mirrors(source: IdxSource, mirrors: tuple[str, ...] | None) -> tuple[str, ...]:
     if mirrors:
         return mirrors
@@ -124,7 +120,7 @@ def download_idx_files(
     errors: list[str] = []
     for role, file_name in source.files.items():
         target = target_dir / file_name
-        if target.is_file() and _sha256(target.read_bytes()) == source.sha256[file_name]:
+        if target.is_file() and sha256_hex(target) == source.sha256[file_name]:
             paths[role] = target
             continue
         for base in _mirrors(source, mirrors):
@@ -135,7 +131,7 @@ def download_idx_files(
             except (urllib.error.URLError, OSError, ValueError) as error:
                 errors.append(f"{url}: {error}")
                 continue
-            digest = _sha256(payload)
+            digest = sha256_hex(payload)
             if digest != source.sha256[file_name]:
                 errors.append(f"{url}: sha256 {digest} != expected {source.sha256[file_name]}")
                 continue

@@ -20,7 +20,7 @@ from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, InputError, NotFittedError
 from hardened.registry import Registry
 
-__all__ = ["SCORES", "Score", "BaseScore", "ClassifierScore", "as_images", "model_device", "seeded_init"]
+__all__ = ["SCORES", "Score", "BaseScore", "ClassifierScore", "as_images", "seeded_init"]
 
 
 @runtime_checkable
@@ -46,13 +46,6 @@ def as_images(data: Dataset | Tensor) -> tuple[Tensor, Tensor | None]:
     if isinstance(data, Tensor):
         return data, None
     raise InputError(f"fit data must be a hardened Dataset or an image tensor, got {type(data).__name__}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the first parameter or buffer (CPU for a parameter-free model)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

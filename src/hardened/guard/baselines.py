@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hardened._util.batching import batch_slices, eval_mode
+from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
 from hardened.errors import ConfigError, InputError
 from hardened.guard.base import SCORES, ClassifierScore
@@ -265,7 +266,7 @@ class Mahalanobis(ClassifierScore):
         return state
 
     def _load(self, tensors: dict[str, Tensor], input_shape: tuple[int, int, int]) -> None:
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        device = model_device(self.model)
         if self.layers == "penultimate":
             keys = [("means", "precision")]
         else:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hardened._util.device import model_device
 from hardened.errors import InputError
 from hardened.guard.calibrate import ScoreSummary, summarize_scores
 from hardened.guard.guarded import GuardedClassifier
@@ -122,7 +123,6 @@ class GuardEvaluation:
 
 def _overconfidence(guard: GuardedClassifier, x: Tensor, levels: Sequence[float]) -> dict[str, float]:
     from hardened._util.batching import predict_logits
-    from hardened.guard.base import model_device
 
     logits = predict_logits(guard.model, x.to(model_device(guard.model)), guard.batch_size).float()
     confidence = logits.softmax(dim=1).amax(dim=1).cpu()

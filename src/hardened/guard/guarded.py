@@ -15,7 +15,6 @@ guard never accepts an input it could not score.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,11 +24,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from hardened._util.atomic import atomic_path, write_json
+from hardened._util.atomic import write_json
 from hardened._util.batching import predict_logits
+from hardened._util.device import model_device
+from hardened._util.digests import model_digest
+from hardened._util.tensorfile import digest_matches, save_tensors
 from hardened.errors import (
     ConfigError,
     InputError,
@@ -37,11 +39,11 @@ from hardened.errors import (
     NotFittedError,
     NotReliableClassification,
 )
-from hardened.guard.base import BaseScore, model_device
+from hardened.guard.base import BaseScore
 from hardened.guard.calibrate import Calibration, calibrate
 from hardened.guard.registry import score_from_state
 
-__all__ = ["GuardedPrediction", "GuardedClassifier", "guarded_predict", "classifier_fingerprint"]
+__all__ = ["GuardedPrediction", "GuardedClassifier", "guarded_predict"]
 
 FORMAT = "hardened-guard"
 FORMAT_VERSION = 1
@@ -117,20 +119,6 @@ def guarded_predict(
     scored = torch.isfinite(scores)
     accepted = scored & (scores <= limit)
     return GuardedPrediction(predictions, accepted, scores, confidence, scored, limit)
-
-
-def classifier_fingerprint(model: nn.Module) -> str:
-    """sha256 over the classifier's state dict (names, shapes, dtypes, values)."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        tensor = value.detach().cpu().contiguous()
-        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class GuardedClassifier:
@@ -220,7 +208,7 @@ class GuardedClassifier:
             "format_version": FORMAT_VERSION,
             "classifier": {
                 "reference": self.model_ref,
-                "fingerprint": classifier_fingerprint(self.model),
+                "fingerprint": model_digest(self.model),
             },
             "classes": list(self.classes) if self.classes else None,
             "input_shape": list(self.input_shape),
@@ -238,9 +226,7 @@ class GuardedClassifier:
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
         tensors = self.score.state_tensors()
-        with atomic_path(target / SCORE_FILE, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "score": self.score.name})
-            digest = _sha256(tmp)
+        digest = save_tensors(tensors, target / SCORE_FILE, metadata={"format": FORMAT, "score": self.score.name})
         record = self.record() | {"score_weights_sha256": digest, "extra": extra or {}}
         write_json(target / GUARD_JSON, record)
         return target
@@ -259,17 +245,18 @@ class GuardedClassifier:
         weights = root / SCORE_FILE
         if not weights.is_file():
             raise ModelLoadError(f"{weights} is missing: the guard folder is incomplete")
-        if record.get("score_weights_sha256") and _sha256(weights) != record["score_weights_sha256"]:
-            raise ModelLoadError(f"{weights} is corrupt: its sha256 does not match {GUARD_JSON}")
         try:
             tensors = load_file(str(weights))
         except (SafetensorError, OSError) as error:
-            raise ModelLoadError(f"cannot read {weights}: {error}") from error
+            raise ModelLoadError(f"{weights} is corrupt or unreadable: {error}") from error
+        expected = record.get("score_weights_sha256")
+        if expected and not digest_matches(tensors, weights, expected):
+            raise ModelLoadError(f"{weights} is corrupt: its tensors' sha256 does not match {GUARD_JSON}")
         classifier = record.get("classifier") or {}
         if model is None:
             model = _load_classifier(classifier.get("reference"), root)
         if check_model and classifier.get("fingerprint"):
-            if classifier_fingerprint(model) != classifier["fingerprint"]:
+            if model_digest(model) != classifier["fingerprint"]:
                 raise ModelLoadError(
                     "the classifier's weights differ from those the guard was fitted with; pass the "
                     "original model, or load with check_model=False if you know what you are doing"

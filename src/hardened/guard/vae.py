@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardened._util.batching import batch_slices
+from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.errors import ConfigError
@@ -133,7 +134,7 @@ class VAEScore(BaseScore):
     def _score(self, x: Tensor) -> Tensor:
         if self.vae is None:
             raise ConfigError("the VAE is missing; call fit first")
-        return vae_loss(self.vae, x.to(next(self.vae.parameters()).device)).to(x.device)
+        return vae_loss(self.vae, x.to(model_device(self.vae))).to(x.device)
 
     def _networks(self) -> list[nn.Module]:
         return [self.vae] if self.vae is not None else []

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.attacks.losses import logit_margin
@@ -396,7 +397,7 @@ class WGANInverterScore(ClassifierScore):
                 **{f"inverter.{k}": v for k, v in self.inverter.state_dict().items()}}
 
     def _load(self, tensors: dict[str, Tensor], input_shape: tuple[int, int, int]) -> None:
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        device = model_device(self.model)
         frame, gen, _, inverter = self._build(input_shape, device)
         for prefix, net in (("generator.", gen), ("inverter.", inverter)):
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

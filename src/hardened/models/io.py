@@ -2,14 +2,14 @@
 
 Reference architectures are saved as ``NAME.safetensors`` (weights) plus ``NAME.json`` (sidecar:
 format version, architecture and its arguments, input shape, classes, training record, and the
-weights' sha256 so a corrupt file is detected). Users' own models load from TorchScript files
+weights' sha256, taken over the tensors, so a corrupt file is detected and identical weights
+give byte-identical files). Users' own models load from TorchScript files
 (``.pt``/``.ts``/``.torchscript``) or a ``package.module:factory`` string plus a weights file
 (safetensors, or a state dict read with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from hardened._util.atomic import atomic_path, write_json
+from hardened._util.atomic import write_json
+from hardened._util.tensorfile import digest_matches, save_tensors
 from hardened.errors import ModelLoadError
 from hardened.models.zoo import ARCHITECTURES, build_model
 
@@ -63,14 +64,6 @@ def sidecar_path(weights: str | os.PathLike[str]) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_model(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -85,10 +78,7 @@ def save_model(
     target = Path(path)
     if target.suffix != ".safetensors":
         target = target.with_suffix(".safetensors")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(target, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "hardened", "arch": arch})
-        digest = _sha256(tmp)
+    digest = save_tensors(model.state_dict(), target, metadata={"format": "hardened", "arch": arch})
     sidecar = {
         "format_version": FORMAT_VERSION,
         "arch": arch,
@@ -147,14 +137,15 @@ def _load_sidecar_model(path: Path) -> LoadedModel:
     arch = meta.get("arch")
     if arch not in ARCHITECTURES:
         raise ModelLoadError(f"{meta_path} names unknown architecture {arch!r}")
+    state = _read_state(path)
     expected = meta.get("weights_sha256")
-    if expected and _sha256(path) != expected:
+    if expected and not digest_matches(state, path, expected):
         raise ModelLoadError(
-            f"{path} is corrupt: its sha256 does not match the one recorded in {meta_path.name}"
+            f"{path} is corrupt: its tensors' sha256 does not match the one recorded in {meta_path.name}"
         )
     kwargs = dict(meta.get("arch_kwargs") or {})
     model = build_model(arch, **kwargs)
-    _load_state(model, _read_state(path), str(path))
+    _load_state(model, state, str(path))
     shape = meta.get("input_shape")
     classes = meta.get("classes")
     info = ModelInfo(

@@ -13,7 +13,6 @@ then a ``torch.save`` payload of plain types and tensors, read back only with
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -26,14 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from hardened._util.atomic import append_jsonl, write_bytes, write_text
 from hardened._util.batching import predict_logits
+from hardened._util.device import model_device
+from hardened._util.digests import sha256_hex
 from hardened._util.progress import progress_bar
-from hardened._util.seeding import make_generator
+from hardened._util.seeding import make_generator, mix_seed
 from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, DataError
 from hardened.evaluate.sweeps import robust_accuracy_sweep
@@ -163,17 +163,9 @@ def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (eval mode, no grad)."""
     if len(data) == 0:
         return float("nan")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     logits = predict_logits(model, data.x.to(device), batch_size)
     return float((logits.argmax(1).cpu() == data.y.cpu()).float().mean())
-
-
-def _mix(seed: int, *parts: int) -> int:
-    """A 63-bit seed that is a pure function of ``(seed, *parts)`` (numpy SeedSequence)."""
-    state = np.random.SeedSequence([int(seed) % 2**63, *[int(p) for p in parts]]).generate_state(
-        2, np.uint32
-    )
-    return int(state[0]) << 31 ^ int(state[1])
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -195,16 +187,12 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` atomically as one file: checksum header line, then the torch payload."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    return write_bytes(path, _MAGIC + _sha256(payload).encode("ascii") + b"\n" + payload)
+    return write_bytes(path, _MAGIC + sha256_hex(payload).encode("ascii") + b"\n" + payload)
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -221,7 +209,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
             "over, or point --checkpoint-dir at the run's folder"
         )
     expected = header[len(_MAGIC):].decode("ascii", "replace").strip()
-    if _sha256(payload) != expected:
+    if sha256_hex(payload) != expected:
         raise DataError(
             f"checkpoint {target} is corrupt: its sha256 does not match the recorded checksum "
             "(a partial copy or a damaged disk?). It was not loaded; delete it to start over"
@@ -266,7 +254,7 @@ class Trainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
-        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = model_device(model)
         self.optimizer = _optimizer(model, self.config)
         amp = self.config.amp if self.config.amp is not None else self.device.type == "cuda"
         self.amp = bool(amp)
@@ -375,7 +363,7 @@ class Trainer:
         """Fork the global RNG and seed it from ``(seed, step)`` for the step (dropout etc.)."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            seed = _mix(self.config.seed, 2, step)
+            seed = mix_seed(self.config.seed, 2, step)
             torch.random.default_generator.manual_seed(seed)
             if devices:
                 torch.cuda.manual_seed(seed)
@@ -390,7 +378,7 @@ class Trainer:
         base_lr = self.config.lr * lr_factor(self.config.lr_schedule, step, self.total_steps)
         ctx = StepContext(
             epoch=self.epoch, step=step,
-            generator=make_generator(_mix(self.config.seed, 1, step), self.device), lr=base_lr,
+            generator=make_generator(mix_seed(self.config.seed, 1, step), self.device), lr=base_lr,
             total_steps=self.total_steps,
         )
         with self._step_rng(step):
@@ -530,7 +518,7 @@ class Trainer:
         with progress_bar(self.total_steps, f"train {self.method.name}", self.progress) as bar:
             bar.advance(min(self.global_step, self.total_steps))
             while self.epoch < self.config.epochs and self._stopped is None:
-                shuffle = make_generator(_mix(self.config.seed, 0, self.epoch))
+                shuffle = make_generator(mix_seed(self.config.seed, 0, self.epoch))
                 order = torch.randperm(len(self.train_data), generator=shuffle)
                 while self.step_in_epoch < spe:
                     if max_steps is not None and done_steps >= max_steps:

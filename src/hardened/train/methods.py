@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardened._util.batching import eval_mode, predict_logits
+from hardened._util.device import model_device
 from hardened.attacks.base import Oracle
 from hardened.attacks.pgd import PGD
 from hardened.data.dataset import Dataset
@@ -444,8 +445,8 @@ class GaussianNoise(Method):
 
 def _check_compatible(other: nn.Module, model: nn.Module, data: Dataset, what: str) -> nn.Module:
     """Check ``other`` takes ``data``'s images and has ``model``'s classes; return it on the device."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    other_device = next((p.device for p in other.parameters()), device)
+    device = model_device(model)
+    other_device = model_device(other, default=device)
     if other_device != device:
         other = copy.deepcopy(other).to(device)
     probe = data.x[:2].to(device)
@@ -609,7 +610,7 @@ class SemiSupervised(_Adversarial):
         lo, hi = self.threat.bounds if self.threat else (0.0, 1.0)
         if float(self.pool.min()) < lo or float(self.pool.max()) > hi:
             raise ConfigError(f"the unlabeled pool's pixel values must lie in [{lo}, {hi}]")
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = model_device(model)
         self.pool = self.pool.to(device)
         if self.pseudo_labels is not None:
             self.pseudo_labels = self.pseudo_labels.to(device)

@@ -29,7 +29,7 @@ import torch
 from hardened._util.atomic import write_json
 from hardened._util.seeding import make_generator
 from hardened.data import load_splits
-from hardened.guard import GuardedClassifier, calibrate, make_score
+from hardened.guard import GuardedClassifier, calibrate_threshold, make_score
 from hardened.guard.adaptive import attack_guard
 from hardened.guard.evaluation import evaluate_guard
 from hardened.models import build_model, load_model, save_model
@@ -146,7 +146,7 @@ def main() -> None:
         entry: dict[str, Any] = {"options": score.config()["options"], "fit_seconds": fit_seconds,
                                  "fit_record": score.fit_record, "thresholds": {}}
         for label, kwargs in (("max_threshold", {"method": "max"}), ("p95_threshold", {"fpr": 0.05})):
-            cal = calibrate(calib_scores, **kwargs)
+            cal = calibrate_threshold(calib_scores, **kwargs)
             guard = GuardedClassifier(model, score, cal, model_ref=model_ref)
             evaluation = evaluate_guard(guard, h_x, {"fashion-mnist": f_x}, id_name="mnist")
             r = evaluation.ood[0]
@@ -157,7 +157,7 @@ def main() -> None:
             if label == "p95_threshold":
                 plot_score_histograms(evaluation, RESULTS / f"guard_{name}_scores.png")
         entry["score_seconds"] = time.perf_counter() - start
-        guard = GuardedClassifier(model, score, calibrate(calib_scores, fpr=0.05), model_ref=model_ref)
+        guard = GuardedClassifier(model, score, calibrate_threshold(calib_scores, fpr=0.05), model_ref=model_ref)
         n_attack = min(args.attack_n, 50) if name == "wgan-inverter" else args.attack_n
         start = time.perf_counter()
         attacked = attack_guard(guard, heldout.x[:n_attack], heldout.y[:n_attack], eps=args.attack_eps,

@@ -16,7 +16,7 @@ from hardened.errors import (
     NotFittedError,
     NotReliableClassification,
 )
-from hardened.explain import Attribution, conservation_error, explain
+from hardened.explain import Attribution, conservation_error, explain_images
 from hardened.guard import GuardedClassifier, make_score
 from hardened.models import build_model, load_model, save_model
 from hardened.threat import ThreatModel
@@ -46,7 +46,7 @@ __all__ = [
     "SmoothedClassifier",
     "ThreatModel",
     "conservation_error",
-    "explain",
+    "explain_images",
     "TrainConfig",
     "Trainer",
     "__version__",

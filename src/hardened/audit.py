@@ -283,10 +283,10 @@ def _stage_gallery(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, str]]:
         "adversarial": [f"{classes[int(p)]} {100 * float(c):.0f}%" for p, c in zip(result.pred_adv, result.confidence_adv, strict=True)],
         "perturbation": [f"±{eps:g}"] * len(x),
     }
-    from hardened.explain import explain
+    from hardened.explain import explain_images
 
-    relevance_clean = explain(ctx.model, x, target=y, method="lrp", seed=ctx.seed).relevance
-    relevance_adv = explain(ctx.model, result.x_adv, target=result.pred_adv, method="lrp", seed=ctx.seed).relevance
+    relevance_clean = explain_images(ctx.model, x, target=y, method="lrp", seed=ctx.seed).relevance
+    relevance_adv = explain_images(ctx.model, result.x_adv, target=result.pred_adv, method="lrp", seed=ctx.seed).relevance
     rows |= {"LRP (original)": relevance_clean, "LRP (adversarial)": relevance_adv}
     titles |= {
         "LRP (original)": [f"for {classes[int(t)]}" for t in y],

@@ -7,7 +7,7 @@ import torch
 
 from hardened.attacks import BIM, LRPFlip, LRPGrad, LRPMean, make_attack
 from hardened.errors import ConfigError
-from hardened.explain import explain
+from hardened.explain import explain_images
 from hardened.train import TrainConfig, train
 from helpers import blob_data, tiny_cnn, tiny_mlp
 
@@ -67,7 +67,7 @@ def test_lrp_selection_flips_the_most_relevant_pixels(trained) -> None:
     model, x, y = trained
     k = 5
     result = LRPFlip(max_pixels=k, pixels_per_step=k)(model, x, y)
-    relevance = explain(model, x, y).relevance.sum(1).flatten(1)
+    relevance = explain_images(model, x, y).relevance.sum(1).flatten(1)
     top = relevance.topk(k, dim=1).indices
     changed = (result.x_adv != x).sum(1).flatten(1)
     for i in range(len(x)):

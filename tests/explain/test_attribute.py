@@ -1,4 +1,4 @@
-"""explain() API, gradient baselines, pixel flipping and heatmap files."""
+"""explain_images() API, gradient baselines, pixel flipping and heatmap files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hardened.explain import Explainer, explain
+from hardened.explain import Explainer, explain_images
 from hardened.explain.gradients import integrated_gradients, target_gradient
 from hardened.explain.quality import compare_explanations, deletion_curve, pixel_order
 from hardened.report.heatmaps import (
@@ -31,9 +31,9 @@ def test_gradient_methods_against_autograd(setup) -> None:
     x_var = x.clone().requires_grad_(True)
     model(x_var).gather(1, y[:, None]).sum().backward()
     grad = x_var.grad
-    torch.testing.assert_close(explain(model, x, y, "gradient").relevance, grad)
-    torch.testing.assert_close(explain(model, x, y, "saliency").relevance, grad.abs())
-    torch.testing.assert_close(explain(model, x, y, "gradient-x-input").relevance, grad * x)
+    torch.testing.assert_close(explain_images(model, x, y, "gradient").relevance, grad)
+    torch.testing.assert_close(explain_images(model, x, y, "saliency").relevance, grad.abs())
+    torch.testing.assert_close(explain_images(model, x, y, "gradient-x-input").relevance, grad * x)
 
 
 def test_integrated_gradients_completeness_on_linear_model() -> None:
@@ -49,32 +49,32 @@ def test_integrated_gradients_completeness_on_linear_model() -> None:
 
 def test_smoothgrad_and_random_are_seeded(setup) -> None:
     model, x, y = setup
-    a = explain(model, x, y, "smoothgrad", samples=3, seed=4).relevance
-    b = explain(model, x, y, "smoothgrad", samples=3, seed=4).relevance
-    c = explain(model, x, y, "smoothgrad", samples=3, seed=5).relevance
+    a = explain_images(model, x, y, "smoothgrad", samples=3, seed=4).relevance
+    b = explain_images(model, x, y, "smoothgrad", samples=3, seed=4).relevance
+    c = explain_images(model, x, y, "smoothgrad", samples=3, seed=5).relevance
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(explain(model, x, y, "random", seed=1).relevance,
-                       explain(model, x, y, "random", seed=1).relevance)
+    assert torch.equal(explain_images(model, x, y, "random", seed=1).relevance,
+                       explain_images(model, x, y, "random", seed=1).relevance)
 
 
 def test_function_and_class_agree(setup) -> None:
     model, x, y = setup
     for method in ("lrp", "integrated-gradients"):
-        direct = explain(model, x, y, method, steps=4)
+        direct = explain_images(model, x, y, method, steps=4)
         via_class = Explainer(method, steps=4)(model, x, y)
         assert torch.equal(direct.relevance, via_class.relevance)
 
 
 def test_target_int_and_default_prediction(setup) -> None:
     model, x, _ = setup
-    assert explain(model, x, 2).target.tolist() == [2] * len(x)
+    assert explain_images(model, x, 2).target.tolist() == [2] * len(x)
     logits, _ = target_gradient(model, x, torch.zeros(len(x), dtype=torch.long))
-    assert torch.equal(explain(model, x).target, logits.argmax(1))
+    assert torch.equal(explain_images(model, x).target, logits.argmax(1))
 
 
 def test_deletion_curve_shape_and_order(setup) -> None:
     model, x, y = setup
-    relevance = explain(model, x, y).relevance
+    relevance = explain_images(model, x, y).relevance
     curve = deletion_curve(model, x, y, relevance, steps=4, max_fraction=0.5, method="lrp")
     assert curve.fractions[0] == 0 and curve.fractions[-1] == pytest.approx(0.5)
     assert len(curve.score) == 5 and 0 <= curve.area <= 1
@@ -86,9 +86,9 @@ def test_deletion_curve_shape_and_order(setup) -> None:
 
 def test_heatmap_files(setup, tmp_path) -> None:
     model, x, y = setup
-    attribution = explain(model, x, y)
+    attribution = explain_images(model, x, y)
     single = plot_heatmap(x[0], attribution.relevance[0], tmp_path / "one.png", title="class 0")
-    grid = plot_heatmap_grid(x, {"lrp": attribution.relevance, "gradient": explain(model, x, y, "gradient").relevance},
+    grid = plot_heatmap_grid(x, {"lrp": attribution.relevance, "gradient": explain_images(model, x, y, "gradient").relevance},
                              tmp_path / "grid.png", titles=[str(int(t)) for t in y])
     curves = compare_explanations(model, x, y, ("lrp", "random"), steps=2)
     deletion = plot_deletion_curves(curves, tmp_path / "deletion.png")

@@ -21,7 +21,7 @@ from hardened.explain import (
     ZBox,
     ZPlus,
     conservation_error,
-    explain,
+    explain_images,
     make_composite,
 )
 from hardened.models import build_model
@@ -48,20 +48,20 @@ def bias_free_net(seed: int, conv: bool) -> nn.Module:
 def test_conservation_epsilon_to_zero_without_biases(seed: int, conv: bool) -> None:
     model = bias_free_net(seed, conv)
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    attribution = explain(model, x, composite=make_composite("epsilon", epsilon=1e-12))
+    attribution = explain_images(model, x, composite=make_composite("epsilon", epsilon=1e-12))
     assert float(conservation_error(attribution).max()) < 1e-4
 
 
 def test_conservation_error_reports_bias_absorption() -> None:
     model = build_model("lenet", channels=(4, 8), hidden=16).double().eval()
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
-    error = conservation_error(explain(model, x, composite="epsilon"))
+    error = conservation_error(explain_images(model, x, composite="epsilon"))
     assert error.shape == (2,) and bool((error >= 0).all())
     for module in model.modules():
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
     tiny = make_composite("epsilon", epsilon=1e-12)
-    assert float(conservation_error(explain(model, x, composite=tiny)).max()) < 1e-4
+    assert float(conservation_error(explain_images(model, x, composite=tiny)).max()) < 1e-4
 
 
 @pytest.mark.parametrize("rule", [Epsilon(1e-6), Gamma(0.25), AlphaBeta(2, 1), AlphaBeta(1, 0), ZPlus(), ZBox(0.0, 1.0)], ids=repr)
@@ -75,7 +75,7 @@ def test_zero_weight_path_gets_zero_relevance(rule) -> None:
         l2.bias.fill_(0.05)
     model = nn.Sequential(nn.Flatten(), l1, nn.ReLU(), l2).double().eval()
     x = 0.1 + 0.9 * torch.rand(5, 1, 1, 4, dtype=torch.float64)
-    relevance = explain(model, x, 1, composite=Composite("t", [(nn.Linear, rule)])).relevance
+    relevance = explain_images(model, x, 1, composite=Composite("t", [(nn.Linear, rule)])).relevance
     assert bool((relevance[..., 0] == 0).all())
     assert bool((relevance[..., 1:] != 0).any())
 
@@ -83,11 +83,11 @@ def test_zero_weight_path_gets_zero_relevance(rule) -> None:
 def test_unsupported_layer_names_layer_and_serving_rules() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
     with pytest.raises(ConfigError, match=r"layer '2' \(Tanh\)"):
-        explain(model, torch.rand(1, 1, 4, 4))
+        explain_images(model, torch.rand(1, 1, 4, 4))
     pooled = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 2)).eval()
     composite = Composite("bad", [(nn.AvgPool2d, Gamma()), (nn.Linear, Epsilon())])
     with pytest.raises(ConfigError, match=r"Gamma cannot handle layer '0' \(AvgPool2d\).*Epsilon"):
-        explain(pooled, torch.rand(1, 1, 4, 4), composite=composite)
+        explain_images(pooled, torch.rand(1, 1, 4, 4), composite=composite)
 
 
 def test_batchnorm_outside_sequential_is_a_clear_error() -> None:
@@ -102,18 +102,18 @@ def test_batchnorm_outside_sequential_is_a_clear_error() -> None:
             return self.fc(self.conv(self.bn(x)).flatten(1))
 
     with pytest.raises(ConfigError, match="BatchNormFolding"):
-        explain(Odd().eval(), torch.rand(1, 1, 4, 4))
+        explain_images(Odd().eval(), torch.rand(1, 1, 4, 4))
 
 
 def test_targets_out_of_range_and_unknown_names() -> None:
     model = bias_free_net(0, conv=False)
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(InputError, match="targets"):
-        explain(model, x, torch.tensor([0, 5]))
+        explain_images(model, x, torch.tensor([0, 5]))
     with pytest.raises(ConfigError, match="unknown composite"):
-        explain(model, x, composite="nope")
+        explain_images(model, x, composite="nope")
     with pytest.raises(ConfigError, match="unknown explanation method"):
-        explain(model, x, method="nope")
+        explain_images(model, x, method="nope")
     with pytest.raises(ConfigError, match="alpha - beta = 1"):
         AlphaBeta(3.0, 1.0)
 
@@ -123,8 +123,8 @@ def test_non_finite_relevance_is_reported() -> None:
     x = torch.zeros(2, 1, 8, 8, dtype=torch.float64)  # z = 0 everywhere: 0 / 0 with eps = 0
     composite = Composite("eps0", [(nn.Linear, Epsilon(0.0))])
     with pytest.raises(ConfigError, match="not finite"):
-        explain(model, x, 0, composite=composite)
-    raw = explain(model, x, 0, composite=composite, allow_nonfinite=True)
+        explain_images(model, x, 0, composite=composite)
+    raw = explain_images(model, x, 0, composite=composite, allow_nonfinite=True)
     assert not bool(torch.isfinite(raw.relevance).all())
 
 
@@ -168,7 +168,7 @@ def test_model_output_identical_after_every_composite(name: str) -> None:
         before = model(x).detach()
         hooks = [len(m._forward_hooks) for m in model.modules()]
         model.train()
-        attribution = explain(model, x, composite=name)
+        attribution = explain_images(model, x, composite=name)
         assert model.training  # mode restored
         model.eval()
         assert torch.equal(model(x), before)
@@ -198,18 +198,18 @@ def test_zbox_bounds_mapped_through_normalize() -> None:
     mlp = build_model("mlp", hidden=(8,), mean=[0.1], std=[0.3])
     assert isinstance(make_composite("epsilon-gamma-box").assign(mlp)["2"], ZBox)
     x = torch.rand(2, 1, 28, 28)
-    assert explain(mlp, x).relevance.shape == x.shape
+    assert explain_images(mlp, x).relevance.shape == x.shape
 
 
 def test_lrp_on_reference_models_and_empty_batch() -> None:
     model = build_model("lenet", channels=(4, 8), hidden=16).eval()
     x = torch.rand(3, 1, 28, 28)
-    attribution = explain(model, x)
+    attribution = explain_images(model, x)
     assert attribution.relevance.dtype == torch.float32
     assert torch.equal(attribution.target, attribution.prediction)
     summary = attribution.to_dict()
     assert summary["method"] == "lrp" and summary["n"] == 3
-    empty = explain(model, x[:0])
+    empty = explain_images(model, x[:0])
     assert empty.relevance.shape == (0, 1, 28, 28)
 
 
@@ -236,5 +236,5 @@ def test_epsilon_composite_agrees_with_captum_lrp() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captum warns that it set requires_grad itself
         theirs = captum_attr.LRP(twin).attribute(x.clone(), target=target).detach()
-    ours = explain(model, x, target, composite=make_composite("epsilon", epsilon=1e-9)).relevance
+    ours = explain_images(model, x, target, composite=make_composite("epsilon", epsilon=1e-9)).relevance
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5 * float(ours.abs().max()))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hardened.explain import AlphaBeta, Composite, Epsilon, Gamma, ZBox, ZPlus, explain
+from hardened.explain import AlphaBeta, Composite, Epsilon, Gamma, ZBox, ZPlus, explain_images
 
 EPS = 1e-6
 
@@ -76,7 +76,7 @@ RULES = [
 def single_layer_relevance(layer: nn.Module, rule, x: Tensor, target: int) -> Tensor:
     model = nn.Sequential(layer, nn.Flatten()).double().eval() if not isinstance(layer, nn.Linear) else nn.Sequential(nn.Flatten(), layer).double().eval()
     composite = Composite("test", [((type(layer),), rule)], canonizers=())
-    return explain(model, x, target, composite=composite).relevance
+    return explain_images(model, x, target, composite=composite).relevance
 
 
 @pytest.mark.parametrize("rule", RULES, ids=repr)
@@ -157,9 +157,9 @@ def test_hand_computed_tiny_network() -> None:
         l2.weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
     model = nn.Sequential(nn.Flatten(), l1, nn.ReLU(), l2).double().eval()
     x = torch.tensor([[[[0.5, 1.0]]]], dtype=torch.float64)
-    eps_rel = explain(model, x, 0, composite=Composite("e", [(nn.Linear, Epsilon(1e-12))])).relevance
+    eps_rel = explain_images(model, x, 0, composite=Composite("e", [(nn.Linear, Epsilon(1e-12))])).relevance
     torch.testing.assert_close(eps_rel.reshape(-1), torch.tensor([1.0, 1.0], dtype=torch.float64), atol=1e-6, rtol=0)
-    plus_rel = explain(model, x, 0, composite=Composite("z", [(nn.Linear, ZPlus(1e-12))])).relevance
+    plus_rel = explain_images(model, x, 0, composite=Composite("z", [(nn.Linear, ZPlus(1e-12))])).relevance
     torch.testing.assert_close(plus_rel.reshape(-1), torch.tensor([0.4, 1.6], dtype=torch.float64), atol=1e-6, rtol=0)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from hardened.errors import InputError, ModelLoadError, NotFittedError, NotReliableClassification
-from hardened.guard import GuardedClassifier, calibrate, make_score
+from hardened.guard import GuardedClassifier, calibrate_threshold, make_score
 from hardened.guard.baselines import Energy
 
 
@@ -72,7 +72,7 @@ def test_nan_scores_are_refused_never_accepted(digits_model, digits):
     with pytest.raises(InputError, match="not finite"):
         guard.predict(bright[0])
     with pytest.raises(InputError, match="NaN or infinite"):
-        calibrate(score.score(torch.cat([bright, digits.test.x[:200]])), fpr=0.05)
+        calibrate_threshold(score.score(torch.cat([bright, digits.test.x[:200]])), fpr=0.05)
 
 
 def test_missing_threshold_is_an_error(digits_model, energy, digits, tmp_path):

@@ -29,7 +29,7 @@ from hardened.cli._common import (
     seed_everything,
 )
 from hardened.errors import ConfigError
-from hardened.explain import explain
+from hardened.explain import explain_images
 from hardened.explain.quality import compare_explanations
 from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_heatmap_grid
 
@@ -65,11 +65,11 @@ def explain_command(
     labels = test.y[indices]
     goal = None if target is None else torch.full((len(indices),), int(target), dtype=torch.long, device=where)
     options: dict[str, Any] = {"composite": composite, "seed": seed}
-    main = explain(loaded.model, x, goal, method, **options)
+    main = explain_images(loaded.model, x, goal, method, **options)
     methods = [main.method] + [m for m in (c.strip() for c in compare.split(",")) if m]
     attributions = {main.method: main}
     for name in methods[1:]:
-        other = explain(loaded.model, x, goal, name, **options)
+        other = explain_images(loaded.model, x, goal, name, **options)
         attributions[other.method] = other
     classes = test.classes
     for position, i in enumerate(indices):

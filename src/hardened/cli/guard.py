@@ -27,7 +27,7 @@ from hardened.cli._common import (
 )
 from hardened.data import Dataset
 from hardened.errors import ConfigError, InputError
-from hardened.guard import GuardedClassifier, calibrate, make_score
+from hardened.guard import GuardedClassifier, calibrate_threshold, make_score
 from hardened.guard.calibrate import ScoreSummary
 from hardened.guard.guarded import read_guard_record
 
@@ -106,7 +106,7 @@ def fit_command(
     scorer.fit(train.to(target), progress=True)
     calibration, evaluation = heldout_split(splits.test, calibration_n or len(splits.test) // 2, seed)
     scores = scorer.score(calibration.x.to(target))
-    record = calibrate(scores, fpr=fpr, method=method)
+    record = calibrate_threshold(scores, fpr=fpr, method=method)
     guard = GuardedClassifier(loaded.model, scorer, record, model_ref=str(Path(model).resolve()) if Path(model).exists() else model,
                               classes=loaded.info.classes or splits.train.classes)
     extra = {"data": data, "seed": seed, "n_train": len(train), "calibration_n": len(calibration),

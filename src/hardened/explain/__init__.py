@@ -1,7 +1,7 @@
 """Explanations: LRP with the library's own rules, composites and canonizers, gradient
 baselines, and pixel-flipping quality curves.
 
-``explain(model, x, target=None, method="lrp", composite="epsilon-gamma-box") -> Attribution``
+``explain_images(model, x, target=None, method="lrp", composite="epsilon-gamma-box") -> Attribution``
 """
 
 from hardened.explain.attribute import (
@@ -10,7 +10,7 @@ from hardened.explain.attribute import (
     Explainer,
     check_finite,
     conservation_error,
-    explain,
+    explain_images,
     lrp,
 )
 from hardened.explain.canonizers import BatchNormFolding, Canonizer
@@ -34,7 +34,7 @@ __all__ = [
     "ZPlus",
     "check_finite",
     "conservation_error",
-    "explain",
+    "explain_images",
     "lrp",
     "make_composite",
 ]

@@ -1,4 +1,4 @@
-"""``explain(model, x, target=None, method="lrp") -> Attribution``: a relevance map per image.
+"""``explain_images(model, x, target=None, method="lrp") -> Attribution``: a relevance map per image.
 
 LRP (Bach et al. 2015) starts from the explained logit ``f_t(x)`` and redistributes it layer by
 layer onto the pixels with the composite's rules, so ``sum(relevance) ~= f_t(x)``
@@ -26,7 +26,7 @@ __all__ = [
     "Attribution",
     "Explainer",
     "METHODS",
-    "explain",
+    "explain_images",
     "lrp",
     "conservation_error",
     "check_finite",
@@ -175,7 +175,7 @@ def _method_function(
     return lambda xb, tb: function(model, xb, tb)
 
 
-def explain(
+def explain_images(
     model: nn.Module,
     x: Tensor,
     target: Tensor | int | None = None,
@@ -248,7 +248,7 @@ def explain(
 
 
 class Explainer:
-    """``explain`` with its settings fixed at construction: ``Explainer("lrp")(model, x)``."""
+    """``explain_images`` with its settings fixed at construction: ``Explainer("lrp")(model, x)``."""
 
     def __init__(self, method: str = "lrp", **options: Any) -> None:
         self.method = _canonical(method)
@@ -257,7 +257,7 @@ class Explainer:
             make_composite(options.get("composite", "epsilon-gamma-box"))
 
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor | int | None = None) -> Attribution:
-        return explain(model, x, target, self.method, **self.options)
+        return explain_images(model, x, target, self.method, **self.options)
 
 
 def conservation_error(attribution: Attribution) -> Tensor:

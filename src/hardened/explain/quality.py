@@ -129,11 +129,11 @@ def compare_explanations(
     **explain_options: Any,
 ) -> list[DeletionCurve]:
     """Deletion curves of several explanation methods for the true classes ``y``."""
-    from hardened.explain.attribute import explain
+    from hardened.explain.attribute import explain_images
 
     curves = []
     for method in methods:
-        attribution = explain(model, x, y, method, **explain_options)
+        attribution = explain_images(model, x, y, method, **explain_options)
         curves.append(
             deletion_curve(
                 model, x, y, attribution.relevance, steps=steps, max_fraction=max_fraction,

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from hardened.errors import ConfigError, InputError
 
-__all__ = ["ScoreSummary", "Calibration", "summarize_scores", "calibrate", "METHODS", "min_samples_for"]
+__all__ = ["ScoreSummary", "Calibration", "summarize_scores", "calibrate_threshold", "METHODS", "min_samples_for"]
 
 METHODS = ("fpr", "max")
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0, 99.9)
@@ -137,7 +137,7 @@ def min_samples_for(fpr: float) -> int:
     return int(math.ceil(1.0 / fpr - 1e-9))
 
 
-def calibrate(
+def calibrate_threshold(
     scores: Tensor | np.ndarray | Sequence[float],
     *,
     fpr: float | None = 0.05,

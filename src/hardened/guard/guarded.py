@@ -40,7 +40,7 @@ from hardened.errors import (
     NotReliableClassification,
 )
 from hardened.guard.base import BaseScore
-from hardened.guard.calibrate import Calibration, calibrate
+from hardened.guard.calibrate import Calibration, calibrate_threshold
 from hardened.guard.registry import score_from_state
 
 __all__ = ["GuardedPrediction", "GuardedClassifier", "guarded_predict"]
@@ -96,7 +96,7 @@ def _check_threshold(threshold: float | None) -> float:
     if threshold is None:
         raise NotFittedError(
             "the guard has no threshold: calibrate it on held-out data first "
-            "(GuardedClassifier.calibrate(x_heldout, fpr=0.05) or hardened.guard.calibrate)"
+            "(GuardedClassifier.calibrate(x_heldout, fpr=0.05) or hardened.guard.calibrate_threshold)"
         )
     value = float(threshold)
     if math.isnan(value):
@@ -167,8 +167,8 @@ class GuardedClassifier:
         return self.score.input_shape  # type: ignore[return-value]
 
     def calibrate(self, x_heldout: Tensor, *, fpr: float | None = 0.05, method: str = "fpr") -> Calibration:
-        """Set the threshold from held-out in-distribution images (see ``calibrate``)."""
-        self.calibration = calibrate(self.score.score(self.score.check_input(x_heldout)), fpr=fpr, method=method)
+        """Set the threshold from held-out in-distribution images (see ``calibrate_threshold``)."""
+        self.calibration = calibrate_threshold(self.score.score(self.score.check_input(x_heldout)), fpr=fpr, method=method)
         self.threshold = self.calibration.threshold
         return self.calibration
 

@@ -7,7 +7,12 @@
 
 from hardened.guard.base import BaseScore, ClassifierScore, Score
 from hardened.guard.baselines import Energy, Mahalanobis, MaxSoftmax, penultimate_features
-from hardened.guard.calibrate import Calibration, ScoreSummary, calibrate_threshold, summarize_scores
+from hardened.guard.calibrate import (
+    Calibration,
+    ScoreSummary,
+    calibrate_threshold,
+    summarize_scores,
+)
 from hardened.guard.guarded import GuardedClassifier, GuardedPrediction, guarded_predict
 from hardened.guard.registry import SCORES, make_score, score_from_state
 from hardened.guard.vae import VAEScore

@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from hardened.errors import InputError, ModelLoadError, NotFittedError, NotReliableClassification
+from hardened._util.digests import tensor_digest
+from hardened.errors import (
+    ConfigError,
+    InputError,
+    ModelLoadError,
+    NotFittedError,
+    NotReliableClassification,
+)
 from hardened.guard import GuardedClassifier, calibrate_threshold, make_score
 from hardened.guard.baselines import Energy
 
@@ -87,7 +94,7 @@ def test_missing_threshold_is_an_error(digits_model, energy, digits, tmp_path):
 
 def test_unfitted_score_and_bad_inputs(digits_model, guard):
     with pytest.raises(NotFittedError, match="not fitted"):
-        GuardedClassifier(digits_model, make_score("softmax", digits_model), 0.5)
+        GuardedClassifier(digits_model, make_score("mahalanobis", digits_model), 0.5)
     with pytest.raises(InputError, match="one image"):
         guard.predict(torch.rand(2, 1, 8, 8))
     with pytest.raises(InputError, match="fitted for images of shape"):
@@ -117,3 +124,43 @@ def test_save_load_records_calibration_and_checks_the_classifier(guard, digits, 
         GuardedClassifier.load(folder, guard.model)
     with pytest.raises(ModelLoadError, match="not a saved guard"):
         GuardedClassifier.load(tmp_path / "missing", guard.model)
+
+
+@pytest.mark.parametrize("name", ["energy", "softmax"])
+def test_fit_free_score_guards_unfitted_as_the_readme_says(name, digits_model, digits, tmp_path):
+    fitted = GuardedClassifier(digits_model, make_score(name, digits_model).fit(digits.train))
+    unfitted = GuardedClassifier(digits_model, make_score(name, digits_model))
+    with pytest.raises(NotFittedError, match="no input shape"):
+        GuardedClassifier(digits_model, make_score(name, digits_model), 0.5).save(tmp_path / "early")
+    assert not (tmp_path / "early").exists()
+    held = digits.test.x[:150]
+    assert unfitted.calibrate(held, fpr=0.05).threshold == fitted.calibrate(held, fpr=0.05).threshold
+    assert unfitted.input_shape == (1, 8, 8)
+    x = digits.test.x[150:250]
+    assert torch.equal(unfitted.predict_batch(x).accepted, fitted.predict_batch(x).accepted)
+    loaded = GuardedClassifier.load(unfitted.save(tmp_path / "g"), digits_model)
+    assert torch.equal(loaded.predict_batch(x).scores, unfitted.predict_batch(x).scores)
+
+
+class _NoContract:
+    name = "plain"
+
+    def score(self, x: Tensor) -> Tensor:
+        return x.flatten(1).mean(dim=1)
+
+
+def test_an_object_without_the_score_contract_is_refused_with_what_it_lacks(digits_model):
+    with pytest.raises(ConfigError, match=r"lacks differentiable, is_fitted, input_shape, fit, check_input"):
+        GuardedClassifier(digits_model, _NoContract(), 0.5)
+
+
+def test_saving_twice_gives_byte_identical_guard_files(guard, tmp_path):
+    first, second = guard.save(tmp_path / "a"), guard.save(tmp_path / "b")
+    for name in ("guard.json", "score.safetensors"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    mahalanobis = GuardedClassifier(guard.model, make_score("mahalanobis", guard.model).fit(
+        torch.rand(64, 1, 8, 8)), guard.threshold)
+    files = {mahalanobis.save(tmp_path / f"m{i}").joinpath("score.safetensors").read_bytes() for i in range(4)}
+    assert len(files) == 1
+    record = json.loads((tmp_path / "m0" / "guard.json").read_text())
+    assert record["score_weights_sha256"] == tensor_digest(mahalanobis.score.state_tensors())

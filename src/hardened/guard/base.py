@@ -20,23 +20,65 @@ from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, InputError, NotFittedError
 from hardened.registry import Registry
 
-__all__ = ["SCORES", "Score", "BaseScore", "ClassifierScore", "as_images", "seeded_init"]
+__all__ = ["SCORES", "Score", "check_score", "BaseScore", "ClassifierScore", "as_images", "seeded_init"]
 
 
 @runtime_checkable
 class Score(Protocol):
-    """What a guard needs from a reliability score."""
+    """What ``GuardedClassifier`` (and the adaptive attack on it) needs from a reliability score.
+
+    A score is fitted before it reaches a guard; a fit-free one (softmax, energy) may come
+    unfitted, and the guard's calibration then calls ``fit`` on the held-out images, which only
+    records their shape.
+
+    - ``fit(data)``: fit on in-distribution training data; return ``self``.
+    - ``name``: the registry name, saved with the guard to rebuild the score.
+    - ``differentiable``: ``True`` when ``score_tensor`` carries gradients to the input; the
+      adaptive attack descends it, otherwise it only uses ``score``.
+    - ``is_fitted`` / ``input_shape``: ready to score, and for which C×H×W (``None`` for a
+      fit-free score whose shape the guard binds at calibration).
+    - ``check_input(x, allow_empty=)``: images checked against the fitted shape.
+    - ``score(x)``: scores (N,) float32 without autograd; higher = less reliable.
+    - ``score_tensor(x)``: scores (N,) with autograd to ``x`` (differentiable scores only).
+    - ``config()`` / ``state_tensors()``: the JSON record and the named tensors saved with a guard.
+    """
 
     name: str
     differentiable: bool
 
-    def fit(self, data: Dataset | Tensor, *, progress: bool = False) -> Score:
-        """Fit on in-distribution training data; return ``self``."""
-        ...
+    def fit(self, data: Dataset | Tensor, *, progress: bool = False) -> Score: ...
 
-    def score(self, x: Tensor) -> Tensor:
-        """Scores (N,) for images N×C×H×W in [0, 1]; higher = less reliable."""
-        ...
+    @property
+    def is_fitted(self) -> bool: ...
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None: ...
+
+    def check_input(self, x: object, *, allow_empty: bool = False) -> Tensor: ...
+
+    def score(self, x: Tensor) -> Tensor: ...
+
+    def score_tensor(self, x: Tensor) -> Tensor: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+    def state_tensors(self) -> dict[str, Tensor]: ...
+
+
+_SCORE_METHODS = ("fit", "check_input", "score", "score_tensor", "config", "state_tensors")
+_SCORE_ATTRIBUTES = ("name", "differentiable", "is_fitted", "input_shape")
+
+
+def check_score(score: object) -> Score:
+    """``score`` if it keeps the ``Score`` contract, else ``ConfigError`` naming what it lacks."""
+    missing = [m for m in _SCORE_ATTRIBUTES if not hasattr(score, m)]
+    missing += [m for m in _SCORE_METHODS if not callable(getattr(score, m, None))]
+    if missing or not isinstance(score, Score):
+        raise ConfigError(
+            f"score must keep the hardened.guard.Score contract, but {type(score).__name__} lacks "
+            f"{', '.join(missing)}; build one with hardened.guard.make_score(...) or subclass BaseScore"
+        )
+    return score
 
 
 def as_images(data: Dataset | Tensor) -> tuple[Tensor, Tensor | None]:
@@ -96,6 +138,8 @@ class BaseScore(ABC):
             adaptive attack uses; ``False`` for scores defined by a discrete search.
         needs_model: built as ``cls(model, **options)`` from the classifier (``ClassifierScore``).
         seeded: takes a ``seed`` option that fixes its fit (trained networks).
+        requires_fit: ``False`` for scores that learn nothing (softmax, energy): usable unfitted,
+            of any input shape until ``fit`` or a guard's calibration binds one.
         input_shape: C×H×W the score was fitted for (``None`` before ``fit``).
         batch_size: images per batch in ``score``.
     """
@@ -104,6 +148,7 @@ class BaseScore(ABC):
     differentiable: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     seeded: ClassVar[bool] = False
+    requires_fit: ClassVar[bool] = True
 
     def __init__(self, *, batch_size: int = 256) -> None:
         if int(batch_size) < 1:
@@ -116,7 +161,7 @@ class BaseScore(ABC):
 
     @property
     def is_fitted(self) -> bool:
-        return self.input_shape is not None
+        return self.input_shape is not None or not self.requires_fit
 
     def fit(self, data: Dataset | Tensor, *, progress: bool = False) -> BaseScore:
         """Fit on in-distribution training images (labels are used where a score needs them)."""
@@ -180,6 +225,9 @@ class BaseScore(ABC):
     def load_state(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> BaseScore:
         """Restore a fitted score from ``config()`` and ``state_tensors()``."""
         shape = config.get("input_shape")
+        if not shape and not self.requires_fit:
+            self.fit_record = dict(config.get("fit_record") or {})
+            return self
         if not shape or len(shape) != 3:
             raise ConfigError("the saved score has no input shape: it was saved before fit")
         self._load(tensors, tuple(int(s) for s in shape))  # type: ignore[arg-type]
@@ -224,6 +272,8 @@ class BaseScore(ABC):
 
     def _check_shape(self, x: Tensor) -> None:
         expected = self.input_shape
+        if expected is None:  # a fit-free score not bound to a shape: the model checks it
+            return
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             got = "×".join(map(str, x.shape[1:])) if x.dim() == 4 else f"shape {tuple(x.shape)}"
             want = "×".join(map(str, expected or ()))

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
-from hardened.errors import ConfigError, InputError
+from hardened.errors import ConfigError, InputError, NotFittedError
 from hardened.guard.base import SCORES, ClassifierScore
 
 __all__ = ["MaxSoftmax", "Energy", "Mahalanobis", "penultimate_features", "last_linear", "LAYER_CHOICES"]
@@ -40,6 +40,7 @@ class MaxSoftmax(ClassifierScore):
     """``1 - max softmax probability``: in [0, 1 - 1/K], higher = less confident."""
 
     name = "softmax"
+    requires_fit = False
 
     def _fit(self, x: Tensor, y: Tensor | None, progress: bool) -> None:
         return None
@@ -58,6 +59,7 @@ class Energy(ClassifierScore):
     """
 
     name = "energy"
+    requires_fit = False
 
     def __init__(self, model: nn.Module, *, temperature: float = 1.0, batch_size: int = 256) -> None:
         super().__init__(model, batch_size=batch_size)
@@ -243,7 +245,7 @@ class Mahalanobis(ClassifierScore):
 
     def _score(self, x: Tensor) -> Tensor:
         if not self.means:
-            raise InputError("the Mahalanobis score has no class means; call fit first")
+            raise NotFittedError("the mahalanobis score is not fitted (no class means): call fit(train_data) first")
         features, _ = self._features(x)
         distances = [_min_distance(f.float(), m, p) for f, m, p in zip(features, self.means, self.precisions, strict=True)]
         if self.layers == "penultimate":

@@ -39,7 +39,7 @@ from hardened.errors import (
     NotFittedError,
     NotReliableClassification,
 )
-from hardened.guard.base import BaseScore
+from hardened.guard.base import Score, check_score
 from hardened.guard.calibrate import Calibration, calibrate_threshold
 from hardened.guard.registry import score_from_state
 
@@ -105,7 +105,7 @@ def _check_threshold(threshold: float | None) -> float:
 
 
 def guarded_predict(
-    model: nn.Module, score: BaseScore, threshold: float | None, x: Tensor, *, batch_size: int = 256
+    model: nn.Module, score: Score, threshold: float | None, x: Tensor, *, batch_size: int = 256
 ) -> GuardedPrediction:
     """Predictions, accept mask and scores for images ``x`` (N×C×H×W in [0, 1]); never raises
     for refusals (bad input shapes or values still raise ``InputError``)."""
@@ -126,7 +126,8 @@ class GuardedClassifier:
 
     Args:
         model: the classifier (logits N×K).
-        score: a fitted score (``hardened.guard.make_score(...).fit(train)``).
+        score: a fitted score (``hardened.guard.make_score(...).fit(train)``), or an unfitted
+            fit-free one (``make_score("energy", model)``), checked against the ``Score`` contract.
         threshold: a float, a ``Calibration``, or ``None`` to calibrate later with ``calibrate``.
         model_ref: where the classifier can be loaded from (path or factory string), saved with
             the guard so that ``load`` can rebuild it.
@@ -136,7 +137,7 @@ class GuardedClassifier:
     def __init__(
         self,
         model: nn.Module,
-        score: BaseScore,
+        score: Score,
         threshold: float | Calibration | None = None,
         *,
         model_ref: str | None = None,
@@ -145,8 +146,7 @@ class GuardedClassifier:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(score, BaseScore):
-            raise ConfigError(f"score must be a hardened.guard score, got {type(score).__name__}")
+        check_score(score)
         if not score.is_fitted:
             raise NotFittedError(f"the {score.name} score is not fitted: call score.fit(train_data) first")
         self.model = model
@@ -164,11 +164,23 @@ class GuardedClassifier:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return self.score.input_shape  # type: ignore[return-value]
+        shape = self.score.input_shape
+        if shape is None:
+            raise NotFittedError(
+                f"the {self.score.name} score is bound to no input shape yet: calibrate the guard on "
+                "held-out images (guard.calibrate(x_heldout)) or fit the score first"
+            )
+        return shape
 
     def calibrate(self, x_heldout: Tensor, *, fpr: float | None = 0.05, method: str = "fpr") -> Calibration:
-        """Set the threshold from held-out in-distribution images (see ``calibrate_threshold``)."""
-        self.calibration = calibrate_threshold(self.score.score(self.score.check_input(x_heldout)), fpr=fpr, method=method)
+        """Set the threshold from held-out in-distribution images (see ``calibrate_threshold``).
+
+        A fit-free score not yet bound to an input shape is fitted on them (recording the shape).
+        """
+        images = self.score.check_input(x_heldout)
+        if self.score.input_shape is None:
+            self.score.fit(images)
+        self.calibration = calibrate_threshold(self.score.score(images), fpr=fpr, method=method)
         self.threshold = self.calibration.threshold
         return self.calibration
 
@@ -223,12 +235,12 @@ class GuardedClassifier:
         ``extra`` adds a JSON-ready ``"extra"`` record (e.g. which data calibrated the guard).
         """
         _check_threshold(self.threshold)
+        record = self.record()
+        tensors = self.score.state_tensors()
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
-        tensors = self.score.state_tensors()
         digest = save_tensors(tensors, target / SCORE_FILE, metadata={"format": FORMAT, "score": self.score.name})
-        record = self.record() | {"score_weights_sha256": digest, "extra": extra or {}}
-        write_json(target / GUARD_JSON, record)
+        write_json(target / GUARD_JSON, record | {"score_weights_sha256": digest, "extra": extra or {}})
         return target
 
     @classmethod

@@ -25,7 +25,7 @@ from hardened._util.batching import batch_slices
 from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
-from hardened.errors import ConfigError
+from hardened.errors import ConfigError, NotFittedError
 from hardened.guard.base import SCORES, BaseScore, frozen, optimizer_step, seeded_init
 
 __all__ = ["VAE", "VAEScore", "vae_loss"]
@@ -133,7 +133,7 @@ class VAEScore(BaseScore):
 
     def _score(self, x: Tensor) -> Tensor:
         if self.vae is None:
-            raise ConfigError("the VAE is missing; call fit first")
+            raise NotFittedError("the vae score is not fitted (no VAE): call fit(train_data) first")
         return vae_loss(self.vae, x.to(model_device(self.vae))).to(x.device)
 
     def _networks(self) -> list[nn.Module]:

@@ -47,7 +47,7 @@ from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.attacks.losses import logit_margin
-from hardened.errors import ConfigError
+from hardened.errors import ConfigError, NotFittedError
 from hardened.guard.base import SCORES, ClassifierScore, frozen, optimizer_step, seeded_init
 
 __all__ = ["Generator", "Critic", "Inverter", "WGANInverterScore", "ImageFrame", "gradient_penalty"]
@@ -314,13 +314,13 @@ class WGANInverterScore(ClassifierScore):
     def generate(self, z: Tensor) -> Tensor:
         """Generated images in the classifier's input format, N×C×H×W."""
         if self.generator is None or self.frame is None:
-            raise ConfigError("the generator is missing; call fit first")
+            raise NotFittedError(f"the {self.name} score is not fitted (no generator): call fit(train_data) first")
         return self.frame.outward(self.generator(z))
 
     def invert(self, x: Tensor) -> Tensor:
         """Latent codes N×latent of images N×C×H×W."""
         if self.inverter is None or self.frame is None:
-            raise ConfigError("the inverter is missing; call fit first")
+            raise NotFittedError(f"the {self.name} score is not fitted (no inverter): call fit(train_data) first")
         return self.inverter(self.frame.inward(x))
 
     def delta_z(self, x: Tensor) -> Tensor:

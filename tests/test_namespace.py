@@ -1,7 +1,9 @@
-"""No public name shadows a subpackage or module: ``import hardened.x.y as m`` binds the module."""
+"""Package structure: no public name shadows a submodule (``import hardened.x.y as m`` binds the
+module), and the training modules import in one direction (config <- methods <- loop)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import types
@@ -34,3 +36,22 @@ def test_explain_and_calibrate_bind_their_modules() -> None:
     assert isinstance(explain_module, types.ModuleType) and explain_module.__name__ == "hardened.explain"
     assert isinstance(calibrate_module, types.ModuleType)
     assert callable(hardened.explain_images) and callable(calibrate_module.calibrate_threshold)
+
+
+def _imports(module: types.ModuleType) -> set[str]:
+    tree = ast.parse(open(module.__file__, encoding="utf-8").read())  # type: ignore[arg-type]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_train_modules_import_in_one_direction() -> None:
+    import hardened.train.config as config
+    import hardened.train.methods as methods
+
+    assert not any(name.startswith("hardened.train") for name in _imports(config))
+    assert "hardened.train.loop" not in _imports(methods)

@@ -128,6 +128,13 @@ def test_semi_supervised_takes_a_given_labeler_and_lowers_the_adversarial_lr(dig
     assert kinds == [("labelled", 1.0), ("pool", 0.25)]
 
 
+def test_semi_supervised_outside_a_trainer_needs_a_labeler(digits):
+    labelled, pool = split_unlabeled(digits.train, 0.5, seed=1)
+    method = make_method("semi-supervised", pool=pool, eps=EPS, steps=2)
+    with pytest.raises(ConfigError, match="pass labeler="):
+        method.prepare(digits_mlp(), labelled)
+
+
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [

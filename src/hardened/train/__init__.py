@@ -4,10 +4,10 @@ Methods: ``standard``, ``pgd`` (Madry), ``fgsm`` (fast AT, Wong), ``trades`` (Zh
 (Gaussian), ``ensemble`` (Tramèr), ``semi-supervised`` (robust self-training, Carmon).
 """
 
+from hardened.train.config import TrainConfig
 from hardened.train.loop import (
     CHECKPOINT_NAME,
     EpochRecord,
-    TrainConfig,
     Trainer,
     TrainResult,
     accuracy,

@@ -26,7 +26,8 @@ from hardened.evaluate.sweeps import robust_accuracy_sweep
 from hardened.evaluate.transfer import craft_transfer, transfer_accuracy
 from hardened.models.zoo import build_model
 from hardened.threat import check_norm
-from hardened.train.loop import TrainConfig, Trainer, TrainResult, accuracy
+from hardened.train.config import TrainConfig
+from hardened.train.loop import Trainer, TrainResult, accuracy
 from hardened.train.methods import METHODS, make_method, split_unlabeled
 
 __all__ = ["MethodRow", "TradeoffReport", "compare_methods", "build_seeded"]

@@ -37,8 +37,8 @@ from hardened._util.seeding import make_generator, mix_seed
 from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, DataError
 from hardened.evaluate.sweeps import robust_accuracy_sweep
-from hardened.threat import check_norm
-from hardened.train.methods import Method, StepContext, TrainingMethod, as_method
+from hardened.train.config import TrainConfig
+from hardened.train.methods import Method, Standard, StepContext, TrainingMethod, as_method
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -51,67 +51,10 @@ __all__ = [
     "train",
 ]
 
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "cyclic")
 CHECKPOINT_NAME = "checkpoint.ckpt"
 _MAGIC = b"HARDENED-CHECKPOINT 1 sha256="
 # settings that may differ between the interrupted run and its resumption
 _RESUME_FREE = ("checkpoint_every", "epochs")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and bookkeeping settings.
-
-    Args:
-        epochs, batch_size, lr, optimizer (``adam``/``sgd``), weight_decay, momentum: as usual.
-        lr_schedule: ``constant``; ``cosine`` (to 0 over the run); ``cyclic`` (linear up to
-            ``lr`` at 40% of the steps, down to 0 at the end; Wong et al. 2020).
-        seed: fixes shuffling, the method's randomness and the forked global RNG per step.
-        checkpoint_every: also checkpoint every N steps (0: at the end of each epoch only).
-        eval_n: held-out images for the per-epoch PGD accuracy (0: no evaluation); the clean
-            accuracy uses all of ``test_data`` (or this many training images without it).
-        eval_eps, eval_norm, eval_steps: the PGD attack of the per-epoch robust accuracy;
-            ``eval_eps=None`` takes the method's threat model (no robust accuracy if it has none).
-        amp: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU); ``None``: on
-            exactly when training on CUDA.
-    """
-
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    seed: int = 0
-    lr_schedule: str = "constant"
-    checkpoint_every: int = 0
-    eval_n: int = 500
-    eval_eps: float | None = None
-    eval_norm: str = "linf"
-    eval_steps: int = 10
-    amp: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown lr schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}"
-            )
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.eval_n < 0 or self.eval_steps < 1:
-            raise ConfigError("eval_n must be >= 0 and eval_steps >= 1")
-        if self.eval_eps is not None and not (math.isfinite(self.eval_eps) and self.eval_eps > 0):
-            raise ConfigError(f"eval_eps must be > 0 (or None), got {self.eval_eps}")
-        object.__setattr__(self, "eval_norm", check_norm(self.eval_norm))
 
 
 @dataclass(frozen=True)
@@ -508,7 +451,7 @@ class Trainer:
             if self.checkpoint_path.exists():
                 self.load_state_dict(load_checkpoint(self.checkpoint_path, self.device))
                 resumed_from = self.global_step
-        self.method.prepare(self.model, self.train_data, config=self.config)
+        self.method.prepare(self.model, self.train_data, config=self.config, fit=_fit_standard)
         if resumed_from is None and self.log_path is not None and self.log_path.exists():
             self.log_path.unlink()
         if resumed_from is not None:
@@ -591,3 +534,8 @@ def train(
         log_path=log_path, checkpoint_dir=checkpoint_dir, progress=progress,
     )
     return trainer.fit(resume=resume)
+
+
+def _fit_standard(model: nn.Module, data: Dataset, config: TrainConfig) -> TrainResult:
+    """Train ``model`` with the standard method (a method's helper model, e.g. a pseudo-labeller)."""
+    return train(model, data, method=Standard(), config=config)

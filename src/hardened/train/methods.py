@@ -42,6 +42,7 @@ from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError
 from hardened.registry import Registry
 from hardened.threat import ThreatModel, normalize_direction
+from hardened.train.config import FitFunction, TrainConfig
 
 __all__ = [
     "METHODS",
@@ -146,10 +147,13 @@ class Method:
     def _count(self, key: str, amount: int) -> None:
         self.counters[key] = self.counters.get(key, 0) + int(amount)
 
-    def prepare(self, model: nn.Module, data: Dataset, *, config: Any = None) -> None:
+    def prepare(
+        self, model: nn.Module, data: Dataset, *, config: TrainConfig | None = None, fit: FitFunction | None = None
+    ) -> None:
         """Validate against the model and data and set up; runs once before training.
 
-        ``config`` is the run's ``TrainConfig`` (``None`` outside a trainer).
+        ``config`` is the run's ``TrainConfig`` and ``fit`` the trainer's standard training of a
+        helper model (both ``None`` outside a trainer).
         """
 
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
@@ -503,7 +507,9 @@ class Ensemble(_Adversarial):
     def params(self) -> dict[str, Any]:
         return super().params() | {"sources": list(self.source_names)}
 
-    def prepare(self, model: nn.Module, data: Dataset, *, config: Any = None) -> None:
+    def prepare(
+        self, model: nn.Module, data: Dataset, *, config: TrainConfig | None = None, fit: FitFunction | None = None
+    ) -> None:
         self.sources = [
             _check_compatible(source, model, data, f"source model {name}")
             for source, name in zip(self.sources, self.source_names, strict=True)
@@ -601,7 +607,9 @@ class SemiSupervised(_Adversarial):
             "labelled": self.labelled,
         }
 
-    def prepare(self, model: nn.Module, data: Dataset, *, config: Any = None) -> None:
+    def prepare(
+        self, model: nn.Module, data: Dataset, *, config: TrainConfig | None = None, fit: FitFunction | None = None
+    ) -> None:
         if tuple(self.pool.shape[1:]) != data.input_shape:
             raise ConfigError(
                 f"the unlabeled pool has images of shape {'×'.join(map(str, self.pool.shape[1:]))} "
@@ -617,12 +625,15 @@ class SemiSupervised(_Adversarial):
             return
         labeler = self.labeler
         if labeler is None:
-            from hardened.train.loop import TrainConfig, train
-
+            if fit is None:
+                raise ConfigError(
+                    "SemiSupervised needs a pseudo-labelling model: pass labeler= or pseudo_labels=, "
+                    "or train through hardened.train.train / Trainer, which trains one"
+                )
             base = config if isinstance(config, TrainConfig) else TrainConfig()
             labeler = copy.deepcopy(model)
             epochs = self.labeler_epochs or base.epochs
-            train(labeler, data, method=Standard(), config=dataclasses.replace(
+            fit(labeler, data, dataclasses.replace(
                 base, epochs=epochs, seed=base.seed + 7919, eval_n=0, checkpoint_every=0,
             ))
         labeler = _check_compatible(labeler, model, data, "the pseudo-labelling model")

@@ -98,3 +98,27 @@ def test_factory_with_weights_and_refusal_to_unpickle(tmp_path, monkeypatch):
 def test_unknown_architecture():
     with pytest.raises(ConfigError, match="unknown architecture"):
         build_model("vgg")
+
+
+def test_a_state_dict_mismatch_lists_missing_unexpected_and_reshaped_keys(tmp_path):
+    kwargs = {"input_shape": [1, 8, 8], "num_classes": 3, "hidden": [16]}
+    path = save_model(build_model("mlp", **kwargs), tmp_path / "m.safetensors", arch="mlp", arch_kwargs=kwargs)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    sidecar["arch_kwargs"]["hidden"] = [16, 12]
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "missing keys (" in message and "shape mismatches (" in message and "4.weight 3×16 in the file vs 12×16" in message
+    assert "unexpected keys" not in message
+
+
+def test_state_mismatch_summary_counts_and_truncates():
+    from hardened.models.io import state_mismatch
+
+    expected = {f"k{i}": torch.zeros(2) for i in range(8)} | {"w": torch.zeros(3, 4)}
+    given = {"w": torch.zeros(4, 3), "extra": torch.zeros(1)}
+    summary = state_mismatch(expected, given, show=3)
+    assert summary.startswith("8 missing keys (k0, k1, k2 and 5 more); 1 unexpected keys (extra); ")
+    assert summary.endswith("1 shape mismatches (w 4×3 in the file vs 3×4)")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor, nn
 
-from hardened.errors import InputError
+from hardened.errors import ConfigError, HardenedError, InputError
 
-__all__ = ["check_images", "check_labels", "check_model_output"]
+__all__ = ["check_images", "check_labels", "check_model_output", "forward_error"]
 
 
 def check_images(x: object, bounds: tuple[float, float] = (0.0, 1.0), *, allow_empty: bool = False) -> Tensor:
@@ -70,13 +72,46 @@ def check_model_output(model: nn.Module, x: Tensor, *, keep_graph: bool = False)
         with torch.enable_grad() if keep_graph else torch.no_grad():
             out = model(x)
     except RuntimeError as error:
-        raise InputError(
-            f"the model cannot take images of shape {tuple(x.shape[1:])} (C×H×W): {error}. "
-            "Check the channel count and image size the model was built for"
-        ) from error
+        raise forward_error(model, x, error) from error
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise InputError(
             f"the model must return logits of shape N×K, got {shape} for {x.shape[0]} images"
         )
     return out
+
+
+_OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory|failed to allocate", re.I)
+_SHAPE = re.compile(
+    r"shape|size mismatch|sizes? of tensor|channels|must match the size|cannot be multiplied|"
+    r"kernel size can't be greater|input size|dimension|expected input",
+    re.I,
+)
+
+
+def forward_error(model: nn.Module, x: Tensor, error: RuntimeError) -> HardenedError:
+    """The library's error for a ``RuntimeError`` raised by ``model(x)``, saying what it was.
+
+    Out of memory -> ``ConfigError`` (lower the batch size); images of another dtype than the
+    weights -> ``InputError`` (convert them); a shape or size mismatch -> ``InputError`` naming
+    the image shape; anything else -> ``HardenedError`` with the error's own first line.
+    """
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, torch.OutOfMemoryError) or _OUT_OF_MEMORY.search(first):
+        return ConfigError(
+            f"the model ran out of memory on a batch of {x.shape[0]} images ({first}); "
+            "lower the batch size (--batch-size, or batch_size=)"
+        )
+    weights = next((t.dtype for t in model.parameters() if t.is_floating_point()), None)
+    if weights is not None and x.is_floating_point() and x.dtype != weights:
+        convert = "x.float()" if weights == torch.float32 else f"x.to({weights})"
+        return InputError(
+            f"the images are {str(x.dtype).removeprefix('torch.')} but the model's weights are "
+            f"{str(weights).removeprefix('torch.')}: convert the images with {convert} ({first})"
+        )
+    if _SHAPE.search(first):
+        return InputError(
+            f"the model cannot take images of shape {tuple(x.shape[1:])} (C×H×W): {first}. "
+            "Check the channel count and image size the model was built for"
+        )
+    return HardenedError(f"the model's forward pass failed on {x.shape[0]} images: {first}")

@@ -117,8 +117,30 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise ModelLoadError(f"weights in {where} do not fit the model: {first}") from error
+        raise ModelLoadError(
+            f"weights in {where} do not fit the model: {state_mismatch(model.state_dict(), state)}; "
+            "check that --model names the architecture (and its options) the weights were saved from"
+        ) from error
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], show: int = 5) -> str:
+    """One-line summary of how a state dict ``given`` differs from a model's ``expected`` one:
+    missing keys, unexpected keys and shape mismatches, each counted with its first ``show`` names."""
+
+    def listed(what: str, names: list[str]) -> str:
+        more = f" and {len(names) - show} more" if len(names) > show else ""
+        return f"{len(names)} {what} ({', '.join(names[:show])}{more})"
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [
+        f"{k} {'×'.join(map(str, given[k].shape))} in the file vs {'×'.join(map(str, expected[k].shape))}"
+        for k in sorted(set(expected) & set(given))
+        if isinstance(given[k], torch.Tensor) and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = [listed(what, names) for what, names in (
+        ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if names]
+    return "; ".join(parts) if parts else "the tensors do not load"
 
 
 def _load_sidecar_model(path: Path) -> LoadedModel:

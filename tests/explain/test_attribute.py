@@ -98,3 +98,38 @@ def test_heatmap_files(setup, tmp_path) -> None:
         assert path.read_bytes()[:4] == b"\x89PNG"
     assert gif.read_bytes()[:6] == b"GIF89a"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attack.gif", "deletion.png", "grid.png", "one.png"]
+
+
+@pytest.mark.parametrize("target", [None, "labels", 1])
+@pytest.mark.parametrize("batch_size", [2, 256])
+def test_lrp_runs_each_image_through_the_model_once(setup, target, batch_size) -> None:
+    """Check once, compute once: one probe image for the checks, then one LRP pass per batch."""
+    from hardened.explain import lrp
+
+    model, x, y = setup
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    goal = y if target == "labels" else target
+    try:
+        attribution = explain_images(model, x, goal, batch_size=batch_size)
+    finally:
+        handle.remove()
+    probe = 0 if target is None else 1  # given targets: one probe image for the class count
+    assert sum(seen) == len(x) + probe and (target is None or seen[0] == 1)
+    expected_target = model(x).argmax(1) if target is None else (y if target == "labels" else torch.full_like(y, 1))
+    assert torch.equal(attribution.target, expected_target)
+    assert torch.equal(attribution.prediction, model(x).argmax(1))
+    torch.testing.assert_close(attribution.relevance, lrp(model, x, expected_target)[1])
+    torch.testing.assert_close(attribution.output, model(x).gather(1, expected_target[:, None]).squeeze(1))
+
+
+@pytest.mark.parametrize("method", ["lrp", "gradient"])
+def test_checks_without_a_full_forward_still_name_the_problem(method) -> None:
+    from hardened.errors import InputError
+
+    no_logits = nn.Sequential(nn.Conv2d(1, 3, 1)).eval()
+    with pytest.raises(InputError, match="logits of shape N×K"):
+        explain_images(no_logits, torch.rand(2, 1, 4, 4), method=method)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with pytest.raises(InputError, match=r"cannot take images of shape \(1, 5, 5\)"):
+        explain_images(flat, torch.rand(2, 1, 5, 5), method=method)

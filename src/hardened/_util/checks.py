@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from hardened.errors import ConfigError, HardenedError, InputError
 
-__all__ = ["check_images", "check_labels", "check_model_output", "forward_error"]
+__all__ = ["check_images", "check_labels", "check_logits", "check_model_output", "forward_error"]
 
 
 def check_images(x: object, bounds: tuple[float, float] = (0.0, 1.0), *, allow_empty: bool = False) -> Tensor:
@@ -28,12 +29,14 @@ def check_images(x: object, bounds: tuple[float, float] = (0.0, 1.0), *, allow_e
         )
     if x.shape[0] == 0 and not allow_empty:
         raise InputError("the batch is empty (N = 0): pass at least one image")
-    if x.numel() and not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
-        raise InputError(f"{bad} image(s) contain NaN or Inf values; clean or drop them first")
     lo, hi = bounds
     if x.numel():
-        x_min, x_max = float(x.min()), float(x.max())
+        # one pass: NaN propagates into the extremes and an infinity is one of them
+        extremes = torch.aminmax(x)
+        x_min, x_max = float(extremes.min), float(extremes.max)
+        if not (math.isfinite(x_min) and math.isfinite(x_max)):
+            bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
+            raise InputError(f"{bad} image(s) contain NaN or Inf values; clean or drop them first")
         if x_min < lo - 1e-6 or x_max > hi + 1e-6:
             raise InputError(
                 f"pixel values span [{x_min:.4g}, {x_max:.4g}] but must lie in [{lo}, {hi}]; "
@@ -73,11 +76,14 @@ def check_model_output(model: nn.Module, x: Tensor, *, keep_graph: bool = False)
             out = model(x)
     except RuntimeError as error:
         raise forward_error(model, x, error) from error
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+    return check_logits(out, x.shape[0])
+
+
+def check_logits(out: object, n: int) -> Tensor:
+    """``out`` if it is a logits tensor N×K for ``n`` images, else ``InputError``."""
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise InputError(
-            f"the model must return logits of shape N×K, got {shape} for {x.shape[0]} images"
-        )
+        raise InputError(f"the model must return logits of shape N×K, got {shape} for {n} images")
     return out
 
 

@@ -15,8 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import batch_slices, eval_mode
-from hardened._util.checks import check_images, check_labels, check_model_output
+from hardened._util.batching import batch_slices, eval_mode, predict_logits
+from hardened._util.checks import (
+    check_images,
+    check_labels,
+    check_logits,
+    check_model_output,
+    forward_error,
+)
 from hardened._util.seeding import make_generator
 from hardened.errors import ConfigError
 from hardened.explain import gradients
@@ -96,20 +102,22 @@ class Attribution:
 def lrp(
     model: nn.Module,
     x: Tensor,
-    target: Tensor,
+    target: Tensor | None,
     composite: str | Composite = "epsilon-gamma-box",
     *,
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor]:
     """``(logits, relevance)``: one forward and one modified backward pass, no input checks.
 
-    The relevance starts as ``onehot(target) * logits`` at the output.
+    The relevance starts as ``onehot(target) * logits`` at the output; ``target=None`` explains
+    the predicted class (the argmax of this same forward pass, so no extra pass is needed).
     """
     rules = make_composite(composite)
     with rules.context(model, bounds), torch.enable_grad():
         x_var = x.detach().requires_grad_(True)
         logits = model(x_var)
-        chosen = logits.gather(1, target[:, None])
+        goal = logits.detach().argmax(dim=1) if target is None else target
+        chosen = logits.gather(1, goal[:, None])
         (relevance,) = torch.autograd.grad(chosen, x_var, grad_outputs=chosen.detach())
     return logits.detach(), relevance.detach()
 
@@ -208,24 +216,42 @@ def explain_images(
     x = check_images(x, bounds, allow_empty=True)
     rules = make_composite(composite) if key == "lrp" else None
     generator = make_generator(seed, x.device)
+    n = x.shape[0]
     with eval_mode(model):
-        logits = check_model_output(model, x) if x.shape[0] else None
-        num_classes = int(logits.shape[1]) if logits is not None else None
-        if target is None:
-            goal = logits.argmax(dim=1) if logits is not None else torch.zeros(0, dtype=torch.long)
-        elif isinstance(target, int) and not isinstance(target, bool):
-            goal = torch.full((x.shape[0],), int(target), dtype=torch.long)
-        else:
-            goal = target  # type: ignore[assignment]
-        goal = check_labels(goal, x.shape[0], num_classes, name="targets").to(x.device)
+        # Check once, compute once: each batch's own pass gives the logits (no full forward
+        # over the images for the checks). Only given targets need the class count up front,
+        # from one probe image, so that an out-of-range index never reaches the model's gather.
+        given: Tensor | None = None
+        if isinstance(target, int) and not isinstance(target, bool):
+            given = torch.full((n,), int(target), dtype=torch.long)
+        elif target is not None:
+            given = target  # type: ignore[assignment]
+        if given is not None:
+            num_classes = int(check_model_output(model, x[:1]).shape[1]) if n else None
+            given = check_labels(given, n, num_classes, name="targets").to(x.device)
         compute = _method_function(key, model, rules, bounds, steps, baseline, samples, sigma, generator)
-        parts, outputs = [], []
-        for s in batch_slices(x.shape[0], batch_size):
-            out, relevance = compute(x[s], goal[s])
+        parts, outputs, goals, predictions = [], [], [], []
+        for s in batch_slices(n, batch_size):
+            xb = x[s]
+            try:
+                if given is None and rules is not None:
+                    out, relevance = lrp(model, xb, None, rules, bounds=bounds)
+                    goal = out.argmax(dim=1)
+                else:
+                    goal = given[s] if given is not None else predict_logits(model, xb, len(xb)).argmax(dim=1)
+                    out, relevance = compute(xb, goal)
+            except RuntimeError as error:
+                check_model_output(model, xb[:1])  # a model that cannot run or returns no logits
+                raise forward_error(model, xb, error) from error
+            check_logits(out, len(xb))
             parts.append(relevance)
-            outputs.append(out.gather(1, goal[s][:, None]).squeeze(1))
-    relevance = torch.cat(parts) if parts else torch.zeros_like(x)
-    output = torch.cat(outputs) if outputs else torch.zeros(0, device=x.device)
+            goals.append(goal)
+            predictions.append(out.argmax(dim=1))
+            outputs.append(out.gather(1, goal[:, None]).squeeze(1))
+    relevance = _joined(parts, torch.zeros_like(x))
+    output = _joined(outputs, torch.zeros(0, device=x.device))
+    empty = torch.zeros(0, dtype=torch.long, device=x.device)
+    goal_all = _joined(goals, empty)
     if not allow_nonfinite:
         check_finite(relevance, key)
     params: dict[str, Any] = {}
@@ -239,12 +265,19 @@ def explain_images(
         params = {"seed": seed}
     return Attribution(
         relevance=relevance,
-        target=goal,
+        target=goal_all,
         output=output.detach(),
-        prediction=(logits.argmax(dim=1) if logits is not None else goal),
+        prediction=_joined(predictions, empty),
         method=key,
         params=params,
     )
+
+
+def _joined(parts: list[Tensor], empty: Tensor) -> Tensor:
+    """The batches' tensors concatenated (no copy for a single batch), ``empty`` for none."""
+    if not parts:
+        return empty
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class Explainer:

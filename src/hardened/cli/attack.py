@@ -12,7 +12,7 @@ import typer
 from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
-from hardened.attacks import attack_in_batches, make_attack
+from hardened.attacks import ATTACKS, attack_in_batches, make_attack
 from hardened.cli._common import (
     BatchOption,
     DataDirOption,
@@ -35,7 +35,7 @@ from hardened.report.plots import plot_adversarial_grid
 def attack_command(
     model: ModelOption,
     data: DataOption = "mnist-5k",
-    attack: Annotated[str, typer.Option("--attack", help="fgsm, fgm, bim, pgd, mifgsm")] = "pgd",
+    attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
     norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
     eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
     steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,
@@ -67,7 +67,7 @@ def attack_command(
         if start.lower() not in starts:
             raise ConfigError(f"unknown --start {start!r}: use uniform, radial or none")
         options["random_start"] = starts[start.lower()]
-    if attack.lower() in ("pgd", "bim", "ifgsm", "mifgsm"):
+    if ATTACKS.get(attack).seeded:
         options["seed"] = seed
     instance = make_attack(attack, **options)
     x, y = test.x.to(target), test.y.to(target)

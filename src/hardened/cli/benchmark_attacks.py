@@ -35,6 +35,7 @@ from hardened.evaluate.compare import (
     default_attack_suite,
     trace_attack,
 )
+from hardened.explain import COMPOSITES
 from hardened.report.heatmaps import AnimationFrame, save_animation
 from hardened.report.plots import plot_success_curves
 
@@ -51,7 +52,7 @@ def benchmark_attacks_command(
     pixel_fraction: Annotated[float, typer.Option("--pixel-fraction", help="share of pixels an LRP-grad step may change")] = 0.1,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="pixel budget of the flip/mean attacks")] = 100,
     pixels_per_step: Annotated[int, typer.Option("--pixels-per-step", min=1, help="pixels changed per explanation")] = 4,
-    composite: Annotated[str, typer.Option("--composite", help="LRP composite")] = "epsilon-gamma-box",
+    composite: Annotated[str, typer.Option("--composite", help=f"LRP composite: {', '.join(COMPOSITES)}")] = "epsilon-gamma-box",
     attacks: Annotated[str, typer.Option("--attacks", help="comma-separated subset of the suite's labels (default: all)")] = "",
     gif_index: Annotated[int | None, typer.Option("--gif-index", min=0, help="which attacked image to animate (default: the first one LRP-grad fools)")] = None,
     gif: Annotated[bool, typer.Option("--gif/--no-gif", help="write the LRP-grad animation")] = True,

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json
+from hardened.attacks import ATTACKS
 from hardened.cli._common import (
     BatchOption,
     DataDirOption,
@@ -33,7 +34,7 @@ from hardened.report.plots import plot_sweeps
 def evaluate_command(
     model: ModelOption,
     data: DataOption = "mnist-5k",
-    attack: Annotated[str, typer.Option("--attack", help="fgsm, fgm, bim, pgd, mifgsm")] = "pgd",
+    attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
     norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
     eps: Annotated[str, typer.Option("--eps", help="comma-separated eps values")] = "0,0.05,0.1,0.2,0.3",
     steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,

@@ -29,7 +29,7 @@ from hardened.cli._common import (
     seed_everything,
 )
 from hardened.errors import ConfigError
-from hardened.explain import explain_images
+from hardened.explain import COMPOSITES, explain_images
 from hardened.explain.quality import compare_explanations
 from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_heatmap_grid
 
@@ -39,7 +39,7 @@ def explain_command(
     data: DataOption = "mnist-5k",
     index: Annotated[str, typer.Option("--index", help="comma-separated test-image indices")] = "0,1,2",
     method: Annotated[str, typer.Option("--method", help="lrp, gradient, saliency, gradient-x-input, integrated-gradients, smoothgrad")] = "lrp",
-    composite: Annotated[str, typer.Option("--composite", help="LRP rules: epsilon-gamma-box, epsilon, epsilon-plus, epsilon-plus-box, epsilon-alpha2-beta1, alpha1-beta0")] = "epsilon-gamma-box",
+    composite: Annotated[str, typer.Option("--composite", help=f"LRP rules: {', '.join(COMPOSITES)}")] = "epsilon-gamma-box",
     target: Annotated[int | None, typer.Option("--target", help="class to explain (default: the prediction)")] = None,
     compare: Annotated[str, typer.Option("--compare", help="more methods for the grid, comma-separated")] = "",
     quality: Annotated[int, typer.Option("--quality", min=0, help="pixel-flipping curves on this many test images (0: off)")] = 0,

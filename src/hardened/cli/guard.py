@@ -27,7 +27,7 @@ from hardened.cli._common import (
 )
 from hardened.data import Dataset
 from hardened.errors import ConfigError, InputError
-from hardened.guard import GuardedClassifier, calibrate_threshold, make_score
+from hardened.guard import SCORES, GuardedClassifier, calibrate_threshold, make_score
 from hardened.guard.calibrate import ScoreSummary
 from hardened.guard.guarded import read_guard_record
 
@@ -76,7 +76,7 @@ def fit_command(
     model: ModelOption,
     out_dir: Annotated[Path, typer.Option("--out", help="folder to write the guard to")],
     data: DataOption = "mnist-5k",
-    score: Annotated[str, typer.Option("--score", help="vae, wgan-inverter, softmax, energy or mahalanobis")] = "vae",
+    score: Annotated[str, typer.Option("--score", help=f"score: {', '.join(SCORES)}")] = "vae",
     fpr: Annotated[float, typer.Option("--fpr", help="target false-positive rate on held-out data")] = 0.05,
     method: Annotated[str, typer.Option("--method", help="fpr (threshold at --fpr) or max (max held-out score)")] = "fpr",
     n_train: Annotated[int | None, typer.Option("--n-train", min=1, help="training images for the score (default all)")] = None,
@@ -100,7 +100,7 @@ def fit_command(
     options = _parse_options(option or [])
     if epochs is not None:
         options["epochs"] = epochs
-    if "seed" not in options and score.lower() in ("vae", "wgan-inverter", "wgan"):
+    if "seed" not in options and SCORES.get(score).seeded:
         options["seed"] = seed
     scorer = make_score(score, loaded.model, **options)
     scorer.fit(train.to(target), progress=True)

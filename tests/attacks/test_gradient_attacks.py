@@ -3,6 +3,7 @@ strength ordering on a trained network, targeted mode, determinism and bad input
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -12,11 +13,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers import blob_data, tiny_cnn, tiny_mlp
-from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, attack_in_batches, make_attack
+from hardened.attacks import ATTACKS, BIM, FGM, FGSM, MIFGSM, PGD, attack_in_batches, make_attack
 from hardened.errors import ConfigError, InputError
 from hardened.train import TrainConfig, train
 
-ATTACK_NAMES = ["fgsm", "bim", "pgd", "mifgsm"]
+#: the registered attacks of the PGD family (they share the eps/norm/loss/steps options)
+ATTACK_NAMES = [name for name in ATTACKS.names() if issubclass(ATTACKS.get(name), PGD)]
 
 
 @settings(max_examples=25, deadline=None)
@@ -34,7 +36,7 @@ def test_attack_invariants_on_random_models(name, norm, eps, seed, conv, loss):
     x = torch.rand(6, 1, 8, 8, generator=g)
     y = torch.randint(0, 3, (6,), generator=g)
     x_before = x.clone()
-    kwargs = {"steps": 3} if name != "fgsm" else {}
+    kwargs = {"steps": 3} if "steps" in inspect.signature(ATTACKS.get(name)).parameters else {}
     attack = make_attack(name, eps=eps, norm=norm, loss=loss, **kwargs)
     result = attack(model, x, y)
     assert torch.equal(x, x_before), "the input was mutated"

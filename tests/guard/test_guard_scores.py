@@ -10,14 +10,13 @@ from torch import nn
 
 from hardened.data import Dataset, Splits
 from hardened.errors import ConfigError, InputError, NotFittedError
-from hardened.guard import GuardedClassifier, make_score, penultimate_features
+from hardened.guard import SCORES, GuardedClassifier, make_score, penultimate_features
 from hardened.guard.base import BaseScore
 from hardened.guard.baselines import last_linear
 from hardened.guard.probes import uniform_noise
 from hardened.guard.wgan_inverter import ImageFrame
 from hardened.train import TrainConfig, train
 
-FAST = ["softmax", "energy", "mahalanobis", "vae"]
 OPTIONS = {
     "vae": {"epochs": 15, "hidden": 64, "latent": 8, "seed": 0},
     # a short run: enough for the mechanics (streaming, save/load, errors), not for separation
@@ -56,7 +55,7 @@ def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
     return float(roc_auc_score(labels, torch.cat([id_scores, ood_scores]).numpy()))
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", sorted(BOUNDS))
 def test_score_separates_id_from_easy_ood(name, digits_model, digits, noise):
     score = fitted(name, digits_model, digits)
     x = digits.test.x[:200]
@@ -104,7 +103,7 @@ def test_wgan_inverter_separates_blobs_from_noise_and_inverted(one_thread):
     assert auroc(id_scores, score.score(1 - test_x)) > 0.9
 
 
-@pytest.mark.parametrize("name", [*FAST, "wgan-inverter"])
+@pytest.mark.parametrize("name", SCORES.names())
 def test_streaming_equals_batch(name, digits_model, digits):
     score = fitted(name, digits_model, digits)
     x = digits.test.x[:12]
@@ -113,7 +112,7 @@ def test_streaming_equals_batch(name, digits_model, digits):
     torch.testing.assert_close(one_by_one, batch, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", [*FAST, "wgan-inverter"])
+@pytest.mark.parametrize("name", SCORES.names())
 def test_save_load_round_trip_gives_identical_scores(name, digits_model, digits, tmp_path):
     score = fitted(name, digits_model, digits)
     guard = GuardedClassifier(digits_model, score, 0.5, model_ref=None)
@@ -124,7 +123,7 @@ def test_save_load_round_trip_gives_identical_scores(name, digits_model, digits,
     assert loaded.threshold == 0.5 and loaded.score.config() == score.config()
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", SCORES.names())
 def test_wrong_shape_and_values_are_input_errors(name, digits_model, digits):
     score = fitted(name, digits_model, digits)
     with pytest.raises(InputError, match="fitted for images of shape 1×8×8"):
@@ -153,7 +152,7 @@ def test_fit_free_scores_score_unfitted_exactly_as_fitted(name, digits_model, di
     assert torch.equal(unfitted.score_tensor(x).detach(), expected)
 
 
-@pytest.mark.parametrize("name", ["softmax", "energy", "mahalanobis", "vae"])
+@pytest.mark.parametrize("name", SCORES.select(differentiable=True))
 def test_score_tensor_matches_score_and_has_gradients(name, digits_model, digits):
     score = fitted(name, digits_model, digits)
     x = digits.test.x[:4].clone().requires_grad_(True)

@@ -1,0 +1,1 @@
+"""Toy components for hardened: the ``toy-search`` attack and the ``toy-brightness`` score."""

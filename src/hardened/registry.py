@@ -46,7 +46,7 @@ from hardened.errors import ConfigError
 __all__ = ["Registry", "normalize_name"]
 
 T = TypeVar("T")
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound=Callable[..., Any])
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _COLLECTIONS = (tuple, list, set, frozenset)

@@ -21,3 +21,10 @@ def test_attack_declares_its_capabilities(name: str) -> None:
     assert cls.norms, f"{name} declares no norms"
     assert not (cls.scores_only and cls.needs_gradients), f"{name}: scores only and gradients"
     assert not (cls.labels_only and cls.needs_gradients), f"{name}: labels only and gradients"
+
+
+def test_the_old_capability_name_is_refused() -> None:
+    from hardened.attacks import Attack
+
+    with pytest.raises(TypeError, match="supports_targeted is now the capability targeted"):
+        type("Old", (Attack,), {"supports_targeted": True})

@@ -184,6 +184,11 @@ class Attack(ABC):
         seeded: draws random numbers from its ``seed`` (the same seed gives the same result).
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "supports_targeted" in vars(cls):
+            raise TypeError(f"{cls.__qualname__}: supports_targeted is now the capability targeted")
+
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = ()
     targeted: ClassVar[bool] = False

@@ -298,11 +298,16 @@ def test_a_plugin_cannot_take_a_built_in_name(target, tmp_path: Path, monkeypatc
     assert registry.get("aimed").__name__ == "Aimed"
 
 
+GROUPS = ("attacks", "scores", "methods", "composites", "certificates", "audit_stages")
+
+
 def test_import_hardened_loads_no_plugin(tmp_path: Path) -> None:
     root = write_plugin(
         tmp_path, "sentinel-dist", "hardened.attacks", {"sentinel": "sentinel_plugin:Thing"},
         {"sentinel_plugin": "raise SystemExit('imported at import time')\n"},
     )
+    points = "".join(f"[hardened.{group}]\nsentinel = sentinel_plugin:Thing\n" for group in GROUPS)
+    (root / "sentinel-dist-0.1.dist-info" / "entry_points.txt").write_text(points)
     source = "import hardened, sys; print('sentinel_plugin' in sys.modules)"
     src = Path(__file__).resolve().parents[1] / "src"
     env_path = f"{root}:{src}"

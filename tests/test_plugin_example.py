@@ -41,8 +41,8 @@ def toy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.syspath_prepend(str(PLUGIN / "src"))
     for registry in (ATTACKS, SCORES):  # the registrations are undone after the test
-        for attribute in ("_classes", "_aliases", "_broken"):
-            monkeypatch.setattr(registry, attribute, dict(getattr(registry, attribute)))
+        for attribute in ("_classes", "_aliases", "_broken", "_seen"):
+            monkeypatch.setattr(registry, attribute, type(getattr(registry, attribute))(getattr(registry, attribute)))
         registry.load_plugins()
     yield project
     for module in [m for m in sys.modules if m == "hardened_toy" or m.startswith("hardened_toy.")]:

@@ -298,6 +298,29 @@ def test_a_plugin_cannot_take_a_built_in_name(target, tmp_path: Path, monkeypatc
     assert registry.get("aimed").__name__ == "Aimed"
 
 
+def test_an_entry_point_named_like_a_built_in_is_ignored_with_a_warning(
+    target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, group = target
+    name = f"plug_{tmp_path.name.replace('-', '_')}"
+    root = write_plugin(
+        tmp_path / "site", "shadow", group, {"SS": f"{name}:Shadow"},
+        {name: """
+            import tests_registry_target as target
+
+            class Shadow(target.Base):
+                pass
+        """},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    with pytest.warns(RuntimeWarning, match=r"plugin 'SS' .* is ignored: the name is taken by .*StepSize"):
+        assert registry.names() == ("step-size", "aimed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.load_plugins()  # a second scan is quiet: each entry point is read once
+    assert registry.get("ss").__name__ == "StepSize"
+
+
 GROUPS = ("attacks", "scores", "methods", "composites", "certificates", "audit_stages")
 
 

@@ -61,13 +61,14 @@ def normalize_name(name: str) -> str:
 
 
 class Registry(Generic[T]):
-    """Named classes of one family, with aliases, capability selection and entry-point plugins.
+    """Named classes (or factories) of one family: aliases, capabilities, entry-point plugins.
 
     Args:
         kind: what one component is called in messages (``"attack"``, ``"guard score"``).
         group: the entry-point group other packages register through (``"hardened.attacks"``);
             ``None`` for no plugins.
-        base: when given, every registered class must subclass it.
+        base: when given, every registered class must subclass it (and every factory must
+            return an instance of it).
         capabilities: the class attributes every component must declare; ``select`` accepts
             only these keywords. Empty means "any attribute, none required".
     """
@@ -87,6 +88,7 @@ class Registry(Generic[T]):
         self._classes: dict[str, type[T]] = {}
         self._aliases: dict[str, str] = {}
         self._broken: dict[str, str] = {}
+        self._seen: set[tuple[str, str]] = set()
         self._plugins_loaded = group is None
 
     def __repr__(self) -> str:
@@ -150,8 +152,16 @@ class Registry(Generic[T]):
         if self.group is None:
             return
         for point in importlib.metadata.entry_points(group=self.group):
+            if (point.name, point.value) in self._seen:
+                continue
+            self._seen.add((point.name, point.value))
             key = normalize_name(point.name)
-            if key in self._classes or key in self._broken:
+            taken = self._classes.get(self._aliases.get(key, key))
+            if taken is not None:
+                warnings.warn(
+                    f"the {self.kind} plugin {point.name!r} ({point.value}) is ignored: the name "
+                    f"is taken by {_qualname(taken)}", RuntimeWarning, stacklevel=2,
+                )
                 continue
             try:
                 loaded = point.load()

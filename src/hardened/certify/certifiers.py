@@ -23,7 +23,7 @@ __all__ = ["Smoothing", "IBP"]
 class Smoothing(Certifier):
     """Randomized smoothing (Cohen et al. 2019): certified L2 radius of the smoothed classifier.
 
-    Image ``i`` draws its noise from ``derive_seed(seed, i)`` (as ``certify_dataset``); the
+    Image ``i`` draws its noise from ``mix_seed(seed, i)`` (as ``certify_dataset``); the
     radius is 0 where the certificate abstains or names another class than the label.
     """
 

@@ -105,7 +105,7 @@ def test_unfitted_score_and_bad_inputs(digits_model, guard):
 
 def test_save_load_records_calibration_and_checks_the_classifier(guard, digits, tmp_path):
     folder = guard.save(tmp_path / "g", extra={"data": "digits"})
-    assert sorted(p.name for p in folder.iterdir()) == ["guard.json", "score.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["classifier.safetensors", "guard.json", "score.safetensors"]
     record = json.loads((folder / "guard.json").read_text())
     assert record["threshold"] == guard.threshold and record["calibration"]["method"] == "fpr"
     loaded = GuardedClassifier.load(folder, guard.model)

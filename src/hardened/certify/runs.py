@@ -22,6 +22,7 @@ from hardened._util.batching import eval_mode
 from hardened._util.checks import check_images, check_labels, check_model_output
 from hardened._util.digests import model_digest, tensor_digest
 from hardened._util.progress import progress_bar
+from hardened._util.records import RecordReader, read_json_object
 from hardened._util.seeding import make_generator, mix_seed
 from hardened.certify.smoothing import (
     DEFAULT_ALPHA,
@@ -117,7 +118,7 @@ def read_records(log_path: str | os.PathLike[str], *, repair: bool = False) -> l
             continue
         try:
             records.append(SampleRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             if number == len(lines):
                 if repair:
                     good = "".join(text + "\n" for text in lines[:-1])
@@ -130,9 +131,12 @@ def read_records(log_path: str | os.PathLike[str], *, repair: bool = False) -> l
 
 
 def _check_settings(path: Path, settings: dict[str, Any], batch_size_given: bool) -> dict[str, Any]:
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = read_json_object(
+        path, DataError, f"; delete {path.name} and the log beside it to start the run over, or use another output folder"
+    )
     if not batch_size_given:
-        settings = {**settings, "batch_size": stored.get("batch_size")}
+        stored_size = RecordReader(stored, str(path), DataError).integer("batch_size", 1, 2**31)
+        settings = {**settings, "batch_size": stored_size}
     differ = [
         f"{key}: {stored.get(key)!r} then, {settings.get(key)!r} now"
         for key in sorted(set(stored) | set(settings))

@@ -34,6 +34,8 @@ from hardened.guard.guarded import read_guard_record
 guard_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and use reliability guards.")
 
 DataOption = Annotated[str, typer.Option("--data", help="in-distribution data: mnist-5k, digits, mnist, fashion-mnist, a folder or .npz")]
+TrustFactoryOption = Annotated[bool, typer.Option(
+    "--trust-factory", help="run the factory or TorchScript classifier that the guard folder names (it is code: only for folders you trust)")]
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def fit_command(
     scores = scorer.score(calibration.x.to(target))
     record = calibrate_threshold(scores, fpr=fpr, method=method)
     guard = GuardedClassifier(loaded.model, scorer, record, model_ref=str(Path(model).resolve()) if Path(model).exists() else model,
-                              classes=loaded.info.classes or splits.train.classes)
+                              model_info=loaded.info, classes=loaded.info.classes or splits.train.classes)
     extra = {"data": data, "seed": seed, "n_train": len(train), "calibration_n": len(calibration),
              "evaluation_n": len(evaluation)}
     guard.save(out_dir, extra=extra)
@@ -129,6 +131,7 @@ def evaluate_command(
     attack_n: Annotated[int, typer.Option("--attack-n", min=1, help="images for the attack report")] = 100,
     attack_steps: Annotated[int, typer.Option("--attack-steps", min=1)] = 20,
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("guard-evaluation"),
+    trust_factory: TrustFactoryOption = False,
     seed: SeedOption = 0,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
@@ -142,7 +145,7 @@ def evaluate_command(
     seed_everything(seed)
     record = read_guard_record(guard_dir)
     extra = record.get("extra") or {}
-    guard = GuardedClassifier.load(guard_dir)
+    guard = GuardedClassifier.load(guard_dir, trust_factory=trust_factory)
     spec = data or extra.get("data")
     if not spec:
         raise ConfigError("the guard does not record its data; pass --data")
@@ -181,7 +184,7 @@ def evaluate_command(
 def _read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
     from PIL import Image
 
-    from hardened.data.files import to_unit_float
+    from hardened.data.files import read_npz, to_unit_float
     from hardened.guard.probes import to_format
 
     names: list[str] = []
@@ -190,10 +193,7 @@ def _read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[s
         if not path.is_file():
             raise InputError(f"input {path} does not exist")
         if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                if "x" not in archive:
-                    raise InputError(f"{path} has no array 'x'")
-                array = to_unit_float(archive["x"], str(path))
+            array = to_unit_float(read_npz(path, ("x",), error=InputError)["x"], str(path))
             if array.ndim == 3:
                 array = array[:, None]
             elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
@@ -220,9 +220,10 @@ def predict_command(
     inputs: Annotated[list[Path], typer.Argument(help="image files or .npz files with an array x")],
     guard_dir: Annotated[Path, typer.Option("--guard", help="folder written by 'hardened guard fit'")],
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the answers as JSON")] = None,
+    trust_factory: TrustFactoryOption = False,
 ) -> None:
     """Classify inputs, or refuse those the guard scores as unreliable (one line per input)."""
-    guard = GuardedClassifier.load(guard_dir)
+    guard = GuardedClassifier.load(guard_dir, trust_factory=trust_factory)
     names, x = _read_inputs(inputs, guard.input_shape)
     result = guard.predict_batch(x)
     classes = guard.classes

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hardened._util.records import MAX_CLASSES
 from hardened.errors import DataError
 
 __all__ = ["Dataset", "Splits", "stratified_split"]
@@ -42,6 +43,8 @@ class Dataset:
             )
         if len(self.x) and (float(self.x.min()) < 0 or float(self.x.max()) > 1):
             raise DataError(f"{self.name}: pixel values must lie in [0, 1]")
+        if len(self.classes) > MAX_CLASSES:
+            raise DataError(f"{self.name}: {len(self.classes):,} classes, over the limit of {MAX_CLASSES:,}")
         if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
             raise DataError(
                 f"{self.name}: labels span [{int(self.y.min())}, {int(self.y.max())}] "

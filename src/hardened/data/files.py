@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib.npyio import NpzFile
 
+from hardened._util.records import MAX_CLASSES
 from hardened.data.dataset import Dataset
-from hardened.errors import DataError
+from hardened.errors import DataError, HardenedError
 
-__all__ = ["load_image_folder", "load_npz", "to_unit_float"]
+__all__ = ["load_image_folder", "load_npz", "read_npz", "to_unit_float"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -74,22 +77,90 @@ def load_image_folder(
     return Dataset(x, torch.tensor(labels, dtype=torch.int64), tuple(d.name for d in class_dirs), root.name)
 
 
-def load_npz(path: str | os.PathLike[str]) -> Dataset:
-    """Arrays ``x`` (N×H×W, N×C×H×W or N×H×W×C with C in {1, 3}) and ``y`` (N,) from a .npz.
+def read_npz(
+    path: str | os.PathLike[str], required: Sequence[str], optional: Sequence[str] = (),
+    error: type[HardenedError] = DataError,
+) -> dict[str, np.ndarray]:
+    """The arrays ``required`` (and those of ``optional`` present) of a ``.npz`` archive.
 
-    An optional ``classes`` array names the classes; otherwise they are ``0..K-1``.
+    Always read with ``allow_pickle=False``: a file that is not a .npz archive, or holds
+    pickled objects, is an ``error`` that says so (never numpy's advice to unpickle it).
     """
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"{file} does not exist")
+        raise error(f"{file} does not exist" if not file.exists() else f"{file} is a folder, not a .npz file")
+    wanted = (*required, *optional)
     try:
-        with np.load(file, allow_pickle=False) as arrays:
-            if "x" not in arrays or "y" not in arrays:
-                raise DataError(f"{file} must hold arrays named 'x' and 'y', found {list(arrays)}")
-            x, y = arrays["x"], arrays["y"]
-            classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read {file} as .npz: {error}") from error
+        with np.load(file, allow_pickle=False) as archive:
+            if not isinstance(archive, NpzFile):
+                raise error(f"{file} is a single .npy array, not a .npz archive; save it with numpy.savez(path, {required[0]}=...)")
+            missing = [name for name in required if name not in archive.files]
+            if missing:
+                names = " and ".join(", ".join(map(repr, required)).rsplit(", ", 1))
+                raise error(f"{file} must hold arrays named {names}, found {archive.files}")
+            arrays = {name: archive[name] for name in wanted if name in archive.files}
+    except HardenedError:
+        raise
+    except ValueError as problem:  # numpy's messages here suggest unpickling: never repeat them
+        if "pickle" in str(problem).lower() or "object arrays" in str(problem).lower():
+            raise error(
+                f"{file} holds pickled Python objects or object arrays, which are never loaded (unpickling "
+                "can run code); store plain numeric arrays with numpy.savez"
+            ) from None
+        raise error(f"cannot read {file} as .npz: {problem}") from None
+    except Exception as problem:  # zipfile, zlib, OSError...: a broken archive, whatever the cause
+        raise error(f"cannot read {file} as .npz (not a valid archive: {type(problem).__name__}: {problem})") from None
+    return arrays
+
+
+def _check_labels(y: np.ndarray, classes: list[str] | None, file: Path) -> tuple[str, ...]:
+    """Class names for labels ``y``: ``classes`` when given (labels must index it), else 0..K-1
+    with every class present; at most ``MAX_CLASSES`` classes."""
+    if classes is not None:
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"{file}: {len(classes)} classes, over the limit of {MAX_CLASSES:,}")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            raise DataError(
+                f"{file}: labels span [{int(y.min())}, {int(y.max())}] but 'classes' names {len(classes)} classes"
+            )
+        return tuple(classes)
+    if not len(y):
+        return ()
+    low, high = int(y.min()), int(y.max())
+    if low < 0:
+        raise DataError(f"{file}: labels must be 0..K-1, found {low}")
+    if high >= MAX_CLASSES:
+        raise DataError(
+            f"{file}: a label of {high} means {high + 1:,} classes, over the limit of {MAX_CLASSES:,}; "
+            "labels must be 0..K-1"
+        )
+    present = np.zeros(high + 1, dtype=bool)
+    present[y] = True
+    if not present.all():
+        absent = np.flatnonzero(~present)
+        shown = ", ".join(str(int(a)) for a in absent[:5]) + (", ..." if len(absent) > 5 else "")
+        raise DataError(
+            f"{file}: labels must be 0..K-1 with every class present, but {len(absent)} of 0..{high} never "
+            f"occur ({shown}); relabel them, or add a 'classes' array naming all K classes"
+        )
+    return tuple(str(i) for i in range(high + 1))
+
+
+def load_npz(path: str | os.PathLike[str]) -> Dataset:
+    """Arrays ``x`` (N×H×W, N×C×H×W or N×H×W×C with C in {1, 3}) and ``y`` (N,) from a .npz.
+
+    An optional ``classes`` array names the classes (labels index it); otherwise labels must
+    be ``0..K-1`` with every class present. At most ``MAX_CLASSES`` classes.
+    """
+    file = Path(path)
+    arrays = read_npz(file, ("x", "y"), ("classes",))
+    x, y = arrays["x"], arrays["y"]
+    classes = None
+    if "classes" in arrays:
+        names = arrays["classes"]
+        if names.ndim != 1 or names.dtype.kind not in "UiuS":
+            raise DataError(f"{file}: 'classes' must be a 1-d array of names, got {names.dtype} {names.shape}")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -98,7 +169,6 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
         raise DataError(f"{file}: x must be N×H×W or N×C×H×W, got shape {x.shape}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{file}: y must be N integer labels, got {y.dtype} {y.shape}")
-    num = int(y.max()) + 1 if len(y) else 0
-    names = tuple(classes) if classes is not None else tuple(str(i) for i in range(num))
+    names_out = _check_labels(y, classes, file)
     tensor = torch.from_numpy(np.ascontiguousarray(to_unit_float(x, str(file))))
-    return Dataset(tensor, torch.from_numpy(y.astype(np.int64)), names, file.stem)
+    return Dataset(tensor, torch.from_numpy(y.astype(np.int64)), names_out, file.stem)

@@ -5,9 +5,17 @@ and the threshold, predicts one input at a time (raising ``NotReliableClassifica
 (never raising for refusals), and saves/loads itself as a folder::
 
     guard_dir/
-      guard.json            classifier reference and fingerprint, score config, threshold,
-                            calibration record, input shape, sha256 of the weights
+      guard.json            classifier fingerprint (and, for display, where it came from), score
+                            config, threshold, calibration record, input shape, sha256 of the weights
       score.safetensors     the score's fitted tensors (no pickle anywhere)
+      classifier.safetensors  the classifier's weights
+      classifier.json       its sidecar, when it is a zoo architecture (``hardened.models``)
+
+Trust model: every file of a guard folder is data. Loading one never imports or runs anything it
+names: a zoo classifier is rebuilt from ``classifier.json`` (checked against its schema), and a
+classifier of the user's own code (a ``package.module:factory`` or a TorchScript file, recorded in
+``classifier.reference``) is only loaded with ``trust_factory=True`` (CLI ``--trust-factory``),
+after every other check of the folder, and its weights then must match the fingerprint.
 
 An input whose score is NaN or infinite is refused (batch) or an ``InputError`` (single): the
 guard never accepts an input it could not score.
@@ -15,7 +23,6 @@ guard never accepts an input it could not score.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from hardened._util.atomic import write_json
 from hardened._util.batching import predict_logits
 from hardened._util.device import model_device
 from hardened._util.digests import model_digest
+from hardened._util.records import RecordReader, read_json_object
 from hardened._util.tensorfile import digest_matches, save_tensors
 from hardened.errors import (
     ConfigError,
@@ -42,13 +50,16 @@ from hardened.errors import (
 from hardened.guard.base import Score, check_score
 from hardened.guard.calibrate import Calibration, calibrate_threshold
 from hardened.guard.registry import score_from_state
+from hardened.models.io import ModelInfo, load_model, save_model
+from hardened.models.zoo import ARCHITECTURES
 
 __all__ = ["GuardedPrediction", "GuardedClassifier", "guarded_predict"]
 
 FORMAT = "hardened-guard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GUARD_JSON = "guard.json"
 SCORE_FILE = "score.safetensors"
+CLASSIFIER_FILE = "classifier.safetensors"
 
 
 @dataclass(frozen=True)
@@ -129,8 +140,10 @@ class GuardedClassifier:
         score: a fitted score (``hardened.guard.make_score(...).fit(train)``), or an unfitted
             fit-free one (``make_score("energy", model)``), checked against the ``Score`` contract.
         threshold: a float, a ``Calibration``, or ``None`` to calibrate later with ``calibrate``.
-        model_ref: where the classifier can be loaded from (path or factory string), saved with
-            the guard so that ``load`` can rebuild it.
+        model_ref: where the classifier came from (a path or factory string), recorded with the
+            guard; a factory or TorchScript reference is only loaded with ``trust_factory=True``.
+        model_info: the classifier's ``ModelInfo`` (from ``load_model``); with a zoo architecture
+            the guard saves the classifier as weights plus sidecar and loads it with no code.
         classes: class names, for display.
     """
 
@@ -141,6 +154,7 @@ class GuardedClassifier:
         threshold: float | Calibration | None = None,
         *,
         model_ref: str | None = None,
+        model_info: ModelInfo | None = None,
         classes: tuple[str, ...] | None = None,
         batch_size: int = 256,
     ) -> None:
@@ -159,6 +173,7 @@ class GuardedClassifier:
         elif threshold is not None:
             self.threshold = _check_threshold(threshold)
         self.model_ref = model_ref
+        self.model_info = model_info
         self.classes = tuple(classes) if classes is not None else None
         self.batch_size = int(batch_size)
 
@@ -221,6 +236,8 @@ class GuardedClassifier:
             "classifier": {
                 "reference": self.model_ref,
                 "fingerprint": model_digest(self.model),
+                "file": CLASSIFIER_FILE,
+                "arch": self._zoo_arch(),
             },
             "classes": list(self.classes) if self.classes else None,
             "input_shape": list(self.input_shape),
@@ -229,8 +246,23 @@ class GuardedClassifier:
             "calibration": self.calibration.to_dict() if self.calibration else None,
         }
 
+    def _zoo_arch(self) -> str | None:
+        info = self.model_info
+        return info.arch if info is not None and info.arch in ARCHITECTURES else None
+
+    def _save_classifier(self, target: Path) -> None:
+        """The classifier as weights (plus sidecar for a zoo architecture): data, never code."""
+        info = self.model_info
+        arch = self._zoo_arch()
+        if info is not None and arch is not None:
+            save_model(self.model, target / CLASSIFIER_FILE, arch=arch, arch_kwargs=info.arch_kwargs,
+                       input_shape=info.input_shape, classes=info.classes)
+            return
+        save_tensors(self.model.state_dict(), target / CLASSIFIER_FILE, metadata={"format": FORMAT})
+
     def save(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
-        """Write ``guard.json`` and ``score.safetensors`` into ``folder`` atomically; return it.
+        """Write the classifier, ``score.safetensors`` and, last, ``guard.json`` into ``folder``
+        atomically; return it.
 
         ``extra`` adds a JSON-ready ``"extra"`` record (e.g. which data calibrated the guard).
         """
@@ -239,17 +271,26 @@ class GuardedClassifier:
         tensors = self.score.state_tensors()
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
+        self._save_classifier(target)
         digest = save_tensors(tensors, target / SCORE_FILE, metadata={"format": FORMAT, "score": self.score.name})
         write_json(target / GUARD_JSON, record | {"score_weights_sha256": digest, "extra": extra or {}})
         return target
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike[str], model: nn.Module | None = None, *, check_model: bool = True
+        cls,
+        folder: str | os.PathLike[str],
+        model: nn.Module | None = None,
+        *,
+        check_model: bool = True,
+        trust_factory: bool = False,
     ) -> GuardedClassifier:
-        """Load a saved guard; the classifier is loaded from the recorded reference unless given.
+        """Load a saved guard; the classifier is rebuilt from the folder unless ``model`` is given.
 
-        With ``check_model`` the classifier's weights must match the fingerprint recorded at save
+        Nothing named in the folder is imported or run: a zoo classifier is rebuilt from its
+        weights and sidecar. A classifier of the user's own code (factory or TorchScript
+        reference) is loaded only with ``trust_factory=True``, after every other check. With
+        ``check_model`` the classifier's weights must match the fingerprint recorded at save
         time (the score was fitted on that exact classifier).
         """
         record = read_guard_record(folder)
@@ -264,9 +305,9 @@ class GuardedClassifier:
         expected = record.get("score_weights_sha256")
         if expected and not digest_matches(tensors, weights, expected):
             raise ModelLoadError(f"{weights} is corrupt: its tensors' sha256 does not match {GUARD_JSON}")
-        classifier = record.get("classifier") or {}
+        classifier = record["classifier"]
         if model is None:
-            model = _load_classifier(classifier.get("reference"), root)
+            model = _load_classifier(classifier, root, trust_factory)
         if check_model and classifier.get("fingerprint"):
             if model_digest(model) != classifier["fingerprint"]:
                 raise ModelLoadError(
@@ -286,33 +327,78 @@ class GuardedClassifier:
 
 
 def read_guard_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``guard.json`` of a saved guard, checked for format and completeness."""
+    """The parsed ``guard.json`` of a saved guard, every field checked (``ModelLoadError``)."""
     path = Path(folder) / GUARD_JSON
     if not path.is_file():
         raise ModelLoadError(f"{path} does not exist: {folder} is not a saved guard (hardened guard fit --out)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"cannot read {path}: {error}") from error
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    record = read_json_object(path, ModelLoadError)
+    if record.get("format") != FORMAT:
         raise ModelLoadError(f"{path} is not a hardened guard record")
-    if int(record.get("format_version", 0)) > FORMAT_VERSION:
+    read = RecordReader(record, str(path), ModelLoadError)
+    if (read.integer("format_version", 0, 2**31, optional=True) or 0) > FORMAT_VERSION:
         raise ModelLoadError(f"{path} was written by a newer hardened; upgrade to read it")
     if record.get("threshold") is None:
         raise ModelLoadError(f"{path} has no threshold: the guard was never calibrated")
+    threshold = read.number("threshold", finite=False)
+    if threshold is None or math.isnan(threshold):
+        raise read.fail("threshold", "a number (not NaN)", record.get("threshold"))
     if not isinstance(record.get("score"), dict):
         raise ModelLoadError(f"{path} has no score record")
-    return record
+    shape = read.shape("input_shape")
+    read.str_list("classes")
+    read.text("score_weights_sha256", optional=True, max_length=64)
+    read.mapping("extra")
+    calibration = read.mapping("calibration")
+    if calibration:
+        Calibration.from_dict(calibration)
+    score = RecordReader(record["score"], f"{path} (score)", ModelLoadError)
+    score.text("name", max_length=64)
+    if score.shape("input_shape") != shape:
+        raise score.fail("input_shape", f"the guard's input shape {list(shape or ())}", record["score"].get("input_shape"))
+    options = score.mapping("options")
+    if not all(isinstance(v, str | int | float | bool) or v is None for v in options.values()):
+        raise score.fail("options", "an object of numbers, strings and booleans", options)
+    score.mapping("fit_record")
+    classifier = RecordReader(read.mapping("classifier"), f"{path} (classifier)", ModelLoadError)
+    classifier.text("reference", optional=True)
+    classifier.text("fingerprint", optional=True, max_length=64)
+    classifier.text("arch", optional=True, max_length=64)
+    if classifier.get("file") not in (None, CLASSIFIER_FILE):
+        raise classifier.fail("file", f"{CLASSIFIER_FILE!r} (a file inside the guard folder)", classifier.get("file"))
+    return record | {"classifier": classifier.record}
 
 
-def _load_classifier(reference: str | None, root: Path) -> nn.Module:
-    from hardened.models import load_model
+def _is_weights_reference(reference: str) -> bool:
+    """A reference to weights plus sidecar (data); factories and TorchScript files are code."""
+    return Path(reference).suffix == ".safetensors"
 
+
+def _load_classifier(classifier: dict[str, Any], root: Path, trust_factory: bool) -> nn.Module:
+    """The classifier of a guard folder, rebuilt without running code unless ``trust_factory``."""
+    stored = root / CLASSIFIER_FILE
+    if classifier.get("arch") and classifier.get("file"):
+        if not stored.is_file():
+            raise ModelLoadError(f"{stored} is missing: the guard folder is incomplete")
+        return load_model(stored).model
+    reference = classifier.get("reference")
     if not reference:
         raise ModelLoadError(
             "the guard records no classifier reference; pass the classifier: GuardedClassifier.load(folder, model)"
         )
+    if not trust_factory and not _is_weights_reference(reference):
+        raise ModelLoadError(
+            f"the guard names its classifier {reference!r}, which is code (a factory or a TorchScript "
+            "file) and is never run from a guard folder; pass the classifier yourself "
+            "(GuardedClassifier.load(folder, model)) or, if you trust whoever wrote this folder, "
+            "load it with trust_factory=True (CLI: --trust-factory)"
+        )
     candidate = Path(reference)
     if not candidate.is_absolute() and not candidate.exists() and (root / candidate).exists():
         reference = str(root / candidate)
-    return load_model(reference).model
+    model = load_model(reference).model
+    if not _is_weights_reference(reference) and classifier.get("file") and stored.is_file():
+        try:
+            model.load_state_dict(load_file(str(stored)))
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise ModelLoadError(f"{stored} does not fit the classifier {reference!r}: {error}") from error
+    return model

@@ -17,13 +17,22 @@ __all__ = ["SCORES", "make_score", "score_from_state"]
 
 
 def make_score(name: str, model: nn.Module | None = None, **options: Any) -> BaseScore:
-    """Build an unfitted score; ``model`` (the classifier) is needed where ``needs_model`` is set."""
+    """Build an unfitted score; ``model`` (the classifier) is needed where ``needs_model`` is set.
+
+    Options that a constructor cannot convert (``temperature="abc"``, ``hidden=inf``, e.g. from
+    a saved record) are a ``ConfigError`` too.
+    """
     cls = SCORES.get(name)
-    if not cls.needs_model:
-        return SCORES.make(name, **options)
-    if model is None:
-        raise ConfigError(f"the {SCORES.canonical(name)} score needs the classifier: pass model=")
-    return SCORES.make(name, model, **options)
+    try:
+        if not cls.needs_model:
+            return SCORES.make(name, **options)
+        if model is None:
+            raise ConfigError(f"the {SCORES.canonical(name)} score needs the classifier: pass model=")
+        return SCORES.make(name, model, **options)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ConfigError(f"bad options for the {SCORES.canonical(name)} score: {error}") from error
 
 
 def score_from_state(

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from hardened._util.batching import batch_slices
 from hardened._util.device import model_device
+from hardened._util.meta import check_state_fits
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.errors import ConfigError, NotFittedError
@@ -148,8 +149,10 @@ class VAEScore(BaseScore):
         return {} if self.vae is None else {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
 
     def _load(self, tensors: dict[str, Tensor], input_shape: tuple[int, int, int]) -> None:
-        model = self._build(input_shape, torch.device("cpu"))
         state = {k[len("vae."):]: v for k, v in tensors.items() if k.startswith("vae.")}
+        dim = input_shape[0] * input_shape[1] * input_shape[2]
+        check_state_fits(lambda: VAE(dim, self.hidden, self.latent), state, "VAE")
+        model = self._build(input_shape, torch.device("cpu"))
         try:
             model.load_state_dict(state)
         except RuntimeError as error:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardened._util.device import model_device
+from hardened._util.meta import check_state_fits
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator
 from hardened.attacks.losses import logit_margin
@@ -398,6 +399,11 @@ class WGANInverterScore(ClassifierScore):
 
     def _load(self, tensors: dict[str, Tensor], input_shape: tuple[int, int, int]) -> None:
         device = model_device(self.model)
+        side, channels = ImageFrame(input_shape[1], input_shape[2]).side, input_shape[0]
+        for prefix, build in (("generator.", lambda: Generator(self.latent, channels, side, self.width)),
+                              ("inverter.", lambda: Inverter(self.latent, channels, side, self.width))):
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            check_state_fits(build, state, prefix[:-1])
         frame, gen, _, inverter = self._build(input_shape, device)
         for prefix, net in (("generator.", gen), ("inverter.", inverter)):
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

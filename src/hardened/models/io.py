@@ -11,8 +11,10 @@ give byte-identical files). Users' own models load from TorchScript files
 from __future__ import annotations
 
 import importlib
-import json
+import inspect
 import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hardened._util.atomic import write_json
+from hardened._util.digests import tensor_digest
+from hardened._util.records import read_json_object
 from hardened._util.tensorfile import digest_matches, save_tensors
 from hardened.errors import ModelLoadError
-from hardened.models.zoo import ARCHITECTURES, build_model
+from hardened.models.schema import check_sidecar
+from hardened.models.zoo import build_model
 
 __all__ = ["ModelInfo", "LoadedModel", "save_model", "load_model", "sidecar_path"]
 
@@ -74,11 +79,12 @@ def save_model(
     classes: tuple[str, ...] | list[str] | None = None,
     training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``path`` (safetensors weights) and its JSON sidecar atomically; return ``path``."""
+    """Write ``path`` (safetensors weights) and its JSON sidecar atomically, the sidecar first;
+    return ``path``."""
     target = Path(path)
     if target.suffix != ".safetensors":
         target = target.with_suffix(".safetensors")
-    digest = save_tensors(model.state_dict(), target, metadata={"format": "hardened", "arch": arch})
+    state = model.state_dict()
     sidecar = {
         "format_version": FORMAT_VERSION,
         "arch": arch,
@@ -86,9 +92,12 @@ def save_model(
         "input_shape": list(input_shape) if input_shape else None,
         "classes": list(classes) if classes is not None else None,
         "training": training or {},
-        "weights_sha256": digest,
+        "weights_sha256": tensor_digest(state),
     }
+    # The sidecar lands before the weights: a kill in between leaves a sidecar whose digest
+    # does not match (reported, with the way out), never weights without a sidecar.
     write_json(sidecar_path(target), sidecar)
+    save_tensors(state, target, metadata={"format": "hardened", "arch": arch})
     return target
 
 
@@ -143,51 +152,83 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Ten
     return "; ".join(parts) if parts else "the tensors do not load"
 
 
+INTERRUPTED_HINT = (
+    "if a save was interrupted, run it again (hardened train continues from its last checkpoint "
+    "with --resume)"
+)
+
+
 def _load_sidecar_model(path: Path) -> LoadedModel:
     meta_path = sidecar_path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     if not meta_path.is_file():
         raise ModelLoadError(
-            f"{path} has no sidecar {meta_path.name}; for weights of your own architecture use "
-            "--model package.module:factory --weights FILE"
+            f"{path} has no sidecar {meta_path.name}; {INTERRUPTED_HINT}; for weights of your own "
+            "architecture use --model package.module:factory --weights FILE"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"cannot read {meta_path}: {error}") from error
-    arch = meta.get("arch")
-    if arch not in ARCHITECTURES:
-        raise ModelLoadError(f"{meta_path} names unknown architecture {arch!r}")
+    meta = check_sidecar(read_json_object(meta_path, ModelLoadError), str(meta_path), FORMAT_VERSION)
+    arch = meta["arch"]
     state = _read_state(path)
-    expected = meta.get("weights_sha256")
+    expected = meta["weights_sha256"]
     if expected and not digest_matches(state, path, expected):
         raise ModelLoadError(
-            f"{path} is corrupt: its tensors' sha256 does not match the one recorded in {meta_path.name}"
+            f"{path} does not match the sha256 recorded in {meta_path.name}: the file is corrupt, "
+            f"or {INTERRUPTED_HINT}"
         )
-    kwargs = dict(meta.get("arch_kwargs") or {})
+    kwargs = meta["arch_kwargs"]
     model = build_model(arch, **kwargs)
     _load_state(model, state, str(path))
-    shape = meta.get("input_shape")
-    classes = meta.get("classes")
     info = ModelInfo(
         arch=arch,
         arch_kwargs=kwargs,
-        input_shape=tuple(shape) if shape else None,  # type: ignore[arg-type]
-        classes=tuple(classes) if classes else None,
-        training=meta.get("training") or {},
+        input_shape=meta["input_shape"],
+        classes=meta["classes"],
+        training=meta["training"],
         source=str(path),
     )
     return LoadedModel(model.eval(), info)
 
 
-def _load_factory(spec: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
+_FACTORY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def resolve_factory(spec: str) -> Callable[[], Any]:
+    """The callable that ``package.module:factory`` names. Importing the module RUNS ITS CODE:
+    only call this with a string the user typed. Whatever can be checked before calling is
+    checked (a module attribute path, a callable that takes no arguments, a class deriving from
+    ``nn.Module``, not a built-in function); every failure is a ``ModelLoadError``."""
+    if not _FACTORY.fullmatch(spec):
+        raise ModelLoadError(f"{spec!r} is not a factory reference: use package.module:function")
     module_name, _, attr = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ModelLoadError(f"cannot import factory {spec!r}: {error}") from error
-    model = factory()
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as error:  # importing runs the module's code, which may raise anything
+        raise ModelLoadError(f"cannot import factory {spec!r}: {type(error).__name__}: {error}") from error
+    if isinstance(target, type):
+        if not issubclass(target, nn.Module):
+            raise ModelLoadError(f"factory {spec!r} is the class {target.__name__}, not an nn.Module subclass")
+    elif not callable(target) or inspect.ismodule(target):
+        raise ModelLoadError(f"factory {spec!r} is a {type(target).__name__}, not a function returning an nn.Module")
+    elif inspect.isbuiltin(target):
+        raise ModelLoadError(f"factory {spec!r} is a built-in function, not one that builds an nn.Module")
+    try:
+        inspect.signature(target).bind()
+    except TypeError as error:
+        raise ModelLoadError(f"factory {spec!r} cannot be called without arguments: {error}") from error
+    except ValueError:  # no signature available: nothing more to check before calling it
+        pass
+    return target  # type: ignore[no-any-return]
+
+
+def _load_factory(spec: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
+    factory = resolve_factory(spec)
+    try:
+        model = factory()
+    except Exception as error:  # the user's code may raise anything
+        raise ModelLoadError(f"factory {spec!r} failed: {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
     if weights is not None:

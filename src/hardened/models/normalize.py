@@ -15,12 +15,12 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-        if bool((std_t <= 0).any()):
+        if any(not float(s) > 0 for s in std):  # on Python floats, so it also works on "meta"
             from hardened.errors import ConfigError
 
             raise ConfigError(f"std must be positive, got {list(std)}")
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from hardened.errors import ConfigError
 from hardened.models.normalize import Normalize
+from hardened.models.schema import check_arch_kwargs
 
 __all__ = ["ARCHITECTURES", "arch_kwargs_for", "build_model", "mlp", "lenet", "resnet_small"]
 
@@ -137,15 +138,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build a reference architecture by name with keyword arguments."""
+    """Build a reference architecture by name with keyword arguments, checked first (types,
+    ranges, at most ``schema.MAX_PARAMETERS`` parameters) so that nothing huge is allocated."""
     key = arch.lower().replace("-", "_")
     if key not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
-    kwargs = {k: (tuple(v) if isinstance(v, list) and k == "input_shape" else v) for k, v in kwargs.items()}
-    try:
-        return ARCHITECTURES[key](**kwargs)
-    except TypeError as error:
-        raise ConfigError(f"bad arguments for architecture {key}: {error}") from error
+    checked = check_arch_kwargs(key, kwargs, where=f"architecture {key}")
+    return ARCHITECTURES[key](**checked)
 
 
 def arch_kwargs_for(data: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from hardened._util.atomic import append_jsonl, write_json, write_text
 from hardened._util.batching import eval_mode
 from hardened._util.checks import check_images, check_labels, check_model_output
 from hardened._util.digests import model_digest, tensor_digest
+from hardened._util.lock import lock_output_dir
 from hardened._util.progress import progress_bar
 from hardened._util.records import RecordReader, read_json_object
 from hardened._util.seeding import make_generator, mix_seed
@@ -196,44 +198,47 @@ def certify_dataset(
         "data_sha256": tensor_digest({"x": x, "y": y}),
         "model_sha256": model_digest(model),
     }
-    done: dict[int, SampleRecord] = {}
-    if log_path is not None:
-        log = Path(log_path)
-        meta = settings_path(log)
-        if meta.is_file():
-            settings = _check_settings(meta, settings, batch_size is not None)
-            size = int(settings["batch_size"])
-        elif log.is_file() and log.stat().st_size > 0:
-            raise ConfigError(
-                f"{log} exists without its settings file {meta.name}; delete it or use another output folder"
-            )
-        else:
-            write_json(meta, settings)
-        for record in read_records(log, repair=True):
-            if record.index >= x.shape[0]:
-                raise DataError(f"{log} holds sample {record.index} but the data has {x.shape[0]} images")
-            done.setdefault(record.index, record)
-    resumed_from = len(done)
-    todo = [i for i in range(int(x.shape[0])) if i not in done]
-    with progress_bar(len(todo), f"certify sigma={sigma:g} n={n}", progress) as bar:
-        for index in todo:
-            generator = make_generator(mix_seed(seed, index), x.device)
-            cert = certify(model, x[index : index + 1], sigma, n0, n, alpha, batch_size=size,
-                           generator=generator, bounds=bounds)
-            label = int(y[index])
-            record = SampleRecord(
-                index=index,
-                label=label,
-                prediction=cert.prediction,
-                radius=cert.radius,
-                correct=cert.prediction == label,
-                pa_lower=cert.pa_lower,
-                counts=cert.counts,
-                seconds=cert.seconds,
-            )
-            done[index] = record
-            if log_path is not None:
-                append_jsonl(log_path, record.to_dict())
-            bar.advance(1)
+    # The folder of the log is locked for the run: a second run into it fails at once.
+    lock = lock_output_dir(Path(log_path).parent) if log_path is not None else nullcontext()
+    with lock:
+        done: dict[int, SampleRecord] = {}
+        if log_path is not None:
+            log = Path(log_path)
+            meta = settings_path(log)
+            if meta.is_file():
+                settings = _check_settings(meta, settings, batch_size is not None)
+                size = int(settings["batch_size"])
+            elif log.is_file() and log.stat().st_size > 0:
+                raise ConfigError(
+                    f"{log} exists without its settings file {meta.name}; delete it or use another output folder"
+                )
+            else:
+                write_json(meta, settings)
+            for record in read_records(log, repair=True):
+                if record.index >= x.shape[0]:
+                    raise DataError(f"{log} holds sample {record.index} but the data has {x.shape[0]} images")
+                done.setdefault(record.index, record)
+        resumed_from = len(done)
+        todo = [i for i in range(int(x.shape[0])) if i not in done]
+        with progress_bar(len(todo), f"certify sigma={sigma:g} n={n}", progress) as bar:
+            for index in todo:
+                generator = make_generator(mix_seed(seed, index), x.device)
+                cert = certify(model, x[index : index + 1], sigma, n0, n, alpha, batch_size=size,
+                               generator=generator, bounds=bounds)
+                label = int(y[index])
+                record = SampleRecord(
+                    index=index,
+                    label=label,
+                    prediction=cert.prediction,
+                    radius=cert.radius,
+                    correct=cert.prediction == label,
+                    pa_lower=cert.pa_lower,
+                    counts=cert.counts,
+                    seconds=cert.seconds,
+                )
+                done[index] = record
+                if log_path is not None:
+                    append_jsonl(log_path, record.to_dict())
+                bar.advance(1)
     records = tuple(done[i] for i in sorted(done))
     return CertifyRun(records=records, settings=settings, resumed_from=resumed_from)

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
+from hardened._util.lock import locks_output
 from hardened.certify import CERTIFIERS
 from hardened.certify.ibp import certify_ibp
 from hardened.certify.report import (
@@ -156,6 +157,7 @@ def _methods_help() -> str:
     )
 
 
+@locks_output("out_dir")
 def certify_command(
     model: Annotated[list[str], typer.Option(
         "--model", help="model file or pkg.module:factory; repeat to compare several models")],

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json
+from hardened._util.lock import locks_output
 from hardened.attacks import ATTACKS
 from hardened.cli._common import (
     BatchOption,
@@ -31,6 +32,7 @@ from hardened.evaluate.transfer import transfer_sweep
 from hardened.report.plots import plot_sweeps
 
 
+@locks_output("out_dir")
 def evaluate_command(
     model: ModelOption,
     data: DataOption = "mnist-5k",

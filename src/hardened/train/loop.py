@@ -32,6 +32,7 @@ from hardened._util.atomic import append_jsonl, write_bytes, write_text
 from hardened._util.batching import predict_logits
 from hardened._util.device import model_device
 from hardened._util.digests import sha256_hex
+from hardened._util.lock import lock_output_dir
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator, mix_seed
 from hardened.data.dataset import Dataset
@@ -440,8 +441,15 @@ class Trainer:
 
         ``max_steps`` ends this call after that many steps (checkpointed), e.g. to slice a long
         job; a later ``fit(resume=True)`` goes on. The method's ``prepare`` (validation,
-        pseudo-labelling) runs before the first step.
+        pseudo-labelling) runs before the first step. The checkpoint folder is locked for the
+        run (``ConfigError`` at once when another process trains into it).
         """
+        if self.checkpoint_dir is None:
+            return self._fit(resume, max_steps)
+        with lock_output_dir(self.checkpoint_dir):
+            return self._fit(resume, max_steps)
+
+    def _fit(self, resume: bool, max_steps: int | None) -> TrainResult:
         start = time.perf_counter()
         resumed_from: int | None = None
         self._reset_state()

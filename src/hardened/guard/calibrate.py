@@ -128,7 +128,7 @@ class Calibration:
                 n=int(record["n"]),
                 summary=summary,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise ConfigError(f"the calibration record is incomplete or malformed: {error}") from error
 
 

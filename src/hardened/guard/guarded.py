@@ -258,7 +258,9 @@ class GuardedClassifier:
             save_model(self.model, target / CLASSIFIER_FILE, arch=arch, arch_kwargs=info.arch_kwargs,
                        input_shape=info.input_shape, classes=info.classes)
             return
-        save_tensors(self.model.state_dict(), target / CLASSIFIER_FILE, metadata={"format": FORMAT})
+        # cloned one by one: safetensors refuses tensors that share memory (tied weights)
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        save_tensors(state, target / CLASSIFIER_FILE, metadata={"format": FORMAT})
 
     def save(self, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Write the classifier, ``score.safetensors`` and, last, ``guard.json`` into ``folder``

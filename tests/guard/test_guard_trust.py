@@ -93,6 +93,12 @@ def test_trust_factory_runs_the_reference_after_the_checks(digits_model, digits,
         GuardedClassifier.load(folder, trust_factory=True)
     assert module not in sys.modules
     folder = guard.save(tmp_path / "g")
+    record = json.loads((folder / "guard.json").read_text())
+    (folder / "guard.json").write_text(json.dumps(record | {"classifier": record["classifier"] | {"fingerprint": "0" * 64}}))
+    with pytest.raises(ModelLoadError, match="does not match the fingerprint"):
+        GuardedClassifier.load(folder, trust_factory=True)
+    assert module not in sys.modules  # the stored weights are checked before the import
+    folder = guard.save(tmp_path / "g")
     loaded = GuardedClassifier.load(folder, trust_factory=True)  # stored weights, fingerprint checked
     x = digits.test.x[:20]
     assert torch.equal(loaded.predict_batch(x).predictions, guard.predict_batch(x).predictions)

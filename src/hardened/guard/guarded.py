@@ -291,7 +291,8 @@ class GuardedClassifier:
 
         Nothing named in the folder is imported or run: a zoo classifier is rebuilt from its
         weights and sidecar. A classifier of the user's own code (factory or TorchScript
-        reference) is loaded only with ``trust_factory=True``, after every other check. With
+        reference) is loaded only with ``trust_factory=True``, after every other check (the
+        stored weights against the fingerprint included), then given the stored weights. With
         ``check_model`` the classifier's weights must match the fingerprint recorded at save
         time (the score was fitted on that exact classifier).
         """
@@ -397,10 +398,29 @@ def _load_classifier(classifier: dict[str, Any], root: Path, trust_factory: bool
     candidate = Path(reference)
     if not candidate.is_absolute() and not candidate.exists() and (root / candidate).exists():
         reference = str(root / candidate)
+    if _is_weights_reference(reference) or not (classifier.get("file") and stored.is_file()):
+        return load_model(reference).model
+    try:
+        state = load_file(str(stored))
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(f"cannot read {stored}: {error}") from error
+    # the stored weights are checked against the fingerprint before the factory runs
+    fingerprint = classifier.get("fingerprint")
+    if fingerprint and classifier_fingerprint(_StoredState(state)) != fingerprint:  # type: ignore[arg-type]
+        raise ModelLoadError(f"{stored} does not match the fingerprint in {GUARD_JSON}: the guard folder is corrupt")
     model = load_model(reference).model
-    if not _is_weights_reference(reference) and classifier.get("file") and stored.is_file():
-        try:
-            model.load_state_dict(load_file(str(stored)))
-        except (SafetensorError, OSError, RuntimeError) as error:
-            raise ModelLoadError(f"{stored} does not fit the classifier {reference!r}: {error}") from error
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelLoadError(f"{stored} does not fit the classifier {reference!r}: {error}") from error
     return model
+
+
+class _StoredState:
+    """Stands in for a module whose state dict is the tensors stored in a guard folder."""
+
+    def __init__(self, state: dict[str, Tensor]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self._state

@@ -102,10 +102,16 @@ def read_npz(
     except HardenedError:
         raise
     except ValueError as problem:  # numpy's messages here suggest unpickling: never repeat them
-        if "pickle" in str(problem).lower() or "object arrays" in str(problem).lower():
+        text = str(problem).lower()
+        if "object arrays" in text:
             raise error(
-                f"{file} holds pickled Python objects or object arrays, which are never loaded (unpickling "
-                "can run code); store plain numeric arrays with numpy.savez"
+                f"{file} holds object arrays (pickled Python objects), which are never loaded "
+                "(unpickling can run code); store plain numeric arrays with numpy.savez"
+            ) from None
+        if "pickle" in text:
+            raise error(
+                f"{file} is not a .npz archive (neither a zip of arrays nor a .npy file; a pickle is "
+                "never loaded, as unpickling can run code); save the arrays with numpy.savez"
             ) from None
         raise error(f"cannot read {file} as .npz: {problem}") from None
     except Exception as problem:  # zipfile, zlib, OSError...: a broken archive, whatever the cause

@@ -164,3 +164,23 @@ def test_a_guard_written_before_the_classifier_was_stored_still_loads_its_weight
     _set_reference(folder, str(tmp_path / "lenet.safetensors"), file=None, arch=None)
     loaded = GuardedClassifier.load(folder)  # weights + sidecar: data, no trust needed
     assert loaded.threshold == guard.threshold
+
+
+def test_python_m_in_a_folder_with_the_named_module_does_not_run_it(digits_model, energy, tmp_path):
+    """The issue's reproducer: ``python -m hardened.cli.main`` puts the cwd on sys.path."""
+    import os
+    import subprocess
+
+    import numpy as np
+
+    import hardened
+
+    (tmp_path / "evil_guard_module.py").write_text("open('RAN', 'w').write('x')\ndef f():\n    return None\n")
+    folder = GuardedClassifier(digits_model, energy, 1.0).save(tmp_path / "g")
+    _set_reference(folder, "evil_guard_module:f")
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 1, 8, 8), dtype=np.float32))
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(hardened.__file__))}
+    result = subprocess.run([sys.executable, "-m", "hardened.cli.main", "guard", "predict", "x.npz", "--guard", "g"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--trust-factory" in result.stderr + result.stdout
+    assert not (tmp_path / "RAN").exists()

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from hardened._util.atomic import write_json
 from hardened._util.batching import predict_logits
 from hardened._util.device import model_device
-from hardened._util.digests import model_digest
+from hardened._util.digests import model_digest, tensor_digest
 from hardened._util.records import RecordReader, read_json_object
 from hardened._util.tensorfile import digest_matches, save_tensors
 from hardened.errors import (
@@ -406,7 +406,7 @@ def _load_classifier(classifier: dict[str, Any], root: Path, trust_factory: bool
         raise ModelLoadError(f"cannot read {stored}: {error}") from error
     # the stored weights are checked against the fingerprint before the factory runs
     fingerprint = classifier.get("fingerprint")
-    if fingerprint and classifier_fingerprint(_StoredState(state)) != fingerprint:  # type: ignore[arg-type]
+    if fingerprint and tensor_digest(state) != fingerprint:
         raise ModelLoadError(f"{stored} does not match the fingerprint in {GUARD_JSON}: the guard folder is corrupt")
     model = load_model(reference).model
     try:
@@ -415,12 +415,3 @@ def _load_classifier(classifier: dict[str, Any], root: Path, trust_factory: bool
         raise ModelLoadError(f"{stored} does not fit the classifier {reference!r}: {error}") from error
     return model
 
-
-class _StoredState:
-    """Stands in for a module whose state dict is the tensors stored in a guard folder."""
-
-    def __init__(self, state: dict[str, Tensor]) -> None:
-        self._state = state
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self._state

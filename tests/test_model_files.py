@@ -177,3 +177,17 @@ def test_a_good_factory_and_a_module_class_load(factories):
 def test_bad_factories_are_one_model_load_error(factories, spec, message):
     with pytest.raises(ModelLoadError, match=message):
         load_model(spec)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lenet_dense_input_size_matches_a_real_forward(seed):
+    """LeNet sizes its first dense layer as c2·⌊H/4⌋·⌊W/4⌋ (no probe pass): check it against the
+    convolutional part's real output on random image sizes."""
+    rng = torch.Generator().manual_seed(seed)
+    c, h, w = (int(torch.randint(lo, hi, (1,), generator=rng)) for lo, hi in ((1, 4), (4, 40), (4, 40)))
+    model = build_model("lenet", input_shape=[c, h, w], channels=[3, 5], hidden=7, num_classes=2)
+    dense = next(layer for layer in model if isinstance(layer, nn.Linear))
+    convolutional = nn.Sequential(*list(model)[: list(model).index(dense)])
+    with torch.no_grad():
+        assert convolutional(torch.zeros(1, c, h, w)).shape[1] == dense.in_features
+        assert model(torch.rand(2, c, h, w)).shape == (2, 2)

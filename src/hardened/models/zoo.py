@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from hardened.errors import ConfigError
@@ -55,21 +54,23 @@ def lenet(
 ) -> nn.Sequential:
     """LeNet-style MNIST CNN: conv5-ReLU-maxpool2, conv5-ReLU-maxpool2, fc-ReLU, fc.
 
-    Convolutions keep the size (padding 2), so 28×28 inputs reach the first dense layer as
-    ``channels[1]``×7×7.
+    Convolutions keep the size (padding 2) and each pooling floors it by half, so H×W inputs
+    reach the first dense layer as ``channels[1]``×⌊H/4⌋×⌊W/4⌋ (28×28: 7×7), computed without
+    a probe forward pass (so sizes can be checked on the ``meta`` device at no cost).
     """
     m, s = _stats(input_shape, mean, std)
     c1, c2 = (int(c) for c in channels)
+    rows, cols = int(input_shape[1]) // 4, int(input_shape[2]) // 4
+    if rows < 1 or cols < 1:
+        raise ConfigError(f"lenet needs images of at least 4×4 pixels, got {input_shape[1]}×{input_shape[2]}")
     features = nn.Sequential(
         Normalize(m, s),
         nn.Conv2d(input_shape[0], c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),
     )
-    with torch.no_grad():
-        flat = features(torch.zeros(1, *input_shape)).shape[1]
     return nn.Sequential(
-        *features, nn.Linear(flat, int(hidden)), nn.ReLU(), nn.Linear(int(hidden), num_classes)
+        *features, nn.Linear(c2 * rows * cols, int(hidden)), nn.ReLU(), nn.Linear(int(hidden), num_classes)
     )
 
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from inspect import Parameter, Signature, signature
 from typing import Any, Generic, TypeVar
 
-from hardened.errors import ConfigError
+from hardened.errors import ConfigError, HardenedError
 
 __all__ = ["Registry", "normalize_name"]
 
@@ -224,7 +224,9 @@ class Registry(Generic[T]):
                 ) from error
         try:
             made = cls(*args, **options)
-        except TypeError as error:
+        except HardenedError:
+            raise
+        except (TypeError, ValueError) as error:  # e.g. int("abc") on an option given as text
             raise ConfigError(f"bad options for the {key} {self.kind}: {error}") from error
         if self.base is not None and not isinstance(made, self.base):
             raise ConfigError(

@@ -138,3 +138,24 @@ def test_seconds_recorded(small) -> None:  # type: ignore[no-untyped-def]
     assert run.records[0].to_dict()["counts"] == list(run.records[0].counts)
     assert sum(run.records[0].counts) == SETTINGS["n"]
     assert torch.is_tensor(x)
+
+
+@pytest.mark.parametrize("radii", [[-1.0, 0.5], [0.5, float("nan")], [float("inf")]])
+def test_negative_or_non_finite_radii_are_refused(radii):
+    from hardened.certify.report import check_radii, summarize
+
+    with pytest.raises(ConfigError, match="radii"):
+        check_radii(radii)
+    with pytest.raises(ConfigError, match="radii"):
+        summarize([], radii=radii)
+
+
+@pytest.mark.parametrize("n", [10**8 + 1, 10**12])
+def test_sample_counts_are_bounded(n):
+    from hardened.certify.smoothing import MAX_SAMPLES, check_certify_settings
+
+    assert check_certify_settings(0.25, 100, MAX_SAMPLES, 0.001)[2] == MAX_SAMPLES
+    with pytest.raises(ConfigError, match="days per image"):
+        check_certify_settings(0.25, 100, n, 0.001)
+    with pytest.raises(ConfigError, match="days per image"):
+        check_certify_settings(0.25, n, 1000, 0.001)

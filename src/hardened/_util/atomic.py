@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hardened.errors import ConfigError
+
 __all__ = [
     "atomic_path", "write_bytes", "write_text", "write_json", "append_jsonl", "fsync_dir",
-    "remove_stale_temporaries",
+    "remove_stale_temporaries", "check_writable",
 ]
 
 _active: set[str] = set()  # temporary files this process is writing now
@@ -160,3 +162,33 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
     if created:
         fsync_dir(target.parent)
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool, what: str = "output") -> Path:
+    """Check, before any long work, that ``path`` (a folder when ``folder``, else a file) can be
+    written; create nothing. A ``ConfigError`` names the part in the way.
+
+    The nearest existing ancestor must be a folder in which a probe file can be created (and is
+    removed at once): that is what the writes later need, and it also holds for root, where
+    ``os.access`` says yes to read-only file systems.
+    """
+    target = Path(path)
+    if target.exists():
+        if folder and not target.is_dir():
+            raise ConfigError(f"{what} {target} is a file, not a folder; give a folder")
+        if not folder and target.is_dir():
+            raise ConfigError(f"{what} {target} is a folder; give a file name inside it")
+    ancestor = target if folder and target.is_dir() else target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {target}: {ancestor} is a file, so nothing can be written below it; "
+                          "choose another location")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hardened-probe.", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{what} {target}: cannot write in {ancestor} ({error.strerror or error}); "
+                          "choose a writable location") from error
+    return target

@@ -109,12 +109,16 @@ def _tidy(folder: Path, remove_folder: bool) -> None:
 
 
 def locks_output(parameter: str = "out_dir") -> Callable[[F], F]:
-    """Decorate a command so that it holds ``lock_output_dir`` on its keyword ``parameter``."""
+    """Decorate a command so that it holds ``lock_output_dir`` on its keyword ``parameter``;
+    ``"common.out"`` names the attribute ``out`` of the keyword ``common`` (the CLI's shared options)."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
         def locked(*args: Any, **kwargs: Any) -> Any:
-            folder = kwargs.get(parameter)
+            name, _, attribute = parameter.partition(".")
+            folder = kwargs.get(name)
+            if attribute and folder is not None:
+                folder = getattr(folder, attribute)
             if folder is None:
                 return command(*args, **kwargs)
             with lock_output_dir(folder):

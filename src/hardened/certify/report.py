@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from hardened.certify.runs import SampleRecord
+from hardened.errors import ConfigError
 
 __all__ = [
     "CertifySummary",
+    "check_radii",
     "summarize",
     "default_radii",
     "certified_accuracy",
@@ -42,6 +44,15 @@ def default_radii(max_radius: float, step: float = RADIUS_STEP, at_least: float 
     top = max(float(max_radius), at_least)
     count = int(math.ceil(top / step - 1e-9))
     return tuple(round(k * step, 10) for k in range(count + 1))
+
+
+def check_radii(radii: Sequence[float]) -> list[float]:
+    """Radii for a certified-accuracy table: finite and >= 0 (a radius is a distance)."""
+    values = [float(r) for r in radii]
+    bad = [r for r in values if not math.isfinite(r) or r < 0]
+    if bad:
+        raise ConfigError(f"radii must be finite and >= 0 (they are L2 distances), got {bad}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -99,7 +110,7 @@ def summarize(
     records = list(records)
     correct = [r for r in records if r.correct]
     max_radius = max((r.radius for r in records), default=0.0)
-    grid = tuple(float(r) for r in radii) if radii is not None else default_radii(max_radius)
+    grid = tuple(check_radii(radii)) if radii is not None else default_radii(max_radius)
     total = len(records)
     return CertifySummary(
         name=name,

@@ -127,9 +127,17 @@ def _check_sigma(sigma: object) -> float:
     return float(sigma)
 
 
+MAX_SAMPLES = 10**8  # per image: 1,000 × the usual n = 100,000; beyond it a run takes days or years
+
+
 def _check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} (a number of noise samples) must be an integer >= 1, got {value!r}")
+    if value > MAX_SAMPLES:
+        raise ConfigError(
+            f"{name}={value} noise samples per image is more than {MAX_SAMPLES:,} (at ~10^5 samples/s that "
+            f"is {value / 1e5 / 86400:,.0f} days per image); 100,000 is the usual choice"
+        )
     return int(value)
 
 

@@ -13,100 +13,59 @@ from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
 from hardened.attacks import ATTACKS, attack_in_batches, make_attack
-from hardened.cli._common import (
-    BatchOption,
-    DataDirOption,
-    DataOption,
-    DeviceOption,
-    DownloadOption,
-    ModelOption,
-    SeedOption,
-    WeightsOption,
-    load_data,
-    load_model_for,
-    out,
-    resolve_device,
-    seed_everything,
-)
+from hardened.cli._common import Common, out, setup, shared_options
 from hardened.errors import ConfigError
 from hardened.report.plots import plot_adversarial_grid
 
+_STARTS = {"uniform": True, "radial": "radial", "none": False}
 
+
+@shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
+                out=Path("attack-results"), batch_size=250)
 def attack_command(
-    model: ModelOption,
-    data: DataOption = "mnist-5k",
+    common: Common,
     attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
     norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
     eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
-    steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,
-    restarts: Annotated[int | None, typer.Option("--restarts", help="random restarts (pgd)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="iterations (iterative attacks)")] = None,
+    restarts: Annotated[int | None, typer.Option("--restarts", min=1, help="random restarts (pgd)")] = None,
     start: Annotated[str | None, typer.Option(
         "--start", help="pgd start: uniform (in the ball), radial (radius uniform in [0, eps]) or none")] = None,
     loss: Annotated[str, typer.Option("--loss", help="ce or margin")] = "ce",
     n: Annotated[int, typer.Option("--n", min=1, help="number of test images to attack")] = 100,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("attack-results"),
-    weights: WeightsOption = None,
-    batch_size: BatchOption = 250,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Attack the first N test images and save the adversarial examples."""
-    seed_everything(seed)
-    target = resolve_device(device)
-    test = load_data(data, data_dir, download, seed).test.head(n)
-    loaded = load_model_for(model, weights, test, target)
     options: dict[str, object] = {"eps": eps, "norm": norm, "loss": loss}
     if steps is not None:
         options["steps"] = steps
     if restarts is not None:
         options["restarts"] = restarts
     if start is not None:
-        starts = {"uniform": True, "radial": "radial", "none": False}
-        if start.lower() not in starts:
+        if start.lower() not in _STARTS:
             raise ConfigError(f"unknown --start {start!r}: use uniform, radial or none")
-        options["random_start"] = starts[start.lower()]
+        options["random_start"] = _STARTS[start.lower()]
     if ATTACKS.get(attack).seeded:
-        options["seed"] = seed
+        options["seed"] = common.seed
     instance = make_attack(attack, **options)
-    x, y = test.x.to(target), test.y.to(target)
+    out_dir = common.out
+    session = setup(common, writes=[(out_dir, True)])
+    test, model = session.splits.test.head(n), session.model.model
+    x, y = test.x.to(session.device), test.y.to(session.device)
     with progress_bar(len(x), f"{attack} {norm} eps={eps:g}", True) as bar:
-        result = attack_in_batches(instance, loaded.model, x, y, batch_size=batch_size, bar=bar)
-    x_adv, success = result.x_adv.cpu(), result.success.cpu()
-    pred_adv, conf_adv = result.pred_adv.cpu(), result.confidence_adv.cpu()
-    clean_probs = predict_logits(loaded.model, x).softmax(1).cpu()
-    summary = {
-        "model": model,
-        "data": data,
-        "n": len(x),
-        "attack": instance.name,
-        "params": instance.params(),
-        "clean_accuracy": float((clean_probs.argmax(1) == test.y).float().mean()),
-        "robust_accuracy": float((pred_adv == test.y).float().mean()),
-        "success_rate": float(success.float().mean()),
-        "median_norms_of_successes": {
-            k: (float(result.norms[k].cpu()[success].median()) if bool(success.any()) else None)
-            for k in ("l0", "l2", "linf")
-        },
-        "forward_count": result.forward_count,
-        "gradient_count": result.gradient_count,
-        "seconds": result.seconds,
-    }
+        result = attack_in_batches(instance, model, x, y, batch_size=common.batch_size, bar=bar)
+    summary = {"model": common.model, "data": common.data, **result.to_dict()}
+    x_adv, success, pred_adv = result.x_adv.cpu(), result.success.cpu(), result.pred_adv.cpu()
     buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer, x=test.x.numpy(), x_adv=x_adv.numpy(), y=test.y.numpy(),
-        pred_adv=pred_adv.numpy(), success=success.numpy(),
-    )
+    np.savez_compressed(buffer, x=test.x.numpy(), x_adv=x_adv.numpy(), y=test.y.numpy(),
+                        pred_adv=pred_adv.numpy(), success=success.numpy())
     write_bytes(out_dir / "adversarial.npz", buffer.getvalue())
     write_json(out_dir / "summary.json", summary)
-    plot_adversarial_grid(
-        test.x, x_adv, clean_probs.argmax(1), pred_adv, clean_probs.max(1).values, conf_adv,
-        test.classes, out_dir / "grid.png",
-    )
+    clean_probs = predict_logits(model, x).softmax(1).cpu()
+    plot_adversarial_grid(test.x, x_adv, result.pred_clean.cpu(), pred_adv, clean_probs.max(1).values,
+                          result.confidence_adv.cpu(), test.classes, out_dir / "grid.png")
     out.print(
         f"{instance.name} {norm} eps={eps:g} on {len(x)} images: clean accuracy "
-        f"{summary['clean_accuracy']:.3f}, robust accuracy {summary['robust_accuracy']:.3f}, "
-        f"success rate {summary['success_rate']:.3f} ({summary['seconds']:.1f}s)"
+        f"{result.clean_accuracy:.3f}, robust accuracy {result.robust_accuracy:.3f}, "
+        f"success rate {result.success_rate:.3f} ({result.seconds:.1f}s)"
     )
     out.print(f"wrote {out_dir / 'adversarial.npz'}, {out_dir / 'summary.json'}, {out_dir / 'grid.png'}")

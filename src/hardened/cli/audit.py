@@ -8,54 +8,37 @@ from typing import Annotated
 import typer
 
 from hardened.audit import check_budget, check_output_dir, default_model, run_audit
-from hardened.cli._common import (
-    DataDirOption,
-    DeviceOption,
-    DownloadOption,
-    SeedOption,
-    WeightsOption,
-    check_fit,
-    console,
-    load_data,
-    out,
-    resolve_device,
-    seed_everything,
-)
-from hardened.models import LoadedModel, ModelInfo, load_model
+from hardened.cli._common import Common, Option, check_fit, console, out, setup, shared_options
+from hardened.models import LoadedModel, ModelInfo
 
 
+@shared_options("model", "data", "out", "weights", "device", "seed", "data_dir", "download",
+                model=Option(None, "model file or pkg.module:factory; default: a lenet trained on mnist-5k (cached)",
+                             optional=True),
+                out=Option(Path("audit-report"), "report folder (new, empty, or a previous audit)"))
 def audit_command(
-    model: Annotated[str | None, typer.Option("--model", help="model file or pkg.module:factory; default: a lenet trained on mnist-5k (cached)")] = None,
-    data: Annotated[str, typer.Option("--data", help="mnist-5k, digits, mnist, fashion-mnist, a folder or .npz")] = "mnist-5k",
-    out_dir: Annotated[Path, typer.Option("--out", help="report folder (new, empty, or a previous audit)")] = Path("audit-report"),
+    common: Common,
     budget: Annotated[str, typer.Option("--budget", help="quick, standard or thorough")] = "quick",
-    weights: WeightsOption = None,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Audit a model's robustness and write one report a person can read.
 
     Exit code 0: every section measured; 3: some section was skipped or failed (see the report).
     """
+    model, data, out_dir, seed = common.model, common.data, common.out, common.seed
     check_budget(budget)
     check_output_dir(out_dir)
-    seed_everything(seed)
-    target = resolve_device(device)
-    splits = load_data(data, data_dir, download, seed)
+    session = setup(common, writes=[(out_dir, True)])  # loads and checks --model when given
+    target, splits = session.device, session.splits
     if model is None:
         if data != "mnist-5k":
             console.print(f"no --model given: training the default lenet on {data}")
         network, path = default_model(splits, seed=seed, progress=True)
-        loaded = LoadedModel(network, ModelInfo(arch="lenet", input_shape=splits.train.input_shape,
-                                                classes=splits.train.classes, source=str(path)))
+        loaded = LoadedModel(network.to(target), ModelInfo(arch="lenet", input_shape=splits.train.input_shape,
+                                                           classes=splits.train.classes, source=str(path)))
+        check_fit(loaded, splits.test, target)
         name = f"lenet (default, {path})"
     else:
-        loaded = load_model(model, weights)
-        name = model
-    loaded.model.to(target)
-    check_fit(loaded, splits.test, target)
+        loaded, name = session.model, model
     result = run_audit(loaded.model, splits, out_dir=out_dir, budget=budget, seed=seed,
                        model_name=name, progress=True)
     out.print(result.verdict)

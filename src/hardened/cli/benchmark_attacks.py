@@ -13,21 +13,7 @@ from rich.table import Table
 from hardened._util.atomic import write_json
 from hardened._util.batching import predict_logits
 from hardened.attacks import LRPGrad
-from hardened.cli._common import (
-    BatchOption,
-    DataDirOption,
-    DataOption,
-    DeviceOption,
-    DownloadOption,
-    ModelOption,
-    SeedOption,
-    WeightsOption,
-    load_data,
-    load_model_for,
-    out,
-    resolve_device,
-    seed_everything,
-)
+from hardened.cli._common import Common, out, setup, shared_options
 from hardened.errors import ConfigError
 from hardened.evaluate.compare import (
     DEFAULT_BUDGETS,
@@ -42,9 +28,10 @@ from hardened.report.plots import plot_success_curves
 _NORM_TITLES = {"l0": "L0 (pixels changed)", "l2": "L2", "linf": "Linf"}
 
 
+@shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
+                out=Path("benchmark-attacks"), batch_size=100)
 def benchmark_attacks_command(
-    model: ModelOption,
-    data: DataOption = "mnist-5k",
+    common: Common,
     n: Annotated[int, typer.Option("--n", min=1, help="test images (the correctly classified ones are attacked)")] = 200,
     eps: Annotated[float, typer.Option("--eps", help="Linf radius of I-FGSM and LRP-grad")] = 0.3,
     steps: Annotated[int, typer.Option("--steps", min=1, help="iterations of I-FGSM and LRP-grad")] = 30,
@@ -56,19 +43,11 @@ def benchmark_attacks_command(
     attacks: Annotated[str, typer.Option("--attacks", help="comma-separated subset of the suite's labels (default: all)")] = "",
     gif_index: Annotated[int | None, typer.Option("--gif-index", min=0, help="which attacked image to animate (default: the first one LRP-grad fools)")] = None,
     gif: Annotated[bool, typer.Option("--gif/--no-gif", help="write the LRP-grad animation")] = True,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("benchmark-attacks"),
-    weights: WeightsOption = None,
-    batch_size: BatchOption = 100,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Compare I-FGSM with LRP-flip, LRP-mean and LRP-grad (and their baselines)."""
-    seed_everything(seed)
-    where = resolve_device(device)
-    test = load_data(data, data_dir, download, seed).test.head(n)
-    loaded = load_model_for(model, weights, test, where)
+    out_dir, model, data, seed, batch_size = common.out, common.model, common.data, common.seed, common.batch_size
+    session = setup(common, writes=[(out_dir, True)])
+    where, loaded, test = session.device, session.model, session.splits.test.head(n)
     suite = default_attack_suite(
         eps=eps, steps=steps, step_size=step_size, max_pixels=max_pixels,
         pixels_per_step=pixels_per_step, pixel_fraction=pixel_fraction, composite=composite, seed=seed,

@@ -16,6 +16,7 @@ from hardened.certify import CERTIFIERS
 from hardened.certify.ibp import certify_ibp
 from hardened.certify.report import (
     CertifySummary,
+    check_radii,
     comparison_markdown,
     comparison_table,
     default_radii,
@@ -24,37 +25,37 @@ from hardened.certify.report import (
     summary_markdown,
 )
 from hardened.certify.runs import certify_dataset
-from hardened.cli._common import (
-    DataDirOption,
-    DataOption,
-    DeviceOption,
-    DownloadOption,
-    SeedOption,
-    WeightsOption,
-    load_data,
-    load_model_for,
-    out,
-    parse_floats,
-    resolve_device,
-    seed_everything,
-)
+from hardened.certify.smoothing import check_certify_settings
+from hardened.cli._common import Common, Option, out, parse_floats, setup, shared_options
 from hardened.data import Dataset
 from hardened.errors import ConfigError
+from hardened.models import LoadedModel
+from hardened.threat import check_norm
 
 
-def _names(models: list[str], names: list[str] | None) -> list[str]:
-    """Labels for the models: ``--name`` values, else file stems made unique."""
+def _names(models: tuple[str, ...], names: list[str] | None) -> list[str]:
+    """Labels for the models: ``--name`` values, else file stems made unique; each must be one
+    path component, since several models are written to ``OUT/<label>``."""
     if names:
         if len(names) != len(models):
             raise ConfigError(f"give one --name per --model ({len(models)} models, {len(names)} names)")
-        return list(names)
-    labels: list[str] = []
-    for spec in models:
-        stem = Path(spec).stem or spec
-        label, k = stem, 2
-        while label in labels:
-            label, k = f"{stem}-{k}", k + 1
-        labels.append(label)
+        labels = list(names)
+    else:
+        labels = []
+        for spec in models:
+            stem = Path(spec).stem or spec
+            label, k = stem, 2
+            while label in labels:
+                label, k = f"{stem}-{k}", k + 1
+            labels.append(label)
+    for label in labels:
+        if label in ("", ".", "..") or Path(label).name != label or "\\" in label or "\0" in label:
+            raise ConfigError(
+                f"--name {label!r} is not a plain name: it becomes a folder inside --out, so give one "
+                "path component without '/', '\\', '.' or '..' (e.g. --name robust)"
+            )
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--name values must differ, got {labels}")
     return labels
 
 
@@ -78,14 +79,13 @@ def _print_summary(summary: CertifySummary) -> None:
 
 
 def _smoothing(
-    specs: list[str], labels: list[str], weights: Path | None, test: Dataset, target: torch.device,
+    specs: tuple[str, ...], loaded_models: tuple[LoadedModel, ...], labels: list[str], test: Dataset, target: torch.device,
     out_dir: Path, sigma: float, n0: int, n: int, alpha: float, seed: int, batch_size: int | None,
     radii: list[float] | None, context: dict[str, Any],
 ) -> None:
     runs = []
-    for spec, label in zip(specs, labels, strict=True):
+    for spec, loaded, label in zip(specs, loaded_models, labels, strict=True):
         folder = out_dir if len(specs) == 1 else out_dir / label
-        loaded = load_model_for(spec, weights, test, target)
         out.print(f"certifying {label} on {len(test)} images (sigma={sigma:g}, n={n}) -> {folder}")
         run = certify_dataset(
             loaded.model, test.x.to(target), test.y.to(target), sigma=sigma, n0=n0, n=n, alpha=alpha,
@@ -118,12 +118,11 @@ def _smoothing(
 
 
 def _ibp(
-    specs: list[str], labels: list[str], weights: Path | None, test: Dataset, target: torch.device,
+    specs: tuple[str, ...], loaded_models: tuple[LoadedModel, ...], labels: list[str], test: Dataset, target: torch.device,
     out_dir: Path, eps_values: list[float], norm: str, batch_size: int | None, context: dict[str, Any],
 ) -> None:
     rows: list[dict[str, Any]] = []
-    for spec, label in zip(specs, labels, strict=True):
-        loaded = load_model_for(spec, weights, test, target)
+    for spec, loaded, label in zip(specs, loaded_models, labels, strict=True):
         results = [
             certify_ibp(loaded.model, test.x.to(target), test.y.to(target), eps=e, norm=norm,
                         batch_size=batch_size or 256)
@@ -157,15 +156,15 @@ def _methods_help() -> str:
     )
 
 
-@locks_output("out_dir")
+@shared_options("models", "data", "out", "weights", "device", "seed", "data_dir", "download",
+                out=Option(Path("certify-results"), "output folder (a re-run resumes there)"))
+@locks_output("common.out")
 def certify_command(
-    model: Annotated[list[str], typer.Option(
-        "--model", help="model file or pkg.module:factory; repeat to compare several models")],
-    data: DataOption = "mnist-5k",
+    common: Common,
     method: Annotated[str, typer.Option("--method", help=f"certificate: {_methods_help()}")] = "smoothing",
     sigma: Annotated[float, typer.Option("--sigma", help="smoothing noise level")] = 0.25,
-    n: Annotated[int, typer.Option("--n", help="estimation samples per image")] = 100_000,
-    n0: Annotated[int, typer.Option("--n0", help="selection samples per image")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, help="estimation samples per image")] = 100_000,
+    n0: Annotated[int, typer.Option("--n0", min=1, help="selection samples per image")] = 100,
     alpha: Annotated[float, typer.Option("--alpha", help="failure probability")] = 0.001,
     eps: Annotated[str, typer.Option("--eps", help="IBP radius, or comma-separated radii")] = "0.1",
     norm: Annotated[str, typer.Option("--norm", help="IBP ball: linf or l2")] = "linf",
@@ -173,31 +172,31 @@ def certify_command(
     every: Annotated[int, typer.Option("--every", min=1, help="take every k-th test image")] = 1,
     radii: Annotated[str | None, typer.Option("--radii", help="comma-separated radii for the table")] = None,
     name: Annotated[list[str] | None, typer.Option("--name", help="label per --model (default: file name)")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder (a re-run resumes there)")] = Path("certify-results"),
-    weights: WeightsOption = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="noisy copies per forward pass (default: sized to memory)")] = None,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="noisy copies per forward pass (default: sized to memory)")] = None,
 ) -> None:
     """Certify test images: smoothing writes samples.jsonl (resumable), summary.json/.md and
     curve.png per model, plus comparison.json/.md/.png for several models; ibp writes ibp.json/.md."""
-    seed_everything(seed)
     key = CERTIFIERS.canonical(method)
     if key not in ("smoothing", "ibp"):
         raise ConfigError(
             f"the certify command reports smoothing and ibp; certify with {key} from Python: "
             f"hardened.certify.CERTIFIERS.make({key!r}, ...).radii(model, x, y)"
         )
-    labels = _names(model, name)
-    target = resolve_device(device)
-    test = _subset(load_data(data, data_dir, download, seed).test, images, every)
-    context = {"data": data, "images": len(test), "every": every, "device": str(target)}
+    labels = _names(common.models, name)
+    out_dir, seed = common.out, common.seed
+    eps_values = parse_floats(eps, "--eps") if key == "ibp" else []
+    if key == "ibp" and check_norm(norm) not in CERTIFIERS.get("ibp").norms:
+        raise ConfigError(f"--method ibp certifies in {', '.join(CERTIFIERS.get('ibp').norms)}, not {norm!r}")
+    if key == "smoothing":
+        check_certify_settings(sigma, n0, n, alpha, batch_size)
+    grid = check_radii(parse_floats(radii, "--radii")) if radii else None
+    session = setup(common, writes=[(out_dir, True)])
+    target, models = session.device, session.models
+    test = _subset(session.splits.test, images, every)
+    context = {"data": common.data, "images": len(test), "every": every, "device": str(target)}
     if key == "ibp":
-        _ibp(model, labels, weights, test, target, out_dir, parse_floats(eps, "--eps"), norm,
-             batch_size, context)
+        _ibp(common.models, models, labels, test, target, out_dir, eps_values, norm, batch_size, context)
         return
-    grid = parse_floats(radii, "--radii") if radii else None
-    _smoothing(model, labels, weights, test, target, out_dir, sigma, n0, n, alpha, seed, batch_size,
+    _smoothing(common.models, models, labels, test, target, out_dir, sigma, n0, n, alpha, seed, batch_size,
                grid, context)

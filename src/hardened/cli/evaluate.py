@@ -12,58 +12,47 @@ from hardened._util.atomic import write_json
 from hardened._util.lock import locks_output
 from hardened.attacks import ATTACKS
 from hardened.cli._common import (
-    BatchOption,
-    DataDirOption,
-    DataOption,
-    DeviceOption,
-    DownloadOption,
-    ModelOption,
-    SeedOption,
-    WeightsOption,
-    load_data,
-    load_model_for,
+    Common,
+    load_checked_model,
     out,
     parse_floats,
-    resolve_device,
-    seed_everything,
+    setup,
+    shared_options,
 )
 from hardened.evaluate import robust_accuracy_sweep, save_result
 from hardened.evaluate.transfer import transfer_sweep
 from hardened.report.plots import plot_sweeps
+from hardened.threat import check_norm
 
 
-@locks_output("out_dir")
+@shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
+                out=Path("evaluate-results"), batch_size=250)
+@locks_output("common.out")
 def evaluate_command(
-    model: ModelOption,
-    data: DataOption = "mnist-5k",
+    common: Common,
     attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
     norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
     eps: Annotated[str, typer.Option("--eps", help="comma-separated eps values")] = "0,0.05,0.1,0.2,0.3",
-    steps: Annotated[int | None, typer.Option("--steps", help="iterations (iterative attacks)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="iterations (iterative attacks)")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="number of test images")] = 1000,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("evaluate-results"),
     transfer_from: Annotated[
         str | None,
         typer.Option("--transfer-from", help="black-box: craft the examples on this source model, measure MODEL on them"),
     ] = None,
-    weights: WeightsOption = None,
-    batch_size: BatchOption = 250,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Robust accuracy against eps; prints a table, writes sweep.json and sweep.png."""
-    seed_everything(seed)
     eps_values = parse_floats(eps, "--eps")
-    target = resolve_device(device)
-    test = load_data(data, data_dir, download, seed).test.head(n)
-    loaded = load_model_for(model, weights, test, target)
+    ATTACKS.canonical(attack)
+    check_norm(norm)
+    out_dir, model, data, batch_size = common.out, str(common.model), common.data, common.batch_size  # required
+    session = setup(common, writes=[(out_dir, True)])
+    target, loaded = session.device, session.model
+    test = session.splits.test.head(n)
     options: dict[str, object] = {}
     if steps is not None:
         options["steps"] = steps
     if transfer_from is not None:
-        source = load_model_for(transfer_from, None, test, target)
+        source = load_checked_model(transfer_from, None, test, target)
         result = transfer_sweep(
             source.model, loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values,
             attack=attack, norm=norm, batch_size=batch_size, progress=True,

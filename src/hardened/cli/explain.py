@@ -13,54 +13,38 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_bytes, write_json
-from hardened.cli._common import (
-    DataDirOption,
-    DataOption,
-    DeviceOption,
-    DownloadOption,
-    ModelOption,
-    SeedOption,
-    WeightsOption,
-    load_data,
-    load_model_for,
-    out,
-    parse_ints,
-    resolve_device,
-    seed_everything,
-)
+from hardened.cli._common import Common, out, parse_ints, setup, shared_options
 from hardened.errors import ConfigError
-from hardened.explain import COMPOSITES, explain_images
+from hardened.explain import COMPOSITES, explain_images, make_composite
+from hardened.explain.attribute import canonical_method
 from hardened.explain.quality import compare_explanations
 from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_heatmap_grid
 
 
+@shared_options("model", "data", "out", "weights", "device", "seed", "data_dir", "download",
+                out=Path("explain-results"))
 def explain_command(
-    model: ModelOption,
-    data: DataOption = "mnist-5k",
+    common: Common,
     index: Annotated[str, typer.Option("--index", help="comma-separated test-image indices")] = "0,1,2",
     method: Annotated[str, typer.Option("--method", help="lrp, gradient, saliency, gradient-x-input, integrated-gradients, smoothgrad")] = "lrp",
     composite: Annotated[str, typer.Option("--composite", help=f"LRP rules: {', '.join(COMPOSITES)}")] = "epsilon-gamma-box",
-    target: Annotated[int | None, typer.Option("--target", help="class to explain (default: the prediction)")] = None,
+    target: Annotated[int | None, typer.Option("--target", min=0, help="class to explain (default: the prediction)")] = None,
     compare: Annotated[str, typer.Option("--compare", help="more methods for the grid, comma-separated")] = "",
     quality: Annotated[int, typer.Option("--quality", min=0, help="pixel-flipping curves on this many test images (0: off)")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("explain-results"),
-    weights: WeightsOption = None,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Explain the model's decision on chosen test images and draw heatmaps."""
-    seed_everything(seed)
-    where = resolve_device(device)
-    test = load_data(data, data_dir, download, seed).test
     indices = parse_ints(index, "--index")
     if not indices:
         raise ConfigError("--index needs at least one test-image index, e.g. --index 0,1,2")
+    chosen = [canonical_method(m) for m in (method, *(c.strip() for c in compare.split(","))) if m]
+    if "lrp" in chosen or quality:
+        make_composite(composite)
+    out_dir, model, data, seed = common.out, common.model, common.data, common.seed
+    session = setup(common, writes=[(out_dir, True)])
+    where, loaded, test = session.device, session.model, session.splits.test
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise ConfigError(f"--index {bad} out of range: {data} has {len(test)} test images (0..{len(test) - 1})")
-    loaded = load_model_for(model, weights, test, where)
     x = test.x[indices].to(where)
     labels = test.y[indices]
     goal = None if target is None else torch.full((len(indices),), int(target), dtype=torch.long, device=where)
@@ -85,7 +69,7 @@ def explain_command(
     arrays: dict[str, Any] = {f"relevance_{k}": a.relevance.cpu().numpy() for k, a in attributions.items()}
     np.savez_compressed(buffer, index=np.array(indices), x=x.cpu().numpy(), **arrays)
     write_bytes(out_dir / "relevance.npz", buffer.getvalue())
-    summary = {"model": model, "data": data, "index": indices, "methods": {k: a.to_dict() for k, a in attributions.items()}}
+    summary: dict[str, Any] = {"model": model, "data": data, "index": indices, "methods": {k: a.to_dict() for k, a in attributions.items()}}
     written = [f"{len(indices)} heatmap_*.png", "grid.png", "relevance.npz", "explain.json"]
     if quality:
         subset = test.head(quality)

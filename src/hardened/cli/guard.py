@@ -2,64 +2,37 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 import torch
 import typer
 from rich.table import Table
 
-from hardened._util.atomic import write_json
+from hardened._util.atomic import check_writable, write_json
 from hardened._util.seeding import make_generator
 from hardened.cli._common import (
-    DataDirOption,
-    DownloadOption,
-    ModelOption,
-    SeedOption,
-    WeightsOption,
-    load_data,
-    load_model_for,
+    Common,
+    Option,
     out,
-    resolve_device,
+    parse_key_values,
     seed_everything,
+    setup,
+    shared_options,
 )
-from hardened.data import Dataset
-from hardened.errors import ConfigError, InputError
+from hardened.data import load_splits
+from hardened.errors import ConfigError
 from hardened.guard import SCORES, GuardedClassifier, calibrate_threshold, make_score
-from hardened.guard.calibrate import ScoreSummary
+from hardened.guard.calibrate import ScoreSummary, calibration_split, check_calibration
 from hardened.guard.guarded import read_guard_record
+from hardened.guard.inputs import load_inputs
 
 guard_app = typer.Typer(no_args_is_help=True, help="Fit, evaluate and use reliability guards.")
 
-DataOption = Annotated[str, typer.Option("--data", help="in-distribution data: mnist-5k, digits, mnist, fashion-mnist, a folder or .npz")]
+_ID_HELP = "in-distribution data: mnist-5k, digits, mnist, fashion-mnist, a folder or .npz"
+GuardOption = Annotated[Path, typer.Option("--guard", help="folder written by 'hardened guard fit'")]
 TrustFactoryOption = Annotated[bool, typer.Option(
     "--trust-factory", help="run the factory or TorchScript classifier that the guard folder names (it is code: only for folders you trust)")]
-
-
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option takes key=value, got {item!r}")
-        try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value
-    return options
-
-
-def heldout_split(test: Dataset, calibration_n: int, seed: int) -> tuple[Dataset, Dataset]:
-    """Seeded split of the test part into (calibration, evaluation) sets."""
-    if not 0 < calibration_n < len(test):
-        raise ConfigError(
-            f"--calibration-n must lie in [1, {len(test) - 1}] (the test part has {len(test)} images)"
-        )
-    order = torch.randperm(len(test), generator=make_generator(seed + 7919))
-    return (test.subset(order[:calibration_n], f"{test.name}:calibration"),
-            test.subset(order[calibration_n:], f"{test.name}:evaluation"))
 
 
 def _summary_table(summary: ScoreSummary, title: str, threshold: float | None = None) -> Table:
@@ -74,10 +47,10 @@ def _summary_table(summary: ScoreSummary, title: str, threshold: float | None = 
 
 
 @guard_app.command("fit")
+@shared_options("model", "out", "data", "weights", "device", "seed", "data_dir", "download",
+                out=Option(help="folder to write the guard to"), data=Option(help=_ID_HELP), device="cpu")
 def fit_command(
-    model: ModelOption,
-    out_dir: Annotated[Path, typer.Option("--out", help="folder to write the guard to")],
-    data: DataOption = "mnist-5k",
+    common: Common,
     score: Annotated[str, typer.Option("--score", help=f"score: {', '.join(SCORES)}")] = "vae",
     fpr: Annotated[float, typer.Option("--fpr", help="target false-positive rate on held-out data")] = 0.05,
     method: Annotated[str, typer.Option("--method", help="fpr (threshold at --fpr) or max (max held-out score)")] = "fpr",
@@ -85,28 +58,23 @@ def fit_command(
     calibration_n: Annotated[int | None, typer.Option("--calibration-n", min=1, help="held-out images for calibration (default half the test part)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="VAE epochs")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="score option key=value (repeatable), e.g. gan_steps=500")] = None,
-    weights: WeightsOption = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "cpu",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Fit a score on the training part, calibrate its threshold on held-out test images, save."""
-    seed_everything(seed)
-    target = resolve_device(device)
-    splits = load_data(data, data_dir, download, seed)
-    loaded = load_model_for(model, weights, splits.train, target)
+    options = parse_key_values(option or [], "--option")
+    if epochs is not None:
+        options["epochs"] = epochs
+    seed, model, data, out_dir = common.seed, str(common.model), common.data, common.out  # --model is required
+    if "seed" not in options and SCORES.get(score).seeded:
+        options["seed"] = seed
+    session = setup(common, writes=[(out_dir, True)])
+    target, splits, loaded = session.device, session.splits, session.model
+    scorer = make_score(score, loaded.model, **options)
+    calibration, evaluation = calibration_split(splits.test, calibration_n or len(splits.test) // 2, seed)
+    check_calibration(fpr, method, len(calibration))
     train = splits.train
     if n_train is not None and n_train < len(train):
         train = train.subset(torch.randperm(len(train), generator=make_generator(seed))[:n_train])
-    options = _parse_options(option or [])
-    if epochs is not None:
-        options["epochs"] = epochs
-    if "seed" not in options and SCORES.get(score).seeded:
-        options["seed"] = seed
-    scorer = make_score(score, loaded.model, **options)
     scorer.fit(train.to(target), progress=True)
-    calibration, evaluation = heldout_split(splits.test, calibration_n or len(splits.test) // 2, seed)
     scores = scorer.score(calibration.x.to(target))
     record = calibrate_threshold(scores, fpr=fpr, method=method)
     guard = GuardedClassifier(loaded.model, scorer, record, model_ref=str(Path(model).resolve()) if Path(model).exists() else model,
@@ -121,20 +89,18 @@ def fit_command(
 
 
 @guard_app.command("evaluate")
+@shared_options("out", "data", "seed", "data_dir", "download", out=Path("guard-evaluation"),
+                data=Option(None, "in-distribution data (default: the one the guard was fitted on)", optional=True))
 def evaluate_command(
-    guard_dir: Annotated[Path, typer.Option("--guard", help="folder written by 'hardened guard fit'")],
+    common: Common,
+    guard_dir: GuardOption,
     ood: Annotated[str, typer.Option("--ood", help="comma-separated OOD sets: noise, inverted, natural, or a dataset (fashion-mnist)")] = "noise,inverted,natural",
     n: Annotated[int, typer.Option("--n", min=1, help="images per set")] = 1000,
-    data: Annotated[str | None, typer.Option("--data", help="in-distribution data (default: the one the guard was fitted on)")] = None,
     natural_folder: Annotated[Path | None, typer.Option("--natural-folder", help="photographs for the natural probe (default: scikit-learn's samples)")] = None,
     attack_eps: Annotated[float | None, typer.Option("--attack-eps", help="also report detection under PGD and the adaptive attack at this Linf eps")] = None,
     attack_n: Annotated[int, typer.Option("--attack-n", min=1, help="images for the attack report")] = 100,
     attack_steps: Annotated[int, typer.Option("--attack-steps", min=1)] = 20,
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("guard-evaluation"),
     trust_factory: TrustFactoryOption = False,
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """FNR at the threshold, AUROC, FPR at 95% TPR and overconfidence per OOD set; JSON + PNG."""
     from hardened.guard.adaptive import attack_guard
@@ -142,16 +108,19 @@ def evaluate_command(
     from hardened.guard.probes import load_probe
     from hardened.report.plots import plot_score_histograms
 
+    seed, data_dir, out_dir = common.seed, common.data_dir, common.out
     seed_everything(seed)
+    check_writable(out_dir, folder=True, what="--out")
     record = read_guard_record(guard_dir)
     extra = record.get("extra") or {}
     guard = GuardedClassifier.load(guard_dir, trust_factory=trust_factory)
-    spec = data or extra.get("data")
+    spec = common.data or extra.get("data")
     if not spec:
         raise ConfigError("the guard does not record its data; pass --data")
-    splits = load_data(spec, data_dir, download, int(extra.get("seed", seed)))
+    fit_seed = int(extra.get("seed", seed))
+    splits = load_splits(spec, data_dir=data_dir, download=common.download, seed=fit_seed)
     if extra.get("calibration_n"):
-        _, heldout = heldout_split(splits.test, int(extra["calibration_n"]), int(extra.get("seed", seed)))
+        _, heldout = calibration_split(splits.test, int(extra["calibration_n"]), fit_seed)
     else:
         heldout = splits.test
     heldout = heldout.head(n)
@@ -181,50 +150,18 @@ def evaluate_command(
     out.print(f"wrote {out_dir / 'evaluation.json'} and {out_dir / 'scores.png'}")
 
 
-def _read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
-    from PIL import Image
-
-    from hardened.data.files import read_npz, to_unit_float
-    from hardened.guard.probes import to_format
-
-    names: list[str] = []
-    batches: list[torch.Tensor] = []
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"input {path} does not exist")
-        if path.suffix.lower() == ".npz":
-            array = to_unit_float(read_npz(path, ("x",), error=InputError)["x"], str(path))
-            if array.ndim == 3:
-                array = array[:, None]
-            elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
-                array = array.transpose(0, 3, 1, 2)
-            if array.ndim != 4:
-                raise InputError(f"{path}: x must be N×H×W, N×C×H×W or N×H×W×C, got {array.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(array))
-            names += [f"{path.name}[{i}]" for i in range(x.shape[0])]
-        else:
-            try:
-                with Image.open(path) as image:
-                    array = np.asarray(image.convert("RGB" if shape[0] == 3 else "L"), dtype=np.uint8)
-            except OSError as error:
-                raise InputError(f"cannot read image {path}: {error}") from error
-            x = torch.from_numpy(array.astype(np.float32) / 255.0)
-            x = x.permute(2, 0, 1)[None] if x.dim() == 3 else x[None, None]
-            names.append(path.name)
-        batches.append(to_format(x, shape))
-    return names, torch.cat(batches)
-
-
 @guard_app.command("predict")
 def predict_command(
     inputs: Annotated[list[Path], typer.Argument(help="image files or .npz files with an array x")],
-    guard_dir: Annotated[Path, typer.Option("--guard", help="folder written by 'hardened guard fit'")],
+    guard_dir: GuardOption,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the answers as JSON")] = None,
     trust_factory: TrustFactoryOption = False,
 ) -> None:
     """Classify inputs, or refuse those the guard scores as unreliable (one line per input)."""
+    if json_out is not None:
+        check_writable(json_out, folder=False, what="--json")
     guard = GuardedClassifier.load(guard_dir, trust_factory=trust_factory)
-    names, x = _read_inputs(inputs, guard.input_shape)
+    names, x = load_inputs(inputs, guard.input_shape)
     result = guard.predict_batch(x)
     classes = guard.classes
     rows = []

@@ -9,17 +9,31 @@ from typer.core import TyperGroup
 
 from hardened.errors import HardenedError
 
+# typer vendors click privately; BadParameter is public and its base is click's UsageError
+_UsageError: type[typer.TyperException] = typer.BadParameter.__mro__[1]
+
+
+def _fail(message: str, kind: str) -> typer.Exit:
+    """Print ``error: MESSAGE [KIND]`` as one line on stderr; the exit (code 2) to raise."""
+    typer.echo(f"error: {' '.join(message.split())} [{kind}]", err=True)
+    return typer.Exit(code=2)
+
 
 class _HardenedGroup(TyperGroup):
-    """Turns the library's errors into one line on stderr and a non-zero exit, no traceback."""
+    """Turns the library's errors and the option parser's usage errors into one line on stderr
+    and exit code 2, with no traceback and no usage box."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except HardenedError as error:
-            message = " ".join(str(error).split())
-            typer.echo(f"error: {message} [{type(error).__name__}]", err=True)
-            raise typer.Exit(code=2) from None
+            raise _fail(str(error), type(error).__name__) from None
+        except _UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click shows it
+                raise
+            failed = getattr(error, "ctx", None) or ctx  # the (sub)command whose options were wrong
+            where = failed.command_path
+            raise _fail(f"{error.format_message().rstrip('.')}; see '{where} --help'", "UsageError") from None
 
 
 app = typer.Typer(

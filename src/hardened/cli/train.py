@@ -10,30 +10,20 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
-from hardened.cli._common import (
-    BatchOption,
-    DataDirOption,
-    DataOption,
-    DeviceOption,
-    DownloadOption,
-    SeedOption,
-    load_data,
-    out,
-    resolve_device,
-    seed_everything,
-)
+from hardened.cli._common import Common, Option, console, out, setup, shared_options
 from hardened.errors import ConfigError
 from hardened.models import arch_kwargs_for, build_model, load_model, save_model
 from hardened.report.plots import plot_tradeoff
 from hardened.train import (
+    CHECKPOINT_NAME,
     METHODS,
-    CollapseGuard,
     TrainConfig,
     Trainer,
     make_method,
     split_unlabeled,
 )
 from hardened.train.compare import compare_methods
+from hardened.train.options import MethodSettings, collapse_guard, method_options
 
 MethodOption = Annotated[str, typer.Option("--method", help=f"training method: {', '.join(METHODS)}")]
 EpsOption = Annotated[float | None, typer.Option("--eps", help="radius of the training threat model (adversarial methods)")]
@@ -58,41 +48,12 @@ WarmupOption = Annotated[float, typer.Option("--eps-warmup", help="ramp eps line
 AmpOption = Annotated[bool | None, typer.Option("--amp/--no-amp", help="mixed precision (default: on with CUDA)")]
 
 
-def _guard(mode: str, drop: float, every: int) -> CollapseGuard | None:
-    if mode not in ("stop", "report", "off"):
-        raise ConfigError(f"--guard must be stop, report or off, got {mode!r}")
-    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode)
+_SHARED = ("data", "out", "batch_size", "device", "seed", "data_dir", "download")
 
 
-def _options(
-    method: str, *, eps: float | None, norm: str, steps: int, step_size: float | None,
-    random_start: bool, beta: float, sigma: float, adversarial_lr_scale: float,
-    guard: CollapseGuard | None, eps_warmup: float = 0.0,
-) -> dict[str, Any]:
-    """The options ``make_method`` takes for ``method`` from the command-line values."""
-    key = METHODS.canonical(method)
-    if key == "noise":
-        return {"sigma": sigma}
-    if not METHODS.get(key).adversarial:
-        return {}
-    if eps is None:
-        raise ConfigError(f"--method {key} is adversarial: give --eps (e.g. --eps 0.3 --norm linf)")
-    options: dict[str, Any] = {"eps": eps, "norm": norm, "step_size": step_size,
-                               "eps_warmup": eps_warmup}
-    if key == "fgsm":
-        return options | {"random_start": random_start, "guard": guard}
-    options["steps"] = steps
-    if key == "trades":
-        return options | {"beta": beta}
-    options["random_start"] = random_start
-    if key == "semi-supervised":
-        options["adversarial_lr_scale"] = adversarial_lr_scale
-    return options
-
-
+@shared_options(*_SHARED, out=Option(Path("model.safetensors"), "where to write model.safetensors (+ .json)"))
 def train_command(
-    out_path: Annotated[Path, typer.Option("--out", help="where to write model.safetensors (+ .json)")] = Path("model.safetensors"),
-    data: DataOption = "mnist-5k",
+    common: Common,
     arch: Annotated[str, typer.Option("--arch", help="mlp, lenet or resnet_small")] = "lenet",
     method: MethodOption = "standard",
     eps: EpsOption = None,
@@ -121,38 +82,37 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="also checkpoint every N steps (0: each epoch only)")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the checkpoint of an interrupted run")] = False,
     amp: AmpOption = None,
-    batch_size: BatchOption = 128,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Train a reference architecture with a training method; checkpoints and resumes."""
-    seed_everything(seed)
-    target = resolve_device(device)
-    splits = load_data(data, data_dir, download, seed)
-    train_set = splits.train.head(n_train) if n_train else splits.train
+    out_path, data, seed, batch_size = common.out, common.data, common.seed, common.batch_size
     key = method.lower()
-    options = _options(
-        key, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
+    options = method_options(key, MethodSettings(
+        eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
         beta=beta, sigma=sigma, adversarial_lr_scale=adversarial_lr_scale,
-        guard=_guard(guard, guard_drop, guard_every), eps_warmup=eps_warmup,
-    )
-    if key == "ensemble":
-        if not source_model:
-            raise ConfigError("--method ensemble needs at least one --source-model FILE")
-        options["sources"] = [load_model(spec).model for spec in source_model]
-        options["source_names"] = list(source_model)
-    elif source_model:
+        guard=collapse_guard(guard, guard_drop, guard_every), eps_warmup=eps_warmup,
+    ))
+    if source_model and key != "ensemble":
         raise ConfigError("--source-model is for --method ensemble")
+    if key == "ensemble" and not source_model:
+        raise ConfigError("--method ensemble needs at least one --source-model FILE")
+    if key == "semi-supervised" and unlabeled_fraction is None:
+        raise ConfigError("--method semi-supervised needs --unlabeled-fraction (e.g. 0.5)")
+    if key != "semi-supervised" and (unlabeled_fraction is not None or labeler is not None):
+        raise ConfigError("--unlabeled-fraction and --labeler are for --method semi-supervised")
+    folder = checkpoint_dir or out_path.with_suffix("").with_name(out_path.with_suffix("").name + ".checkpoints")
+    log_path = out_path.with_suffix(".log.jsonl")
+    session = setup(common, writes=[(out_path, False), (log_path, False), (folder, True)], load=False)
+    target, splits = session.device, session.splits
+    if resume and not (folder / CHECKPOINT_NAME).is_file():
+        console.print(f"warning: --resume but no checkpoint in {folder}; starting from scratch")
+    train_set = splits.train.head(n_train) if n_train else splits.train
+    if key == "ensemble":
+        options["sources"] = [load_model(spec).model for spec in source_model or ()]
+        options["source_names"] = list(source_model or ())
     if key == "semi-supervised":
-        if unlabeled_fraction is None:
-            raise ConfigError("--method semi-supervised needs --unlabeled-fraction (e.g. 0.5)")
-        train_set, options["pool"] = split_unlabeled(train_set, unlabeled_fraction, seed=seed)
+        train_set, options["pool"] = split_unlabeled(train_set, unlabeled_fraction, seed=seed)  # type: ignore[arg-type]
         if labeler is not None:
             options["labeler"] = load_model(labeler).model
-    elif unlabeled_fraction is not None or labeler is not None:
-        raise ConfigError("--unlabeled-fraction and --labeler are for --method semi-supervised")
     training_method = make_method(key, **options)
     arch_kwargs = arch_kwargs_for(train_set)
     model = build_model(arch, **arch_kwargs).to(target)
@@ -161,10 +121,9 @@ def train_command(
         lr_schedule=lr_schedule, checkpoint_every=checkpoint_every, eval_n=eval_n,
         eval_eps=eval_eps, eval_norm=norm, amp=amp,
     )
-    folder = checkpoint_dir or out_path.with_suffix("").with_name(out_path.with_suffix("").name + ".checkpoints")
     trainer = Trainer(
         model, train_set.to(target), method=training_method, config=config,
-        test_data=splits.test.to(target), log_path=out_path.with_suffix(".log.jsonl"),
+        test_data=splits.test.to(target), log_path=log_path,
         checkpoint_dir=folder, progress=True,
     )
     result = trainer.fit(resume=resume)
@@ -189,9 +148,9 @@ def train_command(
     out.print(f"saved {saved} {summary}".rstrip())
 
 
+@shared_options(*_SHARED, out=Path("defend-compare"))
 def compare_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("defend-compare"),
-    data: DataOption = "mnist-5k",
+    common: Common,
     arch: Annotated[str, typer.Option("--arch", help="mlp, lenet or resnet_small")] = "lenet",
     methods: Annotated[str, typer.Option("--methods", help="comma-separated training methods")] = ",".join(METHODS),
     eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
@@ -211,28 +170,25 @@ def compare_command(
     eval_n: EvalNOption = 200,
     pgd_steps: Annotated[int, typer.Option("--pgd-steps", min=1, help="steps of the white-box and transfer PGD")] = 40,
     resume: Annotated[bool, typer.Option("--resume", help="continue interrupted runs from their checkpoints")] = False,
-    batch_size: BatchOption = 128,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    data_dir: DataDirOption = None,
-    download: DownloadOption = False,
 ) -> None:
     """Train several methods on the same data; write the trade-off table (JSON, markdown, PNG)."""
-    seed_everything(seed)
-    target = resolve_device(device)
-    splits = load_data(data, data_dir, download, seed)
-    train_set = splits.train.head(n_train) if n_train else splits.train
-    test_set = splits.test.head(n_test)
+    out_dir, data, seed, batch_size = common.out, common.data, common.seed, common.batch_size
     names = [m.strip().lower() for m in methods.split(",") if m.strip()]
-    guard_obj = _guard(guard, 0.3, 0)
-    method_options = {
-        name: {k: v for k, v in _options(
-            name, eps=eps, norm=norm, steps=steps, step_size=None, random_start=True, beta=beta,
-            sigma=sigma, adversarial_lr_scale=adversarial_lr_scale, guard=guard_obj,
-            eps_warmup=eps_warmup,
-        ).items() if k not in ("eps", "norm")}
+    if not names:
+        raise ConfigError(f"--methods needs at least one training method: some of {', '.join(METHODS)}")
+    for name in names:
+        METHODS.canonical(name)
+    settings = MethodSettings(eps=eps, norm=norm, steps=steps, beta=beta, sigma=sigma,
+                              adversarial_lr_scale=adversarial_lr_scale,
+                              guard=collapse_guard(guard, 0.3, 0), eps_warmup=eps_warmup)
+    per_method = {
+        name: {k: v for k, v in method_options(name, settings).items() if k not in ("eps", "norm")}
         for name in names if name in METHODS
     }
+    session = setup(common, writes=[(out_dir, True)], load=False)
+    target, splits = session.device, session.splits
+    train_set = splits.train.head(n_train) if n_train else splits.train
+    test_set = splits.test.head(n_test)
     arch_kwargs = arch_kwargs_for(train_set)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lr_schedule=lr_schedule,
@@ -246,7 +202,7 @@ def compare_command(
 
     report = compare_methods(
         train_set, test_set, methods=names, arch=arch, arch_kwargs=arch_kwargs, norm=norm,
-        eps=eps, config=config, method_options=method_options,
+        eps=eps, config=config, method_options=per_method,
         unlabeled_fraction=unlabeled_fraction, pgd_steps=pgd_steps, out_dir=out_dir / "runs",
         resume=resume, device=target, progress=True, on_model=save,
     )

@@ -91,8 +91,22 @@ def load_splits(
     stratified split (``test_fraction``, ``seed``) for everything else."""
     key = spec.lower()
     if key in IDX_SOURCES:
-        return load_idx_dataset(key, data_dir, download=download)
-    return stratified_split(_load_unsplit(spec), test_fraction=test_fraction, seed=seed)
+        return _nonempty(load_idx_dataset(key, data_dir, download=download), spec)
+    data = _load_unsplit(spec)
+    if len(data) == 0:
+        raise DataError(f"{spec} holds no images (x has N = 0): give data with at least one image per class")
+    return _nonempty(stratified_split(data, test_fraction=test_fraction, seed=seed), spec)
+
+
+def _nonempty(splits: Splits, spec: str) -> Splits:
+    """Every command needs both parts; say so once here rather than fail deep in a loop."""
+    for part, data in (("training", splits.train), ("test", splits.test)):
+        if len(data) == 0:
+            raise DataError(
+                f"{spec}: the {part} part is empty ({len(splits.train)} training, {len(splits.test)} "
+                "test images); give more images (a few per class at least)"
+            )
+    return splits
 
 
 def _load_unsplit(spec: str) -> Dataset:

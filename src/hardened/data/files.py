@@ -12,9 +12,10 @@ from numpy.lib.npyio import NpzFile
 
 from hardened._util.records import MAX_CLASSES
 from hardened.data.dataset import Dataset
+from hardened.data.images import open_image
 from hardened.errors import DataError, HardenedError
 
-__all__ = ["load_image_folder", "load_npz", "read_npz", "to_unit_float"]
+__all__ = ["load_image_folder", "load_npz", "load_npz_images", "read_npz", "images_nchw", "to_unit_float"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -51,12 +52,7 @@ def load_image_folder(
     for label, folder in enumerate(class_dirs):
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    with Image.open(file) as image:
-                        image.load()
-                        images.append(image.copy())
-                except OSError as error:
-                    raise DataError(f"cannot read image {file}: {error}") from error
+                images.append(open_image(file))
                 labels.append(label)
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
@@ -167,14 +163,30 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
         if names.ndim != 1 or names.dtype.kind not in "UiuS":
             raise DataError(f"{file}: 'classes' must be a 1-d array of names, got {names.dtype} {names.shape}")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
-    if x.ndim != 4:
-        raise DataError(f"{file}: x must be N×H×W or N×C×H×W, got shape {x.shape}")
+    x = images_nchw(x, str(file))
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{file}: y must be N integer labels, got {y.dtype} {y.shape}")
     names_out = _check_labels(y, classes, file)
     tensor = torch.from_numpy(np.ascontiguousarray(to_unit_float(x, str(file))))
-    return Dataset(tensor, torch.from_numpy(y.astype(np.int64)), names_out, file.stem)
+    return Dataset(tensor, torch.from_numpy(y.astype(np.int64)), names, file.stem)
+
+
+def images_nchw(x: np.ndarray, what: str) -> np.ndarray:
+    """An image array N×H×W, N×C×H×W or N×H×W×C (C in {1, 3}) as N×C×H×W."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise DataError(f"{what}: x must be N×H×W, N×C×H×W or N×H×W×C, got shape {x.shape}")
+    return x
+
+
+def load_npz_images(path: str | os.PathLike[str]) -> np.ndarray:
+    """The images ``x`` of a .npz (no labels needed) as float32 N×C×H×W in [0, 1]; at least one."""
+    file = Path(path)
+    x = read_npz(file, ("x",))["x"]
+    x = images_nchw(x, str(file))
+    if len(x) == 0:
+        raise DataError(f"{file} holds no images (x has N = 0)")
+    return np.ascontiguousarray(to_unit_float(x, str(file)))

@@ -32,6 +32,7 @@ __all__ = [
     "Attribution",
     "Explainer",
     "METHODS",
+    "canonical_method",
     "explain_images",
     "lrp",
     "conservation_error",
@@ -136,7 +137,8 @@ def check_finite(relevance: Tensor, method: str) -> None:
         )
 
 
-def _canonical(method: str) -> str:
+def canonical_method(method: str) -> str:
+    """The canonical name of an explanation method or alias; ``ConfigError`` when unknown."""
     key = str(method).lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in METHODS:
@@ -212,7 +214,7 @@ def explain_images(
 
     The model's mode is restored and its parameters are left untouched.
     """
-    key = _canonical(method)
+    key = canonical_method(method)
     x = check_images(x, bounds, allow_empty=True)
     rules = make_composite(composite) if key == "lrp" else None
     generator = make_generator(seed, x.device)
@@ -284,7 +286,7 @@ class Explainer:
     """``explain_images`` with its settings fixed at construction: ``Explainer("lrp")(model, x)``."""
 
     def __init__(self, method: str = "lrp", **options: Any) -> None:
-        self.method = _canonical(method)
+        self.method = canonical_method(method)
         self.options = options
         if self.method == "lrp":
             make_composite(options.get("composite", "epsilon-gamma-box"))

@@ -140,6 +140,8 @@ class BaseScore(ABC):
         seeded: takes a ``seed`` option that fixes its fit (trained networks).
         requires_fit: ``False`` for scores that learn nothing (softmax, energy): usable unfitted,
             of any input shape until ``fit`` or a guard's calibration binds one.
+        min_fit_images: the fewest training images ``fit`` accepts (a learned density needs
+            more than a handful; fewer is refused rather than fitted to noise).
         input_shape: C×H×W the score was fitted for (``None`` before ``fit``).
         batch_size: images per batch in ``score``.
     """
@@ -149,6 +151,7 @@ class BaseScore(ABC):
     needs_model: ClassVar[bool] = False
     seeded: ClassVar[bool] = False
     requires_fit: ClassVar[bool] = True
+    min_fit_images: ClassVar[int] = 1
 
     def __init__(self, *, batch_size: int = 256) -> None:
         if int(batch_size) < 1:
@@ -167,6 +170,11 @@ class BaseScore(ABC):
         """Fit on in-distribution training images (labels are used where a score needs them)."""
         x, y = as_images(data)
         x = check_images(x)
+        if x.shape[0] < self.min_fit_images:
+            raise InputError(
+                f"the {self.name} score needs at least {self.min_fit_images} training images to fit, "
+                f"got {x.shape[0]}; give more (e.g. --n-train {self.min_fit_images} or more)"
+            )
         if y is not None and y.shape[0] != x.shape[0]:
             raise InputError(f"{x.shape[0]} images but {y.shape[0]} labels")
         shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))

@@ -19,11 +19,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from hardened._util.seeding import make_generator
+from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, InputError
 
-__all__ = ["ScoreSummary", "Calibration", "summarize_scores", "calibrate_threshold", "METHODS", "min_samples_for"]
+__all__ = ["ScoreSummary", "Calibration", "summarize_scores", "calibrate_threshold", "calibration_split",
+           "check_calibration", "METHODS", "min_samples_for"]
 
 METHODS = ("fpr", "max")
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0, 99.9)
@@ -137,6 +141,27 @@ def min_samples_for(fpr: float) -> int:
     return int(math.ceil(1.0 / fpr - 1e-9))
 
 
+def check_calibration(fpr: float | None, method: str, n: int | None = None) -> float | None:
+    """Check a calibration rule before any scoring: a known ``method``, for ``fpr`` a rate in
+    (0, 1) and (given ``n`` held-out samples) at least ``min_samples_for(fpr)`` of them.
+    Returns the target rate (``None`` for ``max``)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}: use one of {', '.join(METHODS)}")
+    if method == "max":
+        return None
+    if fpr is None or not 0.0 < float(fpr) < 1.0:
+        raise ConfigError(f"fpr must lie in (0, 1) for method 'fpr', got {fpr}")
+    target = float(fpr)
+    need = min_samples_for(target)
+    if n is not None and n < need:
+        raise InputError(
+            f"too few held-out samples for a {100 * target:g}% false-positive rate: got {n}, "
+            f"need at least {need} (= 1 / rate); use more held-out data, a larger rate, "
+            "or method='max'"
+        )
+    return target
+
+
 def calibrate_threshold(
     scores: Tensor | np.ndarray | Sequence[float],
     *,
@@ -149,26 +174,15 @@ def calibrate_threshold(
     Raises ``InputError`` for NaN/infinite scores or too few samples for the rate, and
     ``ConfigError`` for an unknown method or a rate outside (0, 1).
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown calibration method {method!r}: use one of {', '.join(METHODS)}")
+    check_calibration(fpr, method)
     array = _finite_array(scores, "calibrate")
     n = int(array.size)
+    target = check_calibration(fpr, method, n)
     summary = summarize_scores(array, percentiles)
     ordered = np.sort(array)
-    if method == "max":
+    if target is None:
         threshold = float(ordered[-1])
-        target = None
     else:
-        if fpr is None or not 0.0 < float(fpr) < 1.0:
-            raise ConfigError(f"fpr must lie in (0, 1) for method 'fpr', got {fpr}")
-        target = float(fpr)
-        need = min_samples_for(target)
-        if n < need:
-            raise InputError(
-                f"too few held-out samples for a {100 * target:g}% false-positive rate: got {n}, "
-                f"need at least {need} (= 1 / rate); use more held-out data, a larger rate, "
-                "or method='max'"
-            )
         k = int(math.ceil((n + 1) * (1.0 - target) - 1e-9))
         threshold = float(ordered[min(max(k, 1), n) - 1])
     heldout = float((array > threshold).mean())
@@ -182,3 +196,15 @@ def calibrate_threshold(
             stacklevel=2,
         )
     return Calibration(threshold, method, target, heldout, n, summary)
+
+
+def calibration_split(test: Dataset, calibration_n: int, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded split of held-out data into (calibration, evaluation) sets of ``calibration_n``
+    and ``len(test) - calibration_n`` images; ``guard fit`` and ``guard evaluate`` share it."""
+    if not 0 < calibration_n < len(test):
+        raise ConfigError(
+            f"--calibration-n must lie in [1, {len(test) - 1}] (the test part has {len(test)} images)"
+        )
+    order = torch.randperm(len(test), generator=make_generator(seed + 7919))
+    return (test.subset(order[:calibration_n], f"{test.name}:calibration"),
+            test.subset(order[calibration_n:], f"{test.name}:evaluation"))

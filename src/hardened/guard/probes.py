@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
+from hardened.data.images import decode_image
 from hardened.errors import ConfigError, DataError, InputError
 
 __all__ = ["PROBES", "to_format", "uniform_noise", "inverted", "natural_images", "load_probe"]
@@ -76,15 +77,11 @@ def _photographs(folder: str | os.PathLike[str] | None) -> list[Tensor]:
             raise DataError("the natural probe needs scikit-learn: pip install scikit-learn") from error
         arrays = list(load_sample_images().images)
     else:
-        from PIL import Image
-
         root = Path(folder)
         files = sorted(p for p in root.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if root.is_dir() else []
         if not files:
             raise DataError(f"no images found in {root} for the natural probe")
-        for file in files:
-            with Image.open(file) as image:
-                arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        arrays = [decode_image(file, "RGB") for file in files]
     return [torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1) for a in arrays]
 
 

@@ -77,6 +77,7 @@ class VAEScore(BaseScore):
 
     name = "vae"
     seeded = True
+    min_fit_images = 10
 
     def __init__(
         self,

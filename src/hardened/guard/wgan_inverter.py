@@ -183,6 +183,7 @@ class WGANInverterScore(ClassifierScore):
     """
 
     name = "wgan-inverter"
+    min_fit_images = 10
     differentiable = False
     seeded = True
 

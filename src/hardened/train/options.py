@@ -1,0 +1,63 @@
+"""From the settings a user gives once to the options each training method takes.
+
+``hardened train`` and ``hardened defend-compare`` take one flat set of settings (eps, norm,
+steps, beta, sigma...); ``method_options`` routes to each method only what it uses, so that
+``make_method(name, **method_options(name, settings))`` builds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hardened.errors import ConfigError
+from hardened.train.methods import METHODS, CollapseGuard
+
+__all__ = ["MethodSettings", "method_options", "collapse_guard"]
+
+GUARD_MODES = ("stop", "report", "off")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The union of the methods' settings (``eps=None``: not given; adversarial methods need it)."""
+
+    eps: float | None = None
+    norm: str = "linf"
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    beta: float = 6.0
+    sigma: float = 0.25
+    adversarial_lr_scale: float = 0.5
+    guard: CollapseGuard | None = None
+    eps_warmup: float = 0.0
+
+
+def collapse_guard(mode: str, drop: float, every: int) -> CollapseGuard | None:
+    """The fgsm catastrophic-overfitting guard for ``mode`` (stop, report or off: none)."""
+    if mode not in GUARD_MODES:
+        raise ConfigError(f"--guard must be stop, report or off, got {mode!r}")
+    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode)
+
+
+def method_options(method: str, settings: MethodSettings) -> dict[str, Any]:
+    """The keyword options ``make_method(method, ...)`` takes, from ``settings``."""
+    key = METHODS.canonical(method)
+    if key == "noise":
+        return {"sigma": settings.sigma}
+    if not METHODS.get(key).adversarial:
+        return {}
+    if settings.eps is None:
+        raise ConfigError(f"--method {key} is adversarial: give --eps (e.g. --eps 0.3 --norm linf)")
+    options: dict[str, Any] = {"eps": settings.eps, "norm": settings.norm, "step_size": settings.step_size,
+                               "eps_warmup": settings.eps_warmup}
+    if key == "fgsm":
+        return options | {"random_start": settings.random_start, "guard": settings.guard}
+    options["steps"] = settings.steps
+    if key == "trades":
+        return options | {"beta": settings.beta}
+    options["random_start"] = settings.random_start
+    if key == "semi-supervised":
+        options["adversarial_lr_scale"] = settings.adversarial_lr_scale
+    return options

@@ -8,7 +8,7 @@ import torch
 
 from hardened.data import Dataset
 from hardened.errors import ConfigError, DataError, InputError
-from hardened.guard import calibrate
+from hardened.guard import calibrate_threshold
 from hardened.guard.calibrate import calibration_split, check_calibration, min_samples_for
 from hardened.guard.inputs import load_inputs
 from hardened.guard.probes import to_format
@@ -39,11 +39,11 @@ def test_calibration_split_bounds(k):
 def test_check_calibration_agrees_with_calibrate(fpr):
     need = min_samples_for(fpr)
     assert check_calibration(fpr, "fpr", need) == fpr
-    calibrate(np.arange(need, dtype=float), fpr=fpr)
+    calibrate_threshold(np.arange(need, dtype=float), fpr=fpr)
     with pytest.raises(InputError, match="too few"):
         check_calibration(fpr, "fpr", need - 1)
     with pytest.raises(InputError, match="too few"):
-        calibrate(np.arange(need - 1, dtype=float), fpr=fpr)
+        calibrate_threshold(np.arange(need - 1, dtype=float), fpr=fpr)
 
 
 @pytest.mark.parametrize("fpr, method", [(0.0, "fpr"), (1.0, "fpr"), (2.0, "fpr"), (None, "fpr"), (0.1, "median")])

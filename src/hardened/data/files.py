@@ -168,7 +168,7 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
         raise DataError(f"{file}: y must be N integer labels, got {y.dtype} {y.shape}")
     names_out = _check_labels(y, classes, file)
     tensor = torch.from_numpy(np.ascontiguousarray(to_unit_float(x, str(file))))
-    return Dataset(tensor, torch.from_numpy(y.astype(np.int64)), names, file.stem)
+    return Dataset(tensor, torch.from_numpy(y.astype(np.int64)), names_out, file.stem)
 
 
 def images_nchw(x: np.ndarray, what: str) -> np.ndarray:

@@ -8,9 +8,11 @@ from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, Attack, AttackResult, 
 from hardened.certify import Certificate, SmoothedClassifier, certify_ibp
 from hardened.data import Dataset, load_dataset, load_splits
 from hardened.errors import (
+    BudgetWarning,
     ConfigError,
     DataError,
     HardenedError,
+    HardenedWarning,
     InputError,
     ModelLoadError,
     NotFittedError,
@@ -29,6 +31,7 @@ __all__ = [
     "Attribution",
     "AttackResult",
     "BIM",
+    "BudgetWarning",
     "Certificate",
     "ConfigError",
     "DataError",
@@ -37,6 +40,7 @@ __all__ = [
     "FGSM",
     "GuardedClassifier",
     "HardenedError",
+    "HardenedWarning",
     "InputError",
     "MIFGSM",
     "ModelLoadError",

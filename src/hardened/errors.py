@@ -11,6 +11,11 @@ Every error the library raises on purpose is a ``HardenedError``::
     └── NotReliableClassification
                           a guard refused to predict; carries the prediction and the score
 
+Warnings the library issues on purpose are ``HardenedWarning`` (a ``UserWarning``)::
+
+    HardenedWarning
+    └── BudgetWarning     an attack budget that constrains nothing (the ball contains the box)
+
 ``InputError`` and ``ConfigError`` also derive from ``ValueError`` so that code written
 against plain Python conventions keeps working. Messages say what was wrong and what to do.
 """
@@ -25,6 +30,8 @@ __all__ = [
     "ModelLoadError",
     "NotFittedError",
     "NotReliableClassification",
+    "HardenedWarning",
+    "BudgetWarning",
 ]
 
 
@@ -69,3 +76,11 @@ class NotReliableClassification(HardenedError):
             f"refused to classify: reliability score {self.score:.4g} exceeds the threshold "
             f"{self.threshold:.4g} (the bare classifier would answer class {self.prediction})"
         )
+
+
+class HardenedWarning(UserWarning):
+    """Base class of every warning issued on purpose by ``hardened``."""
+
+
+class BudgetWarning(HardenedWarning):
+    """A perturbation budget is so large that it cannot be meaningful (e.g. Linf eps 5 in [0, 1])."""

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from hardened._util.validate import check_real
 from hardened.errors import ConfigError
 
 __all__ = ["NORMS", "Norm", "ThreatModel", "norms_of", "normalize_direction", "project_ball"]
@@ -133,14 +134,27 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", check_norm(self.norm))
-        eps = float(self.eps)
-        if not math.isfinite(eps) or eps < 0:
-            raise ConfigError(f"eps must be a finite number >= 0, got {self.eps!r}")
-        object.__setattr__(self, "eps", eps)
-        lo, hi = (float(b) for b in self.bounds)
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise ConfigError(f"bounds must be finite with lo < hi, got {self.bounds!r}")
+        object.__setattr__(self, "eps", check_real(self.eps, "eps", minimum=0.0))
+        try:
+            lo, hi = (check_real(b, "a bound") for b in self.bounds)
+        except (ConfigError, TypeError, ValueError):
+            lo, hi = math.nan, math.nan
+        if not lo < hi:
+            raise ConfigError(f"bounds must be two finite numbers lo < hi, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
+
+    def diameter(self, dim: int) -> float:
+        """The box's diameter in this norm for images of ``dim`` values: ``(hi - lo) * dim^(1/p)``.
+
+        No two images in the box are further apart, so a ball of radius ``eps >= diameter``
+        contains the whole box and the budget constrains nothing.
+        """
+        width = self.bounds[1] - self.bounds[0]
+        return width if self.norm == "linf" else width * (math.sqrt(dim) if self.norm == "l2" else dim)
+
+    def covers_box(self, dim: int = 1) -> bool:
+        """Whether the ball contains the whole box (``eps >= diameter(dim)``); Linf needs no ``dim``."""
+        return self.eps >= self.diameter(dim)
 
     def clip(self, x: Tensor) -> Tensor:
         """Clip into the pixel box."""

@@ -1,14 +1,18 @@
 """The attack contract: ``attack(model, x, y) -> AttackResult``.
 
-``Attack.__call__`` is the template method (after foolbox 3): it validates inputs, puts the model
-in eval mode (restored afterwards), calls the subclass's ``_perturb``, projects the result into
-the threat model, and measures success and norms. A subclass writes only ``_perturb``.
+``Attack.__call__`` is the template method (after foolbox 3): it validates inputs, warns
+(``BudgetWarning``) when the threat model's ball contains the whole pixel box, puts the model in
+eval mode (restored afterwards), calls the subclass's ``_perturb``, projects the result into the
+threat model, and measures success and norms. A subclass writes only ``_perturb``; iterative
+gradient attacks write it with the kernel (``hardened.attacks.kernel.iterate``) and validate their
+options with ``hardened.attacks.options``.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -19,6 +23,7 @@ from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.checks import check_images, check_labels, check_model_output
 from hardened._util.progress import ProgressTask
 from hardened.attacks.losses import attack_loss, is_success
+from hardened.attacks.options import warn_if_vacuous
 from hardened.errors import ConfigError
 from hardened.registry import Registry
 from hardened.threat import ThreatModel, norms_of
@@ -138,10 +143,14 @@ class Oracle:
         with torch.no_grad():
             return self.model(x)
 
-    def loss_and_grad(
-        self, x: Tensor, labels: Tensor, *, loss: str = "ce", targeted: bool = False
+    def objective_and_grad(
+        self, x: Tensor, objective: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(logits, per-sample loss, d loss / d x)`` for a batch."""
+        """Return ``(logits, objective(logits), d objective(logits).sum() / d x)``, detached.
+
+        ``objective`` maps logits N×K to per-sample values N; a primed graph on an equal ``x``
+        (``prime``) is reused instead of a new forward pass.
+        """
         self.gradient_count += x.shape[0]
         primed = self._take_primed(x)
         with torch.enable_grad():
@@ -151,19 +160,20 @@ class Oracle:
                 self.forward_count += x.shape[0]
                 x_var = x.detach().requires_grad_(True)
                 logits = self.model(x_var)
-            values = attack_loss(loss, logits, labels, targeted)
+            values = objective(logits)
             (grad,) = torch.autograd.grad(values.sum(), x_var)
         return logits.detach(), values.detach(), grad.detach()
 
-    def input_grad(self, x: Tensor, objective: Any) -> tuple[Tensor, Tensor]:
+    def loss_and_grad(
+        self, x: Tensor, labels: Tensor, *, loss: str = "ce", targeted: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(logits, per-sample loss, d loss / d x)`` for a batch."""
+        return self.objective_and_grad(x, lambda logits: attack_loss(loss, logits, labels, targeted))
+
+    def input_grad(self, x: Tensor, objective: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         """Gradient of ``objective(logits).sum()`` w.r.t. ``x``; returns ``(logits, grad)``."""
-        self.forward_count += x.shape[0]
-        self.gradient_count += x.shape[0]
-        with torch.enable_grad():
-            x_var = x.detach().requires_grad_(True)
-            logits = self.model(x_var)
-            (grad,) = torch.autograd.grad(objective(logits).sum(), x_var)
-        return logits.detach(), grad.detach()
+        logits, _, grad = self.objective_and_grad(x, objective)
+        return logits, grad
 
 
 class Attack(ABC):
@@ -210,6 +220,8 @@ class Attack(ABC):
         """
         start = time.perf_counter()
         x = check_images(x, self.bounds)
+        if self.threat is not None:
+            warn_if_vacuous(self.threat, x[0].numel())
         if targets is not None and not self.targeted:
             raise ConfigError(f"the {self.name} attack has no targeted mode; drop targets=")
         with eval_mode(model):

@@ -16,7 +16,8 @@ as one gradient evaluation in the result's ``gradient_count``.
 
 LRP-flip/mean turn the pixel-flipping evaluation of Samek et al. 2017 ("Evaluating the
 visualization of what a deep neural network has learned") into an attack; LRP-grad is I-FGSM
-(Kurakin et al. 2017) with the step masked by the explanation.
+(Kurakin et al. 2017) with the step masked by the explanation: the attack kernel
+(``hardened.attacks.kernel``) with a direction hook that weights the gradient.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ import torch
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
+from hardened._util.validate import check_int, check_real, check_seed
 from hardened.attacks.base import ATTACKS, Attack, Oracle
+from hardened.attacks.kernel import StepView, attack_objective, iterate, rows, success_stop
 from hardened.attacks.losses import check_loss, is_success
+from hardened.attacks.options import check_iterations, check_threat
 from hardened.errors import ConfigError
 from hardened.explain.attribute import lrp
 from hardened.explain.composites import Composite, make_composite
-from hardened.threat import ThreatModel, check_norm, normalize_direction
+from hardened.threat import ThreatModel, normalize_direction
 
 __all__ = ["SELECTIONS", "LRPFlip", "LRPMean", "LRPGrad"]
 
@@ -60,7 +64,7 @@ class _Guided(Attack):
         self.selection = _check_selection(selection)
         self._composite = make_composite(composite)
         self.composite = self._composite.name
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def _relevance(self, oracle: Oracle, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(logits, relevance N×C×H×W)`` of the true class, counted as one gradient each."""
@@ -109,13 +113,9 @@ class LRPFlip(_Guided):
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
     ) -> None:
-        if isinstance(max_pixels, bool) or int(max_pixels) != max_pixels or int(max_pixels) < 1:
-            raise ConfigError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
-        if isinstance(pixels_per_step, bool) or int(pixels_per_step) != pixels_per_step or int(pixels_per_step) < 1:
-            raise ConfigError(f"pixels_per_step must be an integer >= 1, got {pixels_per_step!r}")
+        self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
+        self.pixels_per_step = check_int(pixels_per_step, "pixels_per_step", minimum=1)
         self.bounds = ThreatModel("linf", 0.0, bounds).bounds
-        self.max_pixels = int(max_pixels)
-        self.pixels_per_step = int(pixels_per_step)
         self._setup_guidance(selection, composite, seed)
 
     def _new_values(self, x: Tensor) -> Tensor:
@@ -220,19 +220,10 @@ class LRPGrad(_Guided):
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
     ) -> None:
-        if check_norm(norm) not in ("linf", "l2"):
-            raise ConfigError(f"LRP-grad supports norm linf or l2, got {norm!r}")
-        self.threat = ThreatModel(norm, eps, bounds)
+        self.threat = check_threat(norm, eps, bounds, norms=("linf", "l2"), attack="LRP-grad")
         self.bounds = self.threat.bounds
-        if int(steps) < 1:
-            raise ConfigError(f"steps must be >= 1, got {steps}")
-        self.steps = int(steps)
-        self.step_size = float(2.5 * self.threat.eps / self.steps if step_size is None else step_size)
-        if not (math.isfinite(self.step_size) and self.step_size >= 0):
-            raise ConfigError(f"step_size must be a finite number >= 0, got {step_size}")
-        if not 0 < float(pixel_fraction) <= 1:
-            raise ConfigError(f"pixel_fraction must be in (0, 1], got {pixel_fraction}")
-        self.pixel_fraction = float(pixel_fraction)
+        self.steps, self.step_size = check_iterations(self.threat, steps, step_size)
+        self.pixel_fraction = check_real(pixel_fraction, "pixel_fraction", minimum=0.0, maximum=1.0, open_below=True)
         if mode not in ("mask", "weight"):
             raise ConfigError(f"mode must be 'mask' or 'weight', got {mode!r}")
         self.mode = mode
@@ -263,19 +254,14 @@ class LRPGrad(_Guided):
         if threat is None or threat.eps == 0.0:
             return x
         generator = make_generator(self.seed, x.device)
-        x_adv = x.clone()
-        active = torch.arange(x.shape[0], device=x.device)
-        for _ in range(self.steps):
-            logits, _, grad = oracle.loss_and_grad(x_adv[active], y[active], loss=self.loss)
-            keep = ~is_success(logits, y[active], None)
-            active, grad = active[keep], grad[keep]
-            if active.numel() == 0:
-                break
-            current = x_adv[active]
-            weights = self._weights(oracle, current, y[active], grad, generator)
+
+        def direction(view: StepView) -> Tensor:
+            weights = self._weights(oracle, view.x, rows(y, view.index), view.grad, generator)
             if threat.norm == "linf":
-                direction = grad.sign() * weights
-            else:
-                direction = normalize_direction(grad * weights, "l2")
-            x_adv[active] = threat.project(current + self.step_size * direction, x[active])
-        return x_adv
+                return view.grad.sign() * weights
+            return normalize_direction(view.grad * weights, "l2")
+
+        return iterate(
+            oracle, x, x.clone(), threat=threat, steps=self.steps, step_size=self.step_size,
+            objective=attack_objective(self.loss, y), direction=direction, stop=success_stop(y),
+        )

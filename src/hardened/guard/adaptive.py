@@ -10,7 +10,8 @@ on a two-part objective: per sample and step, the direction is the sum of
   score while the score is above ``threshold - margin`` (differentiable scores only; descending
   the score before the label changes would pull a confidence-based score back to the true class),
 
-mapped to the threshold's norm's steepest direction and projected into the ball. Each sample
+mapped to the threshold's norm's steepest direction and projected into the ball (the attack
+kernel, ``hardened.attacks.kernel``, with this as its direction hook). Each sample
 keeps its best iterate: adversarial and accepted with the lowest score first, then adversarial
 with the lowest score. For a non-differentiable score (``wgan-inverter``) only this score-aware
 selection of iterates applies (no gradient through the score).
@@ -28,12 +29,15 @@ import torch
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
+from hardened._util.validate import check_flag, check_real, check_seed
 from hardened.attacks.base import Attack, Oracle
+from hardened.attacks.kernel import BestIterate, StepView, attack_objective, iterate, start_point
 from hardened.attacks.losses import check_loss, is_success
+from hardened.attacks.options import check_iterations, check_threat
 from hardened.attacks.pgd import PGD
 from hardened.errors import ConfigError
 from hardened.guard.guarded import GuardedClassifier, _check_threshold
-from hardened.threat import ThreatModel, normalize_direction
+from hardened.threat import normalize_direction
 
 __all__ = ["GuardAwarePGD", "AttackOnGuard", "GuardAttackReport", "attack_guard"]
 
@@ -75,21 +79,14 @@ class GuardAwarePGD(Attack):
             raise ConfigError(f"guard must be a GuardedClassifier, got {type(guard).__name__}")
         self._guard = guard
         self._threshold = _check_threshold(guard.threshold)
-        self.threat = ThreatModel(norm, eps, bounds)
+        self.threat = check_threat(norm, eps, bounds)
         self.bounds = self.threat.bounds
-        if int(steps) < 1:
-            raise ConfigError(f"steps must be >= 1, got {steps}")
-        self.steps = int(steps)
-        self.step_size = float(2.5 * self.threat.eps / self.steps if step_size is None else step_size)
-        if self.step_size < 0:
-            raise ConfigError(f"step_size must be >= 0, got {step_size}")
-        if float(score_weight) < 0:
-            raise ConfigError(f"score_weight must be >= 0, got {score_weight}")
-        self.random_start = bool(random_start)
+        self.steps, self.step_size = check_iterations(self.threat, steps, step_size)
+        self.random_start = check_flag(random_start, "random_start")
         self.loss = check_loss(loss)
-        self.score_weight = float(score_weight)
-        self.margin = float(margin)
-        self.seed = seed
+        self.score_weight = check_real(score_weight, "score_weight", minimum=0.0)
+        self.margin = check_real(margin, "margin")
+        self.seed = check_seed(seed)
 
     def params(self) -> dict[str, Any]:
         return super().params() | {"score": self._guard.score.name, "threshold": self._threshold}
@@ -111,37 +108,34 @@ class GuardAwarePGD(Attack):
         targeted = targets is not None
         goal = targets if targets is not None else y
         generator = make_generator(self.seed, x.device)
-        x_adv = threat.random_start(x, generator) if self.random_start else x.clone()
-        best = x.clone()
-        best_rank = torch.zeros(x.shape[0], device=x.device)  # 0 none, 1 adversarial, 2 + accepted
-        best_score = torch.full((x.shape[0],), float("inf"), device=x.device)
+        best = BestIterate(x)  # rank: 0 none, 1 adversarial, 2 adversarial and accepted
         limit = self._threshold - self.margin
 
         def keep(candidate: Tensor, success: Tensor, scores: Tensor) -> None:
             accepted = torch.isfinite(scores) & (scores <= self._threshold)
-            rank = success.float() * (1.0 + accepted.float())
             finite = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, float("inf")))
-            better = (rank > best_rank) | ((rank == best_rank) & (rank > 0) & (finite < best_score))
-            best[better] = candidate[better]
-            best_rank[better] = rank[better]
-            best_score[better] = finite[better]
+            best.update(candidate, success.float() * (1.0 + accepted.float()), -finite)
 
-        for _ in range(self.steps):
-            logits, _, loss_grad = oracle.loss_and_grad(x_adv, goal, loss=self.loss, targeted=targeted)
-            success = is_success(logits, y, targets)
-            scores, score_grad = self._scores(x_adv, want_grad=True)
-            keep(x_adv, success, scores)
+        def direction(view: StepView) -> Tensor:
+            success = is_success(view.logits, y, targets)
+            scores, score_grad = self._scores(view.x, want_grad=True)
+            keep(view.x, success, scores)
             loss_weight = torch.where(success, 0.25, 1.0).view(-1, 1, 1, 1)
-            direction = loss_weight * _unit(loss_grad)
+            combined = loss_weight * _unit(view.grad)
             if score_grad is not None:
                 above = ((scores > limit) & success).float().view(-1, 1, 1, 1)
-                direction = direction - self.score_weight * above * _unit(score_grad)
-            moved = x_adv + self.step_size * normalize_direction(direction, threat.norm)
-            x_adv = threat.project(moved, x)
+                combined = combined - self.score_weight * above * _unit(score_grad)
+            return normalize_direction(combined, threat.norm)
+
+        x_adv = iterate(
+            oracle, x, start_point(threat, x, self.random_start, generator), threat=threat,
+            steps=self.steps, step_size=self.step_size,
+            objective=attack_objective(self.loss, goal, targeted), direction=direction,
+        )
         final_logits = oracle.logits(x_adv)
         final_scores, _ = self._scores(x_adv, want_grad=False)
         keep(x_adv, is_success(final_logits, y, targets), final_scores)
-        return torch.where((best_rank > 0).view(-1, 1, 1, 1), best, x_adv)
+        return torch.where((best.rank > 0).view(-1, 1, 1, 1), best.x, x_adv)
 
 
 @dataclass(frozen=True)

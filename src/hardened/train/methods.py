@@ -2,7 +2,7 @@
 
 A method turns a clean batch ``(x, y)`` into one or more optimiser updates (``StepLoss``): the
 loss to minimise and a learning-rate factor. Methods that craft adversarial examples use the
-library's PGD loop (``hardened.attacks.PGD``) and ``ThreatModel`` geometry; their randomness
+library's attack kernel (``hardened.attacks.kernel``) and ``ThreatModel`` geometry; their randomness
 comes only from the step generator the trainer passes in (a pure function of seed and step), so
 a resumed run repeats the uninterrupted one exactly.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
@@ -36,12 +37,14 @@ from torch import Tensor, nn
 
 from hardened._util.batching import eval_mode, predict_logits
 from hardened._util.device import model_device
+from hardened._util.validate import check_int, check_real
 from hardened.attacks.base import Oracle
-from hardened.attacks.pgd import PGD
+from hardened.attacks.kernel import attack_objective, iterate, rows, start_point, steepest
+from hardened.attacks.options import warn_if_vacuous
 from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError
 from hardened.registry import Registry
-from hardened.threat import ThreatModel, normalize_direction
+from hardened.threat import ThreatModel
 from hardened.train.config import FitFunction, TrainConfig
 
 __all__ = [
@@ -215,27 +218,30 @@ def as_method(method: Method | TrainingMethod | None) -> Method:
 
 def _check_threat(
     eps: float, norm: str, steps: int, step_size: float | None, random_start: bool,
-    bounds: tuple[float, float], default_step: float,
+    bounds: tuple[float, float], default_factor: float,
 ) -> tuple[ThreatModel, int, float]:
-    """Validate an adversarial method's settings; return (threat, steps, step size)."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    """Validate an adversarial method's settings; return (threat, steps, step size).
+
+    The step size defaults to ``default_factor * eps / steps``.
+    Warns (``BudgetWarning``) for a Linf eps that allows any image.
+    """
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ConfigError(
             f"eps must be > 0 for an adversarial training method, got {eps!r}; "
             "use --method standard to train without adversarial examples"
         )
     threat = ThreatModel(norm, eps, bounds)
-    if int(steps) < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
-    step = float(default_step if step_size is None else step_size)
-    if not (math.isfinite(step) and step > 0):
-        raise ConfigError(f"step size must be > 0, got {step_size!r}")
+    warn_if_vacuous(threat)
+    steps = check_int(steps, "steps", minimum=1)
+    default = default_factor * threat.eps / steps
+    step = check_real(default if step_size is None else step_size, "step size", minimum=0.0, open_below=True)
     if step > threat.eps and not random_start:
         raise ConfigError(
             f"step size {step:g} is larger than eps {threat.eps:g} with no random start: every "
             "step would jump to the boundary of the ball; lower the step size or enable the "
             "random start"
         )
-    return threat, int(steps), step
+    return threat, steps, step
 
 
 def craft(
@@ -249,18 +255,19 @@ def craft(
     random_start: bool,
     generator: torch.Generator,
 ) -> tuple[Tensor, int]:
-    """Training-time PGD examples: the library's PGD loop, all ``steps`` run, model in eval mode.
+    """Training-time PGD examples: the attack kernel, all ``steps`` run, model in eval mode.
 
+    Cross-entropy ascent with the norm's steepest direction (PGD without early stopping).
     Returns ``(x_adv, gradient evaluations)``. Randomness comes only from ``generator``; no
     input check or extra measurement forward passes (the trainer calls this every batch).
     """
-    attack = PGD(
-        eps=threat.eps, norm=threat.norm, steps=steps, step_size=step_size,
-        random_start=random_start, early_stop=False, bounds=threat.bounds, seed=None,
-    )
     oracle = Oracle(model, 0)
+    x = x.detach()
     with eval_mode(model):
-        x_adv = attack._iterate(oracle, x.detach(), y, y, None, generator)
+        x_adv = iterate(
+            oracle, x, start_point(threat, x, random_start, generator), threat=threat, steps=steps,
+            step_size=step_size, objective=attack_objective("ce", y), direction=steepest(threat.norm),
+        )
     return x_adv.detach(), oracle.gradient_count
 
 
@@ -281,12 +288,11 @@ class _Adversarial(Method):
 
     def __init__(
         self, *, eps: float, norm: str, steps: int, step_size: float | None, random_start: bool,
-        bounds: tuple[float, float], default_step: float | None = None, eps_warmup: float = 0.0,
+        bounds: tuple[float, float], default_factor: float = 2.5, eps_warmup: float = 0.0,
     ) -> None:
         super().__init__()
-        default = 2.5 * float(eps) / max(int(steps), 1) if default_step is None else default_step
         self.threat, self.steps, self.step_size = _check_threat(
-            eps, norm, steps, step_size, random_start, bounds, default
+            eps, norm, steps, step_size, random_start, bounds, default_factor
         )
         self.random_start = bool(random_start)
         if not 0.0 <= float(eps_warmup) < 1.0:
@@ -364,7 +370,7 @@ class FastFGSM(_Adversarial):
         eps_warmup: float = 0.0, bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__(eps=eps, norm=norm, steps=1, step_size=step_size,
-                         random_start=random_start, bounds=bounds, default_step=1.25 * float(eps),
+                         random_start=random_start, bounds=bounds, default_factor=1.25,
                          eps_warmup=eps_warmup)
         self.guard = guard
 
@@ -407,14 +413,14 @@ class TRADES(_Adversarial):
             with torch.no_grad():
                 p_clean = model(x).float().softmax(1)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_adv = threat.clip(x + 0.001 * noise)
 
-            def kl(logits: Tensor) -> Tensor:
-                return F.kl_div(logits.float().log_softmax(1), p_clean, reduction="none").sum(1)
+            def kl(logits: Tensor, index: Tensor | None) -> Tensor:
+                return F.kl_div(logits.float().log_softmax(1), rows(p_clean, index), reduction="none").sum(1)
 
-            for _ in range(self.steps):
-                _, grad = oracle.input_grad(x_adv, kl)
-                x_adv = threat.project(x_adv + step_size * normalize_direction(grad, threat.norm), x)
+            x_adv = iterate(
+                oracle, x, threat.clip(x + 0.001 * noise), threat=threat, steps=self.steps,
+                step_size=step_size, objective=kl, direction=steepest(threat.norm),
+            )
         self._count("adversarial_examples", x.shape[0])
         self._count("gradient_evaluations", oracle.gradient_count)
         logits = model(torch.cat([x, x_adv.detach()]))
@@ -491,9 +497,9 @@ class Ensemble(_Adversarial):
         source_names: Sequence[str] | None = None, eps_warmup: float = 0.0,
         bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
-        default = 1.25 * float(eps) if int(steps) == 1 else None
+        default = 1.25 if steps == 1 else 2.5  # R+FGSM's 1.25 * eps for one step
         super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
-                         random_start=random_start, bounds=bounds, default_step=default,
+                         random_start=random_start, bounds=bounds, default_factor=default,
                          eps_warmup=eps_warmup)
         self.sources = list(sources)
         if not self.sources:

@@ -12,15 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import blob_data, tiny_cnn, tiny_mlp
 from hardened.attacks import ATTACKS, BIM, FGM, FGSM, MIFGSM, PGD, attack_in_batches, make_attack
 from hardened.errors import ConfigError, InputError
 from hardened.train import TrainConfig, train
+from helpers import blob_data, tiny_cnn, tiny_mlp
 
 #: the registered attacks of the PGD family (they share the eps/norm/loss/steps options)
 ATTACK_NAMES = [name for name in ATTACKS.names() if issubclass(ATTACKS.get(name), PGD)]
 
 
+@pytest.mark.filterwarnings("ignore::hardened.errors.BudgetWarning")  # eps up to 1.5 on purpose
 @settings(max_examples=25, deadline=None)
 @given(
     name=st.sampled_from(ATTACK_NAMES),

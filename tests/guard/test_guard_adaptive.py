@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -46,3 +47,13 @@ def test_adaptive_attack_needs_a_calibrated_guard(digits_model, digits):
     with pytest.raises(ConfigError, match="GuardedClassifier"):
         GuardAwarePGD(guard=score, eps=0.1)  # type: ignore[arg-type]
     assert torch.is_tensor(digits.test.x)
+
+
+def test_guard_aware_attack_validates_like_the_others(digits_model, digits):
+    guard = GuardedClassifier(digits_model, make_score("softmax", digits_model).fit(digits.train))
+    guard.calibrate(digits.test.x[:60], fpr=0.1)
+    for options, match in [({"steps": 1.5}, "steps must be an integer"), ({"eps": "0.1"}, "eps must be a real"),
+                           ({"score_weight": -1.0}, "score_weight"), ({"random_start": "yes"}, "random_start"),
+                           ({"margin": math.nan}, "margin")]:
+        with pytest.raises(ConfigError, match=match):
+            GuardAwarePGD(guard=guard, **({"eps": 0.1} | options))

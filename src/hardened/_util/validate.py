@@ -16,7 +16,7 @@ from hardened.errors import ConfigError
 
 __all__ = ["check_flag", "check_int", "check_real", "check_seed", "SEED_MAX"]
 
-SEED_MAX = 2**63 - 1  # the largest seed every torch.Generator accepts on every device
+SEED_MAX = 2**63 - 1  # fits a signed 64-bit integer (torch generators take up to 2**64 - 1)
 
 
 def check_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:

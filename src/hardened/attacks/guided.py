@@ -170,10 +170,11 @@ class LRPMean(LRPFlip):
                 raise ConfigError(f"fill must be 'image' or numbers, got {fill!r}")
             self.fill: str | tuple[float, ...] = "image"
         else:
-            values = (float(fill),) if isinstance(fill, (int, float)) else tuple(float(v) for v in fill)
             lo, hi = self.bounds
-            if not values or any(not (lo <= v <= hi) for v in values):
-                raise ConfigError(f"fill values must lie in the bounds {self.bounds}, got {fill!r}")
+            given: Sequence[object] = fill if isinstance(fill, Sequence) else [fill]
+            values = tuple(check_real(v, "fill", minimum=lo, maximum=hi) for v in given)
+            if not values:
+                raise ConfigError("fill must be 'image' or numbers in the bounds, got an empty sequence")
             self.fill = values
 
     def _new_values(self, x: Tensor) -> Tensor:

@@ -34,6 +34,15 @@ keeps each sample's best iterate by (rank, value), as PGD's restarts and the gua
 do. Both paths of the loop (whole batch while nobody has retired, gathered rows afterwards)
 compute the same values; a test pins PGD against a literal re-implementation, bit for bit.
 
+Writing a new attack on the kernel: keep per-sample state in the hooks' closure, indexed by
+``view.index`` (``rows``); a direction may return any step vector, so per-sample step sizes
+(APGD's halving) are ``return eta[idx].view(-1, 1, 1, 1) * steepest(norm)(view)`` with
+``step_size=1.0``, and a heavy-ball update ``x + a (z - x) + (1 - a)(x - x_prev)`` is the
+direction ``(that - view.x)`` with ``step_size=1.0``; a ``BestIterate`` updated in the direction
+(``best.update(view.x, rank, view.values, view.index)``) keeps each sample's best point. What the
+kernel does not do: move an iterate anywhere but ``project(x_t + step)`` (a restart from the best
+point is a new ``iterate`` call from ``best.x``), or take several gradients per step.
+
 Example: targeted L2 PGD with a margin loss and early stopping::
 
     x_adv = iterate(oracle, x, start_point(threat, x, True, generator), threat=threat, steps=40,

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -169,7 +169,7 @@ class Momentum:
         else:
             grad = self.decay * self.accumulated[view.index] + grad / l1.view(-1, 1, 1, 1)
             self.accumulated[view.index] = grad
-        return self.then(replace(view, grad=grad))
+        return self.then(StepView(view.step, view.x, view.logits, view.values, grad, view.index))
 
 
 def step_size_at(base: float, step: int, steps: int, schedule: str) -> float:

@@ -93,3 +93,22 @@ def test_bad_input_is_one_line_and_non_zero(model_file, tmp_path, args, fragment
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert fragment.lower() in lines[0].lower()
     assert "Traceback" not in result.output
+
+
+def test_library_warnings_print_as_one_line(tmp_path):
+    """A HardenedWarning (here: Linf eps 5 in a [0, 1] box) is one ``warning:`` line, no Python
+    warning block, and the command still runs."""
+    from typer.testing import CliRunner
+
+    from hardened.cli.main import app
+
+    runner = CliRunner()
+    model = tmp_path / "m.safetensors"
+    assert runner.invoke(app, ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1",
+                               "--out", str(model)]).exit_code == 0
+    result = runner.invoke(app, ["attack", "--model", str(model), "--data", "digits", "--attack", "fgsm",
+                                 "--eps", "5", "--n", "8", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "warn" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("warning: linf eps 5"), result.output
+    assert "UserWarning" not in result.output and "BudgetWarning" not in result.output

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
-from hardened.errors import HardenedError
+from hardened.errors import HardenedError, HardenedWarning
 
 # typer vendors click privately; BadParameter is public and its base is click's UsageError
 _UsageError: type[typer.TyperException] = typer.BadParameter.__mro__[1]
@@ -19,13 +20,23 @@ def _fail(message: str, kind: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """The library's own warnings as one line ``warning: MESSAGE`` on stderr; others as Python shows them."""
+    if issubclass(category, HardenedWarning):
+        typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    else:
+        warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, *args, **kwargs))  # type: ignore[attr-defined]
+
+
 class _HardenedGroup(TyperGroup):
     """Turns the library's errors and the option parser's usage errors into one line on stderr
     and exit code 2, with no traceback and no usage box."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except HardenedError as error:
             raise _fail(str(error), type(error).__name__) from None
         except _UsageError as error:

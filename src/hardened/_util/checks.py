@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hardened.errors import ConfigError, HardenedError, InputError
 
@@ -65,7 +66,7 @@ def check_labels(y: object, n: int, num_classes: int | None = None, *, name: str
     return y.long()
 
 
-def check_model_output(model: nn.Module, x: Tensor, *, keep_graph: bool = False) -> Tensor:
+def check_model_output(model: Callable[[Tensor], Tensor], x: Tensor, *, keep_graph: bool = False) -> Tensor:
     """Run ``model`` on ``x`` and check it returns logits N×K; return them.
 
     Without ``keep_graph`` the pass runs under ``no_grad``; with it, autograd records the pass

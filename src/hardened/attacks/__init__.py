@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from hardened.attacks.apgd import APGD, APGDDLR, APGDT
 from hardened.attacks.base import ATTACKS, Attack, AttackResult, Oracle, attack_in_batches
 from hardened.attacks.fgsm import FGM, FGSM
 from hardened.attacks.guided import LRPFlip, LRPGrad, LRPMean
 from hardened.attacks.pgd import BIM, MIFGSM, PGD
+from hardened.attacks.square import Square
 
 __all__ = ["Attack", "AttackResult", "Oracle", "attack_in_batches", "FGSM", "FGM", "PGD", "BIM", "MIFGSM",
-           "LRPFlip", "LRPMean", "LRPGrad", "ATTACKS", "make_attack"]
+           "LRPFlip", "LRPMean", "LRPGrad", "APGD", "APGDDLR", "APGDT", "Square", "ATTACKS", "make_attack"]
 
 
 def make_attack(name: str, **kwargs: Any) -> Attack:

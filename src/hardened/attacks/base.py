@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -28,7 +29,11 @@ from hardened.errors import ConfigError
 from hardened.registry import Registry
 from hardened.threat import ThreatModel, norms_of
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Oracle", "attack_in_batches"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Model", "Oracle", "attack_in_batches"]
+
+Model = nn.Module | Callable[[Tensor], Tensor]
+"""A classifier as attacks see it: an ``nn.Module`` or, for attacks that need no gradients, any
+function mapping images N×C×H×W to logits N×K."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class AttackResult:
         gradient_count: image-level gradient (or relevance) evaluations spent.
         seconds: wall-clock time of the call.
         attack: the attack's name; params: its configuration.
+        queries: int64 (N,): model evaluations each sample cost the attack's search, for
+            score-based attacks that count them (``None`` otherwise). The input check and the
+            final measurement add one each per sample; they are in ``forward_count``.
     """
 
     x_adv: Tensor
@@ -63,6 +71,12 @@ class AttackResult:
     seconds: float
     attack: str
     params: dict[str, Any] = field(default_factory=dict)
+    queries: Tensor | None = None
+
+    @property
+    def total_queries(self) -> int | None:
+        """All the search's queries of the batch (``None`` when the attack does not count)."""
+        return None if self.queries is None else int(self.queries.sum())
 
     @property
     def success_rate(self) -> float:
@@ -94,6 +108,7 @@ class AttackResult:
             "forward_count": self.forward_count,
             "gradient_count": self.gradient_count,
             "seconds": self.seconds,
+            "queries": self.total_queries,
         }
         if per_sample:
             out["per_sample"] = {
@@ -104,6 +119,7 @@ class AttackResult:
                 "confidence_adv": self.confidence_adv.tolist(),
                 "success": self.success.tolist(),
                 **{f"norm_{k}": v.tolist() for k, v in self.norms.items()},
+                "queries": None if self.queries is None else self.queries.tolist(),
             }
         return out
 
@@ -112,14 +128,17 @@ class Oracle:
     """The model as an attack sees it: logits and loss gradients w.r.t. the input, counted.
 
     Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so no
-    parameter ``.grad`` is ever accumulated.
+    parameter ``.grad`` is ever accumulated. ``query`` counts score queries per sample of the
+    ``n`` attacked images (``queries``, created on the first query).
     """
 
-    def __init__(self, model: nn.Module, num_classes: int) -> None:
+    def __init__(self, model: Model, num_classes: int, n: int = 0) -> None:
         self.model = model
         self.num_classes = num_classes
+        self.n = n
         self.forward_count = 0
         self.gradient_count = 0
+        self.queries: Tensor | None = None
         self._primed: tuple[Tensor, Tensor] | None = None
 
     def prime(self, x_var: Tensor, logits: Tensor) -> None:
@@ -143,6 +162,14 @@ class Oracle:
         with torch.no_grad():
             return self.model(x)
 
+    def query(self, x: Tensor, rows: Tensor) -> Tensor:
+        """Logits without autograd for the images ``x`` of batch rows ``rows`` (int64, len(x)),
+        counted as one query for each of those rows."""
+        if self.queries is None:
+            self.queries = torch.zeros(self.n, dtype=torch.int64, device=rows.device)
+        self.queries.index_add_(0, rows, torch.ones_like(rows))
+        return self.logits(x)
+
     def objective_and_grad(
         self, x: Tensor, objective: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,10 +192,21 @@ class Oracle:
         return logits.detach(), values.detach(), grad.detach()
 
     def loss_and_grad(
-        self, x: Tensor, labels: Tensor, *, loss: str = "ce", targeted: bool = False
+        self,
+        x: Tensor,
+        labels: Tensor,
+        *,
+        loss: str = "ce",
+        targeted: bool = False,
+        true_labels: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(logits, per-sample loss, d loss / d x)`` for a batch."""
-        return self.objective_and_grad(x, lambda logits: attack_loss(loss, logits, labels, targeted))
+        """Return ``(logits, per-sample loss, d loss / d x)`` for a batch.
+
+        ``true_labels`` are needed by the targeted DLR loss (``labels`` are then the targets).
+        """
+        return self.objective_and_grad(
+            x, lambda logits: attack_loss(loss, logits, labels, targeted, true_labels=true_labels)
+        )
 
     def input_grad(self, x: Tensor, objective: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         """Gradient of ``objective(logits).sum()`` w.r.t. ``x``; returns ``(logits, grad)``."""
@@ -212,11 +250,12 @@ class Attack(ABC):
 
     @final
     def __call__(
-        self, model: nn.Module, x: Tensor, y: Tensor, *, targets: Tensor | None = None
+        self, model: Model, x: Tensor, y: Tensor, *, targets: Tensor | None = None
     ) -> AttackResult:
         """Attack ``model`` on images ``x`` (N×C×H×W in ``bounds``) with true labels ``y``.
 
-        ``targets`` (N,) makes the attack targeted where the attack supports it.
+        ``targets`` (N,) makes the attack targeted where the attack supports it. ``model`` may be
+        a plain function ``x -> logits`` for attacks with ``needs_gradients = False``.
         """
         start = time.perf_counter()
         x = check_images(x, self.bounds)
@@ -224,7 +263,16 @@ class Attack(ABC):
             warn_if_vacuous(self.threat, x[0].numel())
         if targets is not None and not self.targeted:
             raise ConfigError(f"the {self.name} attack has no targeted mode; drop targets=")
-        with eval_mode(model):
+        if not isinstance(model, nn.Module):
+            if self.needs_gradients:
+                raise ConfigError(
+                    f"the {self.name} attack needs gradients, so the model must be a torch "
+                    f"nn.Module, got {type(model).__name__}; use a score-based attack such as "
+                    "'square' for a model given as a function"
+                )
+            if not callable(model):
+                raise ConfigError(f"the model must be callable (x -> logits), got {type(model).__name__}")
+        with eval_mode(model) if isinstance(model, nn.Module) else nullcontext():
             x_var = x.detach().requires_grad_(True) if self._first_gradient_at_clean() else None
             clean_graph = check_model_output(model, x if x_var is None else x_var, keep_graph=x_var is not None)
             clean_logits = clean_graph.detach()
@@ -233,7 +281,7 @@ class Attack(ABC):
             if targets is not None:
                 targets = check_labels(targets, x.shape[0], num_classes, name="targets")
                 targets = targets.to(x.device)
-            oracle = Oracle(model, num_classes)
+            oracle = Oracle(model, num_classes, n=x.shape[0])
             oracle.forward_count += x.shape[0]
             if x_var is not None:
                 oracle.prime(x_var, clean_graph)
@@ -262,6 +310,7 @@ class Attack(ABC):
             seconds=time.perf_counter() - start,
             attack=self.name,
             params=self.params(),
+            queries=oracle.queries,
         )
 
     def _first_gradient_at_clean(self) -> bool:
@@ -298,7 +347,7 @@ ATTACKS: Registry[Attack] = Registry(
 
 def attack_in_batches(
     attack: Attack,
-    model: nn.Module,
+    model: Model,
     x: Tensor,
     y: Tensor,
     *,
@@ -334,4 +383,5 @@ def attack_in_batches(
         seconds=sum(r.seconds for r in parts),
         attack=first.attack,
         params=first.params,
+        queries=None if first.queries is None else torch.cat([r.queries for r in parts if r.queries is not None]),
     )

@@ -1,0 +1,228 @@
+"""Square attack: a score-based random search that needs only the model's outputs.
+
+Andriushchenko, Croce, Flammarion & Hein 2020, "Square Attack: a query-efficient black-box
+adversarial attack via random search" (ECCV). Each iteration changes the current best
+perturbation inside one random square window (per sample) and keeps the change when the loss
+improves or the sample becomes adversarial:
+
+- Linf: the window is set to ``x + eps * s_c`` with one random sign ``s_c`` per channel; the
+  start is vertical stripes of ``+-eps``.
+- L2: the window gets a +-"double pyramid" pattern (concentric squares weighted 1/(k+1)^2, one
+  half positive, one negative) added to its current content, and the L2 mass of a second random
+  window is moved into it, so the perturbation keeps norm ``eps``; the start is a grid of such
+  patterns.
+
+The window's share of the image, ``p``, is halved on the paper's schedule (after 10, 50, 200,
+500, 1000, 2000, 4000, 6000 and 8000 iterations; optionally rescaled to the query budget).
+Every model evaluation of a sample counts as one query (``AttackResult.queries``); a sample
+never costs more than ``queries``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from hardened._util.seeding import make_generator
+from hardened.attacks.base import ATTACKS, Attack, Oracle
+from hardened.attacks.losses import attack_loss, check_loss, is_success
+from hardened.errors import ConfigError
+from hardened.threat import ThreatModel
+
+__all__ = ["Square", "p_schedule", "pyramid"]
+
+SQUARE_NORMS = ("linf", "l2")
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+_TINY = 1e-12
+
+
+def p_schedule(iteration: int, p_init: float, queries: int, rescale: bool) -> float:
+    """The window's share ``p`` of the image at ``iteration`` (0-based); paper's schedule.
+
+    ``p_init`` halved once per threshold of ``_HALVINGS`` passed; ``rescale`` maps the budget
+    ``queries`` onto the schedule's 10,000 iterations.
+    """
+    at = int(iteration / queries * 10000) if rescale else iteration
+    return p_init / 2 ** sum(at > t for t in _HALVINGS)
+
+
+def _rectangle(a: int, b: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """a×b: concentric squares around (a//2, b//2); square k (half-width k) adds 1/(k+1)^2.
+
+    Closed form: entry (i, j) is ``sum_{k=d}^{K-1} 1/(k+1)^2`` with ``d`` its Chebyshev
+    distance to the centre and ``K = max(a//2, b//2) + 1`` squares.
+    """
+    count = max(a // 2, b // 2) + 1
+    weights = 1.0 / torch.arange(1, count + 1, device=device, dtype=dtype) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[d] = sum_{k >= d} weights[k]
+    rows = (torch.arange(a, device=device) - a // 2).abs()
+    cols = (torch.arange(b, device=device) - b // 2).abs()
+    return tail[torch.maximum(rows[:, None], cols[None, :])]
+
+
+def pyramid(size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """The L2 update pattern, size×size with unit L2 norm: the upper half a positive
+    ``_rectangle``, the lower half a negative one."""
+    device = torch.device(device)
+    top = _rectangle(size // 2, size, device, dtype)
+    bottom = -_rectangle(size - size // 2, size, device, dtype)
+    pattern = torch.cat([top, bottom], dim=0)
+    return pattern / pattern.norm()
+
+
+def _signs(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
+    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    return (2 * bits - 1).to(like.dtype)
+
+
+def _window(k: int, size: int, h: int, w: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """A boolean k×1×h×w mask: one size×size window per sample at a uniform position."""
+    top = torch.randint(0, h - size + 1, (k, 1, 1), generator=generator, device=device)
+    left = torch.randint(0, w - size + 1, (k, 1, 1), generator=generator, device=device)
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return inside[:, None]
+
+
+def _channel_norm(t: Tensor) -> Tensor:
+    """L2 norm over the spatial dimensions: N×C×1×1."""
+    return t.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+
+
+def _sample_norm(t: Tensor) -> Tensor:
+    """L2 norm over all but the batch dimension: N×1×1×1."""
+    return t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+@ATTACKS.register("square")
+class Square(Attack):
+    """Square attack (Andriushchenko et al. 2020), Linf or L2, from the model's outputs only.
+
+    Works on any function ``x -> logits`` (no gradients; every evaluation runs under
+    ``torch.no_grad()``). Untargeted, or targeted with ``targets=``.
+
+    Args:
+        eps: radius of the threat model's ball.
+        norm: ``"linf"`` (default) or ``"l2"``.
+        queries: most model evaluations per sample (the start counts as one).
+        p_init: the window's initial share of the image (0.8 as the paper's AutoAttack).
+        loss: ``"margin"`` (logit margin, default) or ``"ce"``.
+        rescale_schedule: map the query budget onto the 10,000-iteration schedule of ``p``
+            (AutoAttack's standard version does not).
+        bounds: the pixel box.
+        seed: seed of the random search; the same seed gives the same result.
+    """
+
+    name = "square"
+    norms = SQUARE_NORMS
+    targeted = True
+    needs_gradients = False
+    scores_only = True
+    seeded = True
+
+    def __init__(
+        self,
+        *,
+        eps: float,
+        norm: str = "linf",
+        queries: int = 5000,
+        p_init: float = 0.8,
+        loss: str = "margin",
+        rescale_schedule: bool = False,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        seed: int | None = 0,
+    ) -> None:
+        self.threat = ThreatModel(norm, eps, bounds)
+        if self.threat.norm not in SQUARE_NORMS:
+            raise ConfigError(f"the Square attack supports {', '.join(SQUARE_NORMS)}, got {norm!r}")
+        self.bounds = self.threat.bounds
+        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+            raise ConfigError(f"queries must be an integer >= 1, got {queries!r}")
+        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0.0 < p_init <= 1.0:
+            raise ConfigError(f"p_init must be a number in (0, 1], got {p_init!r}")
+        self.queries = queries
+        self.p_init = float(p_init)
+        self.loss = check_loss(loss)
+        self.rescale_schedule = bool(rescale_schedule)
+        self.seed = seed
+
+    def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+        assert self.threat is not None
+        threat = self.threat
+        if threat.eps == 0.0:
+            return x
+        generator = make_generator(self.seed, x.device)
+        goal = y if targets is None else targets
+        rows = torch.arange(x.shape[0], device=x.device)
+        best = threat.project(x + threat.eps * self._start(x, generator), x)
+        logits = oracle.query(best, rows)
+        best_loss = attack_loss(self.loss, logits, goal, targets is not None)
+        active = rows[~is_success(logits, y, targets)]
+        for iteration in range(self.queries - 1):
+            if active.numel() == 0:
+                break
+            xa, ba = x[active], best[active]
+            p = p_schedule(iteration, self.p_init, self.queries, self.rescale_schedule)
+            step = self._linf_step if threat.norm == "linf" else self._l2_step
+            candidate = threat.project(step(xa, ba, p, generator), xa)
+            logits = oracle.query(candidate, active)
+            loss = attack_loss(self.loss, logits, goal[active], targets is not None)
+            success = is_success(logits, y[active], None if targets is None else targets[active])
+            accept = (loss > best_loss[active]) | success
+            best[active[accept]] = candidate[accept]
+            best_loss[active[accept]] = loss[accept]
+            active = active[~success]
+        return best
+
+    def _start(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The starting direction, of unit Linf (stripes) or unit L2 (pyramid grid) norm."""
+        n, c, h, w = x.shape
+        if self.threat is not None and self.threat.norm == "linf":
+            return _signs((n, c, 1, w), generator, x).expand(n, c, h, w)
+        size = max(h // 5, 1)
+        offset = (h - 5 * size) // 2 if h >= 5 else 0
+        delta = torch.zeros_like(x)
+        for top in range(offset, h - size + 1, size):
+            for left in range(offset, w - size + 1, size):
+                pattern = self._pyramids(n, size, generator, x)
+                delta[:, :, top : top + size, left : left + size] += pattern * _signs((n, c, 1, 1), generator, x)
+        return delta / (_sample_norm(delta) + _TINY)
+
+    def _pyramids(self, k: int, size: int, generator: torch.Generator, like: Tensor) -> Tensor:
+        """k×1×size×size: the pyramid pattern, transposed for a random half of the samples."""
+        pattern = pyramid(size, like.device, like.dtype)
+        flip = torch.randint(0, 2, (k, 1, 1, 1), generator=generator, device=like.device).bool()
+        return torch.where(flip, pattern.T, pattern)
+
+    def _size(self, p: float, x: Tensor, least: int) -> int:
+        _, c, h, w = x.shape
+        side = max(int(round(math.sqrt(p * c * h * w / c))), least)
+        return min(side, h, w)
+
+    def _linf_step(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator) -> Tensor:
+        assert self.threat is not None
+        k, c, h, w = x.shape
+        size = self._size(p, x, 1)
+        mask = _window(k, size, h, w, generator, x.device)
+        return torch.where(mask, x + self.threat.eps * _signs((k, c, 1, 1), generator, x), best)
+
+    def _l2_step(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator) -> Tensor:
+        assert self.threat is not None
+        eps = self.threat.eps
+        k, c, h, w = x.shape
+        size = self._size(p, x, 3)
+        size += 1 if size % 2 == 0 and size < min(h, w) else 0
+        delta = best - x
+        first = _window(k, size, h, w, generator, x.device).expand(k, c, h, w)
+        second = _window(k, size, h, w, generator, x.device).expand(k, c, h, w)
+        inside = delta.masked_select(first).view(k, c, size, size)
+        budget = (eps**2 - _sample_norm(delta).pow(2)).clamp(min=0.0) / c
+        held = _channel_norm(delta * (first | second))
+        update = self._pyramids(k, size, generator, x) * _signs((k, c, 1, 1), generator, x)
+        update = update + inside / (_channel_norm(inside) + _TINY)
+        update = update / (_channel_norm(update) + _TINY) * (budget + held.pow(2)).sqrt()
+        delta = delta.masked_fill(second, 0.0).masked_scatter(first, update.contiguous())
+        return x + eps * delta / (_sample_norm(delta) + _TINY)

@@ -239,3 +239,15 @@ def test_square_is_strong_on_a_trained_cnn():
     pgd = PGD(eps=0.35, steps=20)(model, test.x, test.y)
     # a black-box search with a generous budget comes close to the white-box attack
     assert square.success_rate >= pgd.success_rate - 0.15
+
+
+def test_restarts_spend_at_most_their_budget_and_keep_successes(trained):
+    model, test = trained
+    one = Square(eps=0.3, queries=40, seed=5)(model, test.x, test.y)
+    three = Square(eps=0.3, queries=40, restarts=3, seed=5)(model, test.x, test.y)
+    assert bool((three.success | ~one.success).all()), "a restart lost a success"
+    assert three.success_rate > one.success_rate
+    assert bool((three.queries <= 3 * 40).all())
+    assert bool((three.queries[~three.success] == 3 * 40).all())
+    with pytest.raises(ConfigError, match="restarts must be"):
+        Square(eps=0.1, restarts=0)

@@ -15,7 +15,7 @@ improves or the sample becomes adversarial:
 The window's share of the image, ``p``, is halved on the paper's schedule (after 10, 50, 200,
 500, 1000, 2000, 4000, 6000 and 8000 iterations; optionally rescaled to the query budget).
 Every model evaluation of a sample counts as one query (``AttackResult.queries``); a sample
-never costs more than ``queries``.
+never costs more than ``queries`` per run (``restarts`` runs at most).
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ class Square(Attack):
     Args:
         eps: radius of the threat model's ball.
         norm: ``"linf"`` (default) or ``"l2"``.
-        queries: most model evaluations per sample (the start counts as one).
+        queries: most model evaluations per sample and run (the start counts as one).
+        restarts: runs from fresh starts on the samples still unbroken (each up to
+            ``queries``); an unbroken sample keeps its highest-loss point.
         p_init: the window's initial share of the image (0.8 as the paper's AutoAttack).
         loss: ``"margin"`` (logit margin, default) or ``"ce"``.
         rescale_schedule: map the query budget onto the 10,000-iteration schedule of ``p``
@@ -131,6 +133,7 @@ class Square(Attack):
         queries: int = 5000,
         p_init: float = 0.8,
         loss: str = "margin",
+        restarts: int = 1,
         rescale_schedule: bool = False,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
@@ -143,7 +146,10 @@ class Square(Attack):
             raise ConfigError(f"queries must be an integer >= 1, got {queries!r}")
         if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0.0 < p_init <= 1.0:
             raise ConfigError(f"p_init must be a number in (0, 1], got {p_init!r}")
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ConfigError(f"restarts must be an integer >= 1, got {restarts!r}")
         self.queries = queries
+        self.restarts = restarts
         self.p_init = float(p_init)
         self.loss = check_loss(loss)
         self.rescale_schedule = bool(rescale_schedule)
@@ -151,16 +157,37 @@ class Square(Attack):
 
     def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         assert self.threat is not None
-        threat = self.threat
-        if threat.eps == 0.0:
+        if self.threat.eps == 0.0:
             return x
         generator = make_generator(self.seed, x.device)
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        todo = torch.arange(x.shape[0], device=x.device)
+        for _ in range(self.restarts):
+            found, broken, loss = self._search(oracle, x, y, targets, todo, generator)
+            better = broken | (loss > best_loss[todo])
+            best[todo[better]] = found[better]
+            best_loss[todo[better]] = loss[better].to(best_loss.dtype)
+            todo = todo[~broken]
+            if todo.numel() == 0:
+                break
+        return best
+
+    def _search(
+        self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None, rows: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One run on the batch rows ``rows``: their best points, which are broken, their loss."""
+        assert self.threat is not None
+        threat = self.threat
         goal = y if targets is None else targets
-        rows = torch.arange(x.shape[0], device=x.device)
-        best = threat.project(x + threat.eps * self._start(x, generator), x)
-        logits = oracle.query(best, rows)
-        best_loss = attack_loss(self.loss, logits, goal, targets is not None)
-        active = rows[~is_success(logits, y, targets)]
+        best = x.clone()
+        best[rows] = threat.project(x[rows] + threat.eps * self._start(x[rows], generator), x[rows])
+        logits = oracle.query(best[rows], rows)
+        best_loss = torch.zeros(x.shape[0], dtype=logits.dtype, device=x.device)
+        best_loss[rows] = attack_loss(self.loss, logits, goal[rows], targets is not None)
+        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        broken[rows] = is_success(logits, y[rows], None if targets is None else targets[rows])
+        active = rows[~broken[rows]]
         for iteration in range(self.queries - 1):
             if active.numel() == 0:
                 break
@@ -174,8 +201,9 @@ class Square(Attack):
             accept = (loss > best_loss[active]) | success
             best[active[accept]] = candidate[accept]
             best_loss[active[accept]] = loss[accept]
+            broken[active[success]] = True
             active = active[~success]
-        return best
+        return best[rows], broken[rows], best_loss[rows]
 
     def _start(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """The starting direction, of unit Linf (stripes) or unit L2 (pyramid grid) norm."""

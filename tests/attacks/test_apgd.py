@@ -249,3 +249,15 @@ def test_apgd_ce_agrees_with_the_reference_implementation(trained):
         reference_robust = float((model(theirs).argmax(1) == test.y).float().mean())
     # same algorithm, different random starts: within 5 of 80 points of each other
     assert abs(ours.robust_accuracy - reference_robust) <= 5 / 80 + 1e-9
+
+
+def test_apgd_t_agrees_with_the_reference_implementation(trained):
+    reference = pytest.importorskip("pyautoattack.autopgd_base")
+    model, test = trained
+    ours = APGDT(eps=0.27, steps=30, n_target_classes=3, seed=0)(model, test.x, test.y)
+    with torch.random.fork_rng():
+        attack = reference.APGDAttack_targeted(model, n_iter=30, norm="Linf", eps=0.27, seed=0, n_target_classes=3)
+        theirs = attack.perturb(test.x, test.y)
+    with torch.no_grad():
+        reference_robust = float((model(theirs).argmax(1) == test.y).float().mean())
+    assert abs(ours.robust_accuracy - reference_robust) <= 5 / 80 + 1e-9, (ours.robust_accuracy, reference_robust)

@@ -211,6 +211,7 @@ class APGD(Attack):
                 s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
                 s["adv"][halve] = s["best"][halve]
                 s["grad"][halve] = s["best_grad"][halve]
+                s["loss"] = torch.where(halve, s["best_loss"], s["loss"])  # the iterate is x_max now
                 s["halved_at_check"], s["loss_at_check"] = halve, s["best_loss"].clone()
                 s["ups"] = torch.zeros_like(s["ups"])
                 last_mark = step + 1

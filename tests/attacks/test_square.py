@@ -285,3 +285,13 @@ def test_square_is_no_weaker_than_the_reference_on_small_images(trained, norm, e
     ours = Square(eps=eps, norm=norm, queries=200, seed=0)(model, test.x, test.y)
     theirs = _reference_square_robust(model, test.x, test.y, norm, eps, 200, 0)
     assert ours.robust_accuracy <= theirs + 3 / 60 + 1e-9, (ours.robust_accuracy, theirs)
+
+
+def test_a_failing_function_gives_the_librarys_error():
+    from hardened.errors import HardenedError
+
+    def broken(x: Tensor) -> Tensor:
+        raise RuntimeError("the service is down")
+
+    with pytest.raises(HardenedError, match="the service is down"):
+        Square(eps=0.1)(broken, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))

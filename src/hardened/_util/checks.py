@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hardened.errors import ConfigError, HardenedError, InputError
 
@@ -96,7 +96,7 @@ _SHAPE = re.compile(
 )
 
 
-def forward_error(model: nn.Module, x: Tensor, error: RuntimeError) -> HardenedError:
+def forward_error(model: Callable[[Tensor], Tensor], x: Tensor, error: RuntimeError) -> HardenedError:
     """The library's error for a ``RuntimeError`` raised by ``model(x)``, saying what it was.
 
     Out of memory -> ``ConfigError`` (lower the batch size); images of another dtype than the
@@ -109,7 +109,8 @@ def forward_error(model: nn.Module, x: Tensor, error: RuntimeError) -> HardenedE
             f"the model ran out of memory on a batch of {x.shape[0]} images ({first}); "
             "lower the batch size (--batch-size, or batch_size=)"
         )
-    weights = next((t.dtype for t in model.parameters() if t.is_floating_point()), None)
+    parameters = model.parameters() if isinstance(model, nn.Module) else ()
+    weights = next((t.dtype for t in parameters if t.is_floating_point()), None)
     if weights is not None and x.is_floating_point() and x.dtype != weights:
         convert = "x.float()" if weights == torch.float32 else f"x.to({weights})"
         return InputError(

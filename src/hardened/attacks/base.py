@@ -162,6 +162,13 @@ class Oracle:
         with torch.no_grad():
             return self.model(x)
 
+    @property
+    def module(self) -> nn.Module:
+        """The model as an ``nn.Module``: what gradient attacks are given (the base class checks)."""
+        if not isinstance(self.model, nn.Module):
+            raise ConfigError(f"this attack needs a torch nn.Module, got {type(self.model).__name__}")
+        return self.model
+
     def query(self, x: Tensor, rows: Tensor) -> Tensor:
         """Logits without autograd for the images ``x`` of batch rows ``rows`` (int64, len(x)),
         counted as one query for each of those rows."""

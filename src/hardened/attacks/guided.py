@@ -70,7 +70,7 @@ class _Guided(Attack):
         """``(logits, relevance N×C×H×W)`` of the true class, counted as one gradient each."""
         oracle.forward_count += x.shape[0]
         oracle.gradient_count += x.shape[0]
-        return lrp(oracle.model, x, y, self._composite, bounds=self.bounds)
+        return lrp(oracle.module, x, y, self._composite, bounds=self.bounds)
 
     def _pixel_scores(
         self, oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Generator

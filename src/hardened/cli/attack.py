@@ -31,11 +31,14 @@ def attack_command(
     restarts: Annotated[int | None, typer.Option("--restarts", min=1, help="random restarts (pgd)")] = None,
     start: Annotated[str | None, typer.Option(
         "--start", help="pgd start: uniform (in the ball), radial (radius uniform in [0, eps]) or none")] = None,
-    loss: Annotated[str, typer.Option("--loss", help="ce or margin")] = "ce",
+    loss: Annotated[str | None, typer.Option(
+        "--loss", help="ce or margin (pgd family), ce or dlr (apgd-*), margin or ce (square); default: the attack's")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="number of test images to attack")] = 100,
 ) -> None:
     """Attack the first N test images and save the adversarial examples."""
-    options: dict[str, object] = {"eps": eps, "norm": norm, "loss": loss}
+    options: dict[str, object] = {"eps": eps, "norm": norm}
+    if loss is not None:
+        options["loss"] = loss
     if steps is not None:
         options["steps"] = steps
     if restarts is not None:

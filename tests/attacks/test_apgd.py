@@ -261,3 +261,13 @@ def test_apgd_t_agrees_with_the_reference_implementation(trained):
     with torch.no_grad():
         reference_robust = float((model(theirs).argmax(1) == test.y).float().mean())
     assert abs(ours.robust_accuracy - reference_robust) <= 5 / 80 + 1e-9, (ours.robust_accuracy, reference_robust)
+
+
+def test_a_start_at_the_image_reuses_the_clean_forward_pass(cnn, blobs):
+    x, y = blobs.x[:16], blobs.y[:16]
+    result = APGD(eps=0.2, steps=4, random_start=False, early_stop=False)(cnn, x, y)
+    # the input check's pass serves the first gradient: steps + 1 gradients, one final forward
+    assert result.gradient_count == 5 * 16
+    assert result.forward_count == result.gradient_count + 16
+    random = APGD(eps=0.2, steps=4, early_stop=False)(cnn, x, y)
+    assert random.forward_count == random.gradient_count + 2 * 16

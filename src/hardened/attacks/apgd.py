@@ -114,6 +114,9 @@ class APGD(Attack):
         self.early_stop = bool(early_stop)
         self.seed = seed
 
+    def _first_gradient_at_clean(self) -> bool:
+        return not self.random_start and self.threat is not None and self.threat.eps > 0.0
+
     def _plan(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> list[tuple[Tensor | None, bool]]:
         """The runs to make: ``(loss targets or None, success means reaching them)``."""
         return [(targets, targets is not None)]

@@ -295,3 +295,16 @@ def test_a_failing_function_gives_the_librarys_error():
 
     with pytest.raises(HardenedError, match="the service is down"):
         Square(eps=0.1)(broken, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr", "apgd-t", "square"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_new_attacks_on_cuda_keep_the_device(name, norm):
+    model = tiny_cnn().cuda()
+    x, y = torch.rand(4, 1, 8, 8, device="cuda"), torch.tensor([0, 1, 2, 0], device="cuda")
+    options = {"queries": 20} if name == "square" else {"steps": 3}
+    result = make_attack(name, eps=0.1, norm=norm, **options)(model, x, y)
+    assert result.x_adv.device.type == "cuda" and result.success.device.type == "cuda"
+    if name == "square":
+        assert result.queries is not None and result.queries.device.type == "cuda"

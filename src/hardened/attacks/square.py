@@ -226,9 +226,9 @@ class Square(Attack):
         return torch.where(flip, pattern.T, pattern)
 
     def _size(self, p: float, x: Tensor, least: int) -> int:
-        _, c, h, w = x.shape
-        side = max(int(round(math.sqrt(p * c * h * w / c))), least)
-        return min(side, h, w)
+        """The window's side: a share ``p`` of the image's pixels, at least ``least``."""
+        h, w = x.shape[-2:]
+        return min(max(int(round(math.sqrt(p * h * w))), least), h, w)
 
     def _linf_step(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator) -> Tensor:
         assert self.threat is not None

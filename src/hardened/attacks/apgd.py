@@ -28,10 +28,12 @@ import torch
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
+from hardened._util.validate import check_flag, check_int, check_real, check_seed
 from hardened.attacks.base import ATTACKS, Attack, Oracle
 from hardened.attacks.losses import check_loss, is_success
+from hardened.attacks.options import check_threat
 from hardened.errors import ConfigError
-from hardened.threat import ThreatModel, normalize_direction
+from hardened.threat import normalize_direction
 
 __all__ = ["APGD", "APGDDLR", "APGDT", "checkpoints"]
 
@@ -50,12 +52,6 @@ def checkpoints(steps: int) -> list[int]:
     while p[-1] <= 1:
         p.append(p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100)))
     return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1})
-
-
-def _options(value: Any, name: str, kind: type) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, got {value!r}")
-    return kind(value)
 
 
 @ATTACKS.register("apgd-ce", aliases=("apgd",))
@@ -97,22 +93,16 @@ class APGD(Attack):
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
     ) -> None:
-        self.threat = ThreatModel(norm, _options(eps, "eps", float), bounds)
-        if self.threat.norm not in APGD_NORMS:
-            raise ConfigError(f"APGD supports the norms {', '.join(APGD_NORMS)}, got {norm!r}; use PGD for l1")
+        self.threat = check_threat(norm, eps, bounds, norms=APGD_NORMS, attack="APGD (use PGD for l1)")
         self.bounds = self.threat.bounds
-        self.steps = _options(steps, "steps", int)
-        self.restarts = _options(restarts, "restarts", int)
-        if self.steps < 1 or self.restarts < 1:
-            raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.restarts = check_int(restarts, "restarts", minimum=1)
         self.loss = check_loss(loss, APGD_LOSSES)
-        self.rho = _options(rho, "rho", float)
-        self.alpha = _options(alpha, "alpha", float)
-        if not (0.0 <= self.rho <= 1.0 and 0.0 < self.alpha <= 1.0):
-            raise ConfigError(f"rho must lie in [0, 1] and alpha in (0, 1], got rho={rho}, alpha={alpha}")
-        self.random_start = bool(random_start)
-        self.early_stop = bool(early_stop)
-        self.seed = seed
+        self.rho = check_real(rho, "rho", minimum=0.0, maximum=1.0)
+        self.alpha = check_real(alpha, "alpha", minimum=0.0, maximum=1.0, open_below=True)
+        self.random_start = check_flag(random_start, "random_start")
+        self.early_stop = check_flag(early_stop, "early_stop")
+        self.seed = check_seed(seed)
 
     def _first_gradient_at_clean(self) -> bool:
         return not self.random_start and self.threat is not None and self.threat.eps > 0.0
@@ -267,9 +257,7 @@ class APGDT(APGD):
         if loss != "dlr":
             raise ConfigError(f"APGD-T runs the targeted DLR loss only, got loss={loss!r}; use apgd-ce")
         super().__init__(eps=eps, loss=loss, **kwargs)
-        self.n_target_classes = _options(n_target_classes, "n_target_classes", int)
-        if self.n_target_classes < 1:
-            raise ConfigError(f"n_target_classes must be >= 1, got {n_target_classes}")
+        self.n_target_classes = check_int(n_target_classes, "n_target_classes", minimum=1)
 
     def _plan(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> list[tuple[Tensor | None, bool]]:
         if targets is not None:

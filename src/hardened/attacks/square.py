@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 
 from hardened._util.seeding import make_generator
+from hardened._util.validate import check_flag, check_int, check_real, check_seed
 from hardened.attacks.base import ATTACKS, Attack, Oracle
 from hardened.attacks.losses import attack_loss, check_loss, is_success
-from hardened.errors import ConfigError
-from hardened.threat import ThreatModel
+from hardened.attacks.options import check_threat
 
 __all__ = ["Square", "p_schedule", "pyramid"]
 
@@ -138,22 +138,14 @@ class Square(Attack):
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
     ) -> None:
-        self.threat = ThreatModel(norm, eps, bounds)
-        if self.threat.norm not in SQUARE_NORMS:
-            raise ConfigError(f"the Square attack supports {', '.join(SQUARE_NORMS)}, got {norm!r}")
+        self.threat = check_threat(norm, eps, bounds, norms=SQUARE_NORMS, attack="the Square attack")
         self.bounds = self.threat.bounds
-        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
-            raise ConfigError(f"queries must be an integer >= 1, got {queries!r}")
-        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0.0 < p_init <= 1.0:
-            raise ConfigError(f"p_init must be a number in (0, 1], got {p_init!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ConfigError(f"restarts must be an integer >= 1, got {restarts!r}")
-        self.queries = queries
-        self.restarts = restarts
-        self.p_init = float(p_init)
+        self.queries = check_int(queries, "queries", minimum=1)
+        self.restarts = check_int(restarts, "restarts", minimum=1)
+        self.p_init = check_real(p_init, "p_init", minimum=0.0, maximum=1.0, open_below=True)
         self.loss = check_loss(loss)
-        self.rescale_schedule = bool(rescale_schedule)
-        self.seed = seed
+        self.rescale_schedule = check_flag(rescale_schedule, "rescale_schedule")
+        self.seed = check_seed(seed)
 
     def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
         assert self.threat is not None

@@ -1,0 +1,155 @@
+"""The cascade evaluator: per-sample worst case, marginal contributions, counts and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hardened.attacks import ATTACKS, make_attack
+from hardened.errors import ConfigError, DataError, InputError
+from hardened.evaluate.cascade import PRESETS, CascadeStep, resolve_steps, run_cascade
+from masking_toys import trained_cnn
+
+# deterministic members (no random start), so each one alone is reproducible per sample
+MEMBERS = [
+    CascadeStep("fgsm", {}),
+    CascadeStep("pgd", {"steps": 8, "random_start": False, "loss": "margin"}),
+    CascadeStep("mifgsm", {"steps": 8}),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eps", [0.2, 0.3])
+def test_cascade_is_never_weaker_per_sample_than_any_member(toy_test, seed, eps):
+    model = trained_cnn(seed)
+    x, y = toy_test.x, toy_test.y
+    result = run_cascade(model, x, y, eps=eps, preset=MEMBERS, batch_size=32, masking="off")
+    for step in MEMBERS:
+        alone = make_attack(step.attack, eps=eps, **step.options)(model, x, y)
+        broken_alone = alone.pred_adv != y
+        assert not bool((broken_alone & result.robust).any()), f"{step.label} broke a point the cascade kept"
+        alone_margin = torch.gather(model(alone.x_adv), 1, y[:, None]).squeeze(1)
+        others = model(alone.x_adv).scatter(1, y[:, None], float("-inf")).amax(1)
+        still = result.robust
+        assert bool((result.margin[still] <= (alone_margin - others)[still] + 1e-5).all())
+    assert bool((result.robust <= result.clean_correct).all())
+
+
+def test_contributions_add_up_and_name_the_breaker(toy_net, toy_test):
+    x, y = toy_test.x, toy_test.y
+    result = run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS, batch_size=25, masking="off")
+    contributions = result.contributions
+    assert contributions[0].attacked == int(result.clean_correct.sum())
+    for before, after in zip(contributions, contributions[1:], strict=False):
+        assert after.attacked == before.attacked - before.broken
+    assert sum(c.broken for c in contributions) == int(result.clean_correct.sum() - result.robust.sum())
+    labels = [c.label for c in contributions]
+    for k in range(result.n):
+        if result.clean_correct[k] and not result.robust[k]:
+            assert result.broken_by[k] in labels
+            assert result.margin[k] <= 0
+            assert int(toy_net(result.x_adv[k : k + 1]).argmax()) != int(y[k])
+        else:
+            assert result.broken_by[k] is None
+    assert (result.x_adv - x).abs().max() <= 0.3 + 1e-6
+    assert 0.0 <= float(result.x_adv.min()) and float(result.x_adv.max()) <= 1.0
+    summary = result.to_dict(per_sample=True)
+    json.dumps(summary)
+    assert summary["robust_accuracy"] == result.robust_accuracy
+    assert [c["broken"] for c in summary["contributions"]] == [c.broken for c in contributions]
+
+
+def test_counts_of_one_fgsm_step_match_the_hand_count(toy_net, toy_test):
+    """Clean pass (N), then per attacked point: the attack's checked clean pass, whose graph
+    the one gradient reuses, its final pass, and the cascade's verification pass."""
+    x, y = toy_test.x[:40], toy_test.y[:40]
+    result = run_cascade(toy_net, x, y, eps=0.1, preset=[CascadeStep("fgsm", {})], masking="off")
+    n, m = len(x), int(result.clean_correct.sum())
+    assert (result.forwards, result.backwards) == (n + 3 * m, m)
+    assert result.contributions[0].queries == 2 * m
+    probe = min(64, m)
+    checked = run_cascade(toy_net, x, y, eps=0.1, preset=[CascadeStep("fgsm", {})])
+    assert (checked.forwards, checked.backwards) == (n + 3 * m + 5 * probe, m + probe)
+
+
+def test_eot_counts_every_sample(defences, toy_test):
+    x, y = toy_test.x[:20], toy_test.y[:20]
+    torch.manual_seed(0)
+    result = run_cascade(defences["randomized"], x, y, eps=0.1, preset=[CascadeStep("fgsm", {})], eot_samples=4)
+    fgsm = result.contributions[0]
+    assert fgsm.backwards == 4 * fgsm.attacked
+    assert fgsm.forwards == 4 * 2 * fgsm.attacked + fgsm.attacked
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [(0, 1), (1, 0), (2, 2)])
+def test_a_resumed_cascade_equals_an_uninterrupted_one(toy_net, toy_test, tmp_path, stop_at):
+    x, y = toy_test.x, toy_test.y
+    steps = [CascadeStep("fgsm", {}), CascadeStep("pgd", {"steps": 5}), CascadeStep("pgd", {"steps": 10, "loss": "margin"})]
+    options = {"eps": 0.3, "preset": steps, "batch_size": 16, "seed": 4}
+    whole = run_cascade(toy_net, x, y, **options)
+
+    def interrupt(attack: int, batch: int, record: dict) -> None:
+        if (attack, batch) == stop_at:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_cascade(toy_net, x, y, state_dir=tmp_path, callback=interrupt, **options)
+    resumed = run_cascade(toy_net, x, y, state_dir=tmp_path, **options)
+    assert resumed.resumed > 0
+    assert torch.equal(resumed.x_adv, whole.x_adv)
+    assert torch.equal(resumed.robust, whole.robust)
+    assert torch.equal(resumed.margin, whole.margin)
+    assert resumed.broken_by == whole.broken_by
+    strip = [{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in resumed.contributions]
+    assert strip == [{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in whole.contributions]
+    again = run_cascade(toy_net, x, y, state_dir=tmp_path, **options)
+    assert again.resumed == sum(-(-c.attacked // 16) for c in whole.contributions)
+
+
+def test_a_mismatched_resume_is_refused(toy_net, toy_test, tmp_path):
+    x, y = toy_test.x[:20], toy_test.y[:20]
+    run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_cascade(toy_net, x, y, eps=0.2, preset=MEMBERS[:1], state_dir=tmp_path)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_cascade(toy_net, x[:10], y[:10], eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path)
+    record = next(tmp_path.glob("attack00-*.pt"))
+    record.write_bytes(b"not a record")
+    with pytest.raises(DataError, match="unreadable"):
+        run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path)
+
+
+def test_bad_inputs_are_library_errors(toy_net, toy_test):
+    x, y = toy_test.x[:8], toy_test.y[:8]
+    with pytest.raises(ConfigError, match="unknown cascade preset"):
+        run_cascade(toy_net, x, y, eps=0.3, preset="fast")
+    with pytest.raises(ConfigError, match="at least one attack"):
+        run_cascade(toy_net, x, y, eps=0.3, preset=[])
+    with pytest.raises(ConfigError, match="unknown attack"):
+        run_cascade(toy_net, x, y, eps=0.3, preset=[("nope", {})])
+    with pytest.raises(ConfigError):
+        run_cascade(toy_net, x, y, eps=-1.0, preset=MEMBERS)
+    with pytest.raises(InputError):
+        run_cascade(toy_net, x * 3, y, eps=0.3, preset=MEMBERS)
+
+
+def test_presets_are_ordered_lists_of_registered_names():
+    assert list(PRESETS) == ["quick", "standard", "thorough"]
+    assert [s.attack for s in resolve_steps("standard")] == ["apgd-ce", "apgd-t", "square"]
+    assert resolve_steps([("pgd", {"steps": 3})]) == (CascadeStep("pgd", {"steps": 3}),)
+
+
+@pytest.mark.skipif(not {"apgd-ce", "apgd-t", "square"} <= set(ATTACKS), reason="APGD and Square not registered yet")
+@pytest.mark.parametrize("preset", ["quick", "standard"])
+def test_presets_run_and_break_the_quantised_model(defences, toy_test, preset):
+    x, y = toy_test.x[:30], toy_test.y[:30]
+    plain = run_cascade(defences["plain"], x, y, eps=0.3, preset=preset)
+    masked = run_cascade(defences["quantised"], x, y, eps=0.3, preset=preset)
+    assert masked.robust_accuracy <= plain.robust_accuracy + 0.1
+    assert [c.attack for c in masked.contributions] == [s.attack for s in PRESETS[preset]]

@@ -145,7 +145,7 @@ def test_presets_are_ordered_lists_of_registered_names():
     assert resolve_steps([("pgd", {"steps": 3})]) == (CascadeStep("pgd", {"steps": 3}),)
 
 
-@pytest.mark.skipif(not {"apgd-ce", "apgd-t", "square"} <= set(ATTACKS), reason="APGD and Square not registered yet")
+@pytest.mark.skipif(not {"apgd-ce", "apgd-t", "square"} <= set(ATTACKS.names()), reason="APGD and Square not registered yet")
 @pytest.mark.parametrize("preset", ["quick", "standard"])
 def test_presets_run_and_break_the_quantised_model(defences, toy_test, preset):
     x, y = toy_test.x[:30], toy_test.y[:30]
@@ -153,3 +153,17 @@ def test_presets_run_and_break_the_quantised_model(defences, toy_test, preset):
     masked = run_cascade(defences["quantised"], x, y, eps=0.3, preset=preset)
     assert masked.robust_accuracy <= plain.robust_accuracy + 0.1
     assert [c.attack for c in masked.contributions] == [s.attack for s in PRESETS[preset]]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(toy_net, toy_test, tmp_path):
+    x, y = toy_test.x[:10], toy_test.y[:10]
+    seen = []
+
+    def nested(attack: int, batch: int, record: dict) -> None:
+        with pytest.raises(ConfigError, match="another cascade is running"):
+            run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path)
+        seen.append((attack, batch))
+
+    run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path, callback=nested)
+    assert seen == [(0, 0)]
+    assert run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path).resumed == 1

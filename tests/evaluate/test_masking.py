@@ -168,3 +168,19 @@ def test_bpda_and_eot_bring_robust_accuracy_down_to_the_undefended_model(defence
     assert answered.countermeasures
     fired = {f.name for f in answered.findings if f.fired}
     assert fired & {"randomness", "zero-gradients"}
+
+
+def test_shattered_gradients_without_a_separable_stage_fall_back_to_the_score_attack(toy_net, toy_test):
+    class Fused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = Quantise()
+            self.net = toy_net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2.0 * self.net(self.q(x))
+
+    plan = plan_countermeasures(Fused(), toy_test.x[:16], toy_test.y[:16])
+    zero = next(f for f in plan.findings if f.name == "zero-gradients")
+    assert zero.fired and zero.answer == "score-attack" and plan.bpda_stage == 0
+    assert "score-based attack" in zero.meaning

@@ -22,13 +22,19 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs on one folder are not serialised
+    fcntl = None  # type: ignore[assignment]
 
 from hardened._util.atomic import atomic_path, write_json
 from hardened._util.batching import batch_slices, eval_mode
@@ -52,14 +58,12 @@ __all__ = [
     "CascadeResult",
     "CascadeStep",
     "PRESETS",
-    "SCORE_BASED",
     "resolve_steps",
     "run_cascade",
 ]
 
 _FORMAT = "hardened-cascade 1"
 PROBE_SIZE = 64
-SCORE_BASED = frozenset({"square"})  # attacks that use only the outputs (no gradient)
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ class _State:
         if folder is None:
             return
         meta = folder / "settings.json"
+        folder.mkdir(parents=True, exist_ok=True)
         if meta.is_file():
             stored = json.loads(meta.read_text(encoding="utf-8"))
             if stored.get("digest") != settings["digest"]:
@@ -243,6 +248,23 @@ class _State:
                 )
         else:
             write_json(meta, settings)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Refuse a second run on the same folder while this one runs (an OS lock, released
+        by the OS if the process is killed, so a resume after a kill is never blocked)."""
+        if self.folder is None or fcntl is None:
+            yield
+            return
+        with open(self.folder / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise ConfigError(f"another cascade is running on {self.folder}; wait for it or use another folder") from error
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _path(self, attack: int, batch: int) -> Path:
         assert self.folder is not None
@@ -281,7 +303,8 @@ def _settings(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[CascadeSte
 
 
 def _is_gradient_attack(attack: Any) -> bool:
-    return not getattr(attack, "scores_only", False) and getattr(attack, "name", "") not in SCORE_BASED
+    """The attack's declared capability (``Attack.needs_gradients``)."""
+    return bool(getattr(attack, "needs_gradients", True))
 
 
 def run_cascade(
@@ -338,7 +361,7 @@ def run_cascade(
     robust = clean_correct.clone()
     broken_by: list[str | None] = [None] * len(x)
     contributions: list[AttackContribution] = []
-    with progress_bar(len(steps) * len(x), "cascade", progress) as bar:
+    with state.locked(), progress_bar(len(steps) * len(x), "cascade", progress) as bar:
         for i, (step, attack) in enumerate(zip(steps, attacks, strict=True)):
             todo = robust.nonzero().squeeze(1)
             gradient = _is_gradient_attack(attack)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -373,5 +373,11 @@ def plan_countermeasures(
                 "that can be run straight-through; build the model as nn.Sequential(preprocess, net) "
                 "or drop bpda=True"
             )
+    if grads_fired and stage == 0:
+        findings[2] = replace(
+            findings[2], answer="score-attack",
+            meaning=findings[2].meaning + " No leading input stage could be run straight-through, so "
+            "only the score-based attack (which needs no gradient) tests these points.",
+        )
     eot = int(eot_samples) if eot_samples is not None else (DEFAULT_EOT_SAMPLES if random_fired else 0)
     return MaskingPlan(tuple(findings), eot_samples=eot, bpda_stage=stage, log_outputs=probs_fired)

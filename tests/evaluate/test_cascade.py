@@ -9,7 +9,13 @@ import torch
 
 from hardened.attacks import ATTACKS, make_attack
 from hardened.errors import ConfigError, DataError, InputError
-from hardened.evaluate.cascade import PRESETS, CascadeStep, resolve_steps, run_cascade
+from hardened.evaluate.cascade import (
+    PRESETS,
+    CascadeStep,
+    override_steps,
+    resolve_steps,
+    run_cascade,
+)
 from masking_toys import trained_cnn
 
 # deterministic members (no random start), so each one alone is reproducible per sample
@@ -182,3 +188,9 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(toy_net
     run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path, callback=nested)
     assert seen == [(0, 0)]
     assert run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path).resumed == 1
+
+
+def test_step_options_override_only_what_a_member_sets():
+    steps = (CascadeStep("apgd-ce", {"steps": 100}), CascadeStep("square", {"queries": 5000}))
+    assert override_steps(steps, steps=7) == (CascadeStep("apgd-ce", {"steps": 7}), CascadeStep("square", {"queries": 5000}))
+    assert override_steps(steps, steps=None) == steps

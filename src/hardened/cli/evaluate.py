@@ -1,4 +1,7 @@
-"""``hardened evaluate``: robust accuracy over an eps sweep, to JSON and PNG."""
+"""``hardened evaluate``: robust accuracy over an eps sweep, to JSON and PNG.
+
+The default attack is the cascade (``hardened.evaluate.cascade``, preset ``--preset``); any
+registered attack (``--attack pgd``...) runs alone instead."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from rich.table import Table
 from hardened._util.atomic import write_json
 from hardened._util.lock import locks_output
 from hardened.attacks import ATTACKS
+from hardened.cli._cascade import print_cascade
 from hardened.cli._common import (
     Common,
     load_checked_model,
@@ -20,9 +24,14 @@ from hardened.cli._common import (
     shared_options,
 )
 from hardened.evaluate import robust_accuracy_sweep, save_result
+from hardened.evaluate.cascade import cascade_sweep, resolve_steps
+from hardened.evaluate.masking import check_masking_mode
 from hardened.evaluate.transfer import transfer_sweep
 from hardened.report.plots import plot_sweeps
 from hardened.threat import check_norm
+
+CASCADE = "cascade"
+DEFAULT_ATTACK = CASCADE
 
 
 @shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
@@ -30,7 +39,11 @@ from hardened.threat import check_norm
 @locks_output("common.out")
 def evaluate_command(
     common: Common,
-    attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
+    attack: Annotated[str, typer.Option("--attack", help=f"cascade (default), or one attack: {', '.join(ATTACKS)}")] = DEFAULT_ATTACK,
+    preset: Annotated[str, typer.Option("--preset", help="cascade preset: quick, standard or thorough")] = "standard",
+    masking: Annotated[str, typer.Option("--masking", help="cascade: auto (check for gradient masking, answer it) or off")] = "auto",
+    eot: Annotated[int | None, typer.Option("--eot", min=0, help="cascade: EOT samples (0 off; default: when randomness is found)")] = None,
+    bpda: Annotated[bool | None, typer.Option("--bpda/--no-bpda", help="cascade: BPDA through the input stage (default: when gradients vanish)")] = None,
     norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
     eps: Annotated[str, typer.Option("--eps", help="comma-separated eps values")] = "0,0.05,0.1,0.2,0.3",
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="iterations (iterative attacks)")] = None,
@@ -42,7 +55,11 @@ def evaluate_command(
 ) -> None:
     """Robust accuracy against eps; prints a table, writes sweep.json and sweep.png."""
     eps_values = parse_floats(eps, "--eps")
-    ATTACKS.canonical(attack)
+    if attack == CASCADE:
+        resolve_steps(preset)
+        check_masking_mode(masking)
+    else:
+        ATTACKS.canonical(attack)
     check_norm(norm)
     out_dir, model, data, batch_size = common.out, str(common.model), common.data, common.batch_size  # required
     session = setup(common, writes=[(out_dir, True)])
@@ -52,6 +69,7 @@ def evaluate_command(
     if steps is not None:
         options["steps"] = steps
     if transfer_from is not None:
+        attack = "pgd" if attack == CASCADE else attack  # transfer crafts with one attack
         source = load_checked_model(transfer_from, None, test, target)
         result = transfer_sweep(
             source.model, loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values,
@@ -66,6 +84,18 @@ def evaluate_command(
         out.print(transfer_table)
         write_json(out_dir / "transfer.json", result.to_dict())
         out.print(f"wrote {out_dir / 'transfer.json'}")
+        return
+    if attack == CASCADE:
+        result = cascade_sweep(
+            loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values, norm=norm,
+            preset=preset, step_options={"steps": steps}, batch_size=batch_size, seed=common.seed,
+            masking=masking, eot_samples=eot, bpda=bpda, state_dir=out_dir / "cascade-state", progress=True,
+        )
+        print_cascade(result, f"cascade {preset} ({norm}) on {len(test)} {data} test images")
+        save_result(result.sweep, out_dir / "sweep.json")
+        write_json(out_dir / "cascade.json", result.to_dict())
+        plot_sweeps([result.sweep], out_dir / "sweep.png")
+        out.print(f"wrote {out_dir / 'sweep.json'}, {out_dir / 'cascade.json'} and {out_dir / 'sweep.png'}")
         return
     sweep = robust_accuracy_sweep(
         loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values, attack=attack,

@@ -37,7 +37,7 @@ except ImportError:  # Windows: no advisory locks; runs on one folder are not se
     fcntl = None  # type: ignore[assignment]
 
 from hardened._util.atomic import atomic_path, write_json
-from hardened._util.batching import batch_slices, eval_mode
+from hardened._util.batching import batch_slices, eval_mode, predict_logits
 from hardened._util.checks import check_images, check_labels, check_model_output
 from hardened._util.digests import model_digest, tensor_digest
 from hardened._util.progress import progress_bar
@@ -48,16 +48,21 @@ from hardened.evaluate.counting import CountingModel
 from hardened.evaluate.masking import (
     MaskingFinding,
     MaskingPlan,
+    check_masking_mode,
     plan_countermeasures,
     score_attack_check,
 )
-from hardened.threat import ThreatModel
+from hardened.evaluate.sweeps import SweepResult, _check_eps_values
+from hardened.threat import ThreatModel, check_norm
 
 __all__ = [
     "AttackContribution",
     "CascadeResult",
     "CascadeStep",
+    "CascadeSweep",
     "PRESETS",
+    "cascade_sweep",
+    "override_steps",
     "resolve_steps",
     "run_cascade",
 ]
@@ -116,6 +121,15 @@ def resolve_steps(preset: str | Sequence[CascadeStep | tuple[str, Mapping[str, A
     if not steps:
         raise ConfigError("a cascade needs at least one attack")
     return steps
+
+
+def override_steps(members: Sequence[CascadeStep], /, **options: Any) -> tuple[CascadeStep, ...]:
+    """The steps with each given option replaced where a step already sets it (e.g. ``steps``
+    for the iterative members, leaving Square's ``queries`` alone)."""
+    return tuple(
+        CascadeStep(s.attack, {k: v if options.get(k) is None else options[k] for k, v in s.options.items()})
+        for s in members
+    )
 
 
 @dataclass(frozen=True)
@@ -321,6 +335,7 @@ def run_cascade(
     masking: str = "auto",
     eot_samples: int | None = None,
     bpda: bool | None = None,
+    step_options: Mapping[str, Any] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     callback: Callable[[int, int, dict[str, Any]], None] | None = None,
     progress: bool = False,
@@ -329,12 +344,14 @@ def run_cascade(
 
     ``preset`` is ``quick``, ``standard``, ``thorough`` or a list of ``CascadeStep``. Each member
     is built as ``make_attack(name, eps=eps, norm=norm, seed=seed, bounds=bounds, **options)``.
-    ``masking``, ``eot_samples`` and ``bpda`` are passed to ``plan_countermeasures``.
+    ``step_options`` (e.g. ``{"steps": 20}``) replace those options where a member sets them
+    (``override_steps``). ``masking``, ``eot_samples`` and ``bpda`` go to ``plan_countermeasures``.
     ``callback(attack_index, batch_index, record)`` runs after each batch's record is kept
     (an exception there stops the run; with ``state_dir`` a rerun resumes after that batch).
     """
     start = time.perf_counter()
-    steps = resolve_steps(preset)
+    check_masking_mode(masking)
+    steps = override_steps(resolve_steps(preset), **dict(step_options or {}))
     threat = ThreatModel(norm, eps, bounds)
     x = check_images(x, threat.bounds)
     y = check_labels(y, x.shape[0])
@@ -441,3 +458,50 @@ def _merge(record: dict[str, Any], x_adv: Tensor, margin: Tensor, robust: Tensor
     for k in index[broken].tolist():
         robust[k] = False
         broken_by[k] = label
+
+
+@dataclass(frozen=True)
+class CascadeSweep:
+    """A cascade at each eps: the accuracies as a ``SweepResult`` (eps 0: clean accuracy, no
+    attack) and the cascade result of every eps > 0, in the same order."""
+
+    sweep: SweepResult
+    results: tuple[CascadeResult, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sweep": self.sweep.to_dict(), "cascades": [r.to_dict() for r in self.results]}
+
+
+def cascade_sweep(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps_values: Sequence[float],
+    norm: str = "linf",
+    preset: str | Sequence[CascadeStep | tuple[str, Mapping[str, Any]]] = "standard",
+    state_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> CascadeSweep:
+    """``run_cascade`` at every eps of ``eps_values`` (sorted); with ``state_dir`` each eps keeps
+    its own resumable records in ``state_dir/eps-<value>``. ``options`` go to ``run_cascade``."""
+    values = _check_eps_values(list(eps_values))
+    start = time.perf_counter()
+    results = []
+    accuracies = []
+    for eps in values:
+        if eps == 0.0:
+            logits = predict_logits(model, check_images(x, options.get("bounds", (0.0, 1.0))), options.get("batch_size", 500))
+            accuracies.append(float((logits.argmax(1).cpu() == y.cpu()).float().mean()))
+            continue
+        folder = None if state_dir is None else Path(state_dir) / f"eps-{eps:g}"
+        result = run_cascade(model, x, y, eps=eps, norm=norm, preset=preset, state_dir=folder, **options)
+        results.append(result)
+        accuracies.append(result.robust_accuracy)
+    steps = override_steps(resolve_steps(preset), **dict(options.get("step_options") or {}))
+    name = f"cascade:{preset}" if isinstance(preset, str) else "cascade"
+    sweep = SweepResult(
+        attack=name, norm=check_norm(norm), eps=values, robust_accuracy=accuracies, n=int(len(x)),
+        seconds=time.perf_counter() - start, params={"steps": [s.to_dict() for s in steps]},
+    )
+    return CascadeSweep(sweep, tuple(results))

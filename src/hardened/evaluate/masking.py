@@ -42,6 +42,8 @@ __all__ = [
     "MaskingFinding",
     "MaskingPlan",
     "MASKING_MODES",
+    "bpda_model",
+    "check_masking_mode",
     "find_input_stage",
     "gradient_check",
     "plan_countermeasures",
@@ -335,6 +337,13 @@ def find_input_stage(model: nn.Module, x: Tensor, *, tolerance: float = 0.25, ma
     return 0
 
 
+def check_masking_mode(masking: str) -> str:
+    """``masking`` if it is one of ``MASKING_MODES``, else a ``ConfigError`` naming them."""
+    if masking not in MASKING_MODES:
+        raise ConfigError(f"unknown masking mode {masking!r}: use one of {', '.join(MASKING_MODES)}")
+    return masking
+
+
 def plan_countermeasures(
     model: nn.Module,
     x: Tensor,
@@ -351,8 +360,7 @@ def plan_countermeasures(
     ``"off"`` runs none. ``eot_samples`` (0: never) and ``bpda`` (``True``: required, a
     ``ConfigError`` when no input stage is found; ``False``: never) override the choice.
     """
-    if masking not in MASKING_MODES:
-        raise ConfigError(f"unknown masking mode {masking!r}: use one of {', '.join(MASKING_MODES)}")
+    check_masking_mode(masking)
     if eot_samples is not None and int(eot_samples) < 0:
         raise ConfigError(f"eot_samples must be >= 0 (0 turns EOT off), got {eot_samples}")
     findings: list[MaskingFinding] = []

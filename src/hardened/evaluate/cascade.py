@@ -18,7 +18,6 @@ so a resumed run computes exactly what an uninterrupted one does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -39,7 +38,7 @@ except ImportError:  # Windows: no advisory locks; runs on one folder are not se
 from hardened._util.atomic import atomic_path, write_json
 from hardened._util.batching import batch_slices, eval_mode, predict_logits
 from hardened._util.checks import check_images, check_labels, check_model_output
-from hardened._util.digests import model_digest, tensor_digest
+from hardened._util.digests import model_digest, sha256_hex, tensor_digest
 from hardened._util.progress import progress_bar
 from hardened.attacks import make_attack
 from hardened.attacks.losses import logit_margin
@@ -312,7 +311,7 @@ def _settings(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[CascadeSte
         "data_sha256": tensor_digest({"x": x, "y": y}),
         "model_sha256": model_digest(model),
     }
-    settings["digest"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    settings["digest"] = sha256_hex(json.dumps(settings, sort_keys=True, default=str).encode())
     return settings
 
 

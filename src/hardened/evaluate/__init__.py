@@ -1,6 +1,16 @@
-"""Evaluation: robust accuracy sweeps, minimal perturbations, success rate against norm,
-transfer, attack comparisons and gradient-masking sanity checks."""
+"""Evaluation: the cascade evaluator (presets of attacks on the points still robust) with
+gradient-masking checks and their answers (EOT, BPDA), robust accuracy sweeps, minimal
+perturbations, success rate against norm, transfer, attack comparisons and sanity checks."""
 
+from hardened.evaluate.cascade import (
+    PRESETS,
+    AttackContribution,
+    CascadeResult,
+    CascadeStep,
+    CascadeSweep,
+    cascade_sweep,
+    run_cascade,
+)
 from hardened.evaluate.compare import (
     AttackComparison,
     AttackRun,
@@ -8,6 +18,13 @@ from hardened.evaluate.compare import (
     compare_attacks,
     default_attack_suite,
     trace_attack,
+)
+from hardened.evaluate.masking import (
+    BPDA,
+    EOT,
+    MaskingFinding,
+    MaskingPlan,
+    plan_countermeasures,
 )
 from hardened.evaluate.sanity import SanityCheck, run_sanity_checks
 from hardened.evaluate.sweeps import (
@@ -28,6 +45,18 @@ from hardened.evaluate.transfer import (
 )
 
 __all__ = [
+    "PRESETS",
+    "AttackContribution",
+    "BPDA",
+    "CascadeResult",
+    "CascadeStep",
+    "CascadeSweep",
+    "EOT",
+    "MaskingFinding",
+    "MaskingPlan",
+    "cascade_sweep",
+    "plan_countermeasures",
+    "run_cascade",
     "AttackComparison",
     "AttackRun",
     "SanityCheck",

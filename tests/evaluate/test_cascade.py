@@ -194,3 +194,16 @@ def test_step_options_override_only_what_a_member_sets():
     steps = (CascadeStep("apgd-ce", {"steps": 100}), CascadeStep("square", {"queries": 5000}))
     assert override_steps(steps, steps=7) == (CascadeStep("apgd-ce", {"steps": 7}), CascadeStep("square", {"queries": 5000}))
     assert override_steps(steps, steps=None) == steps
+
+
+@NEEDS_APGD
+def test_a_score_based_member_that_finds_what_gradients_missed_fires_the_check(defences, toy_test):
+    x, y = toy_test.x[:30], toy_test.y[:30]
+    steps = [CascadeStep("fgsm", {}), CascadeStep("square", {"queries": 300})]
+    result = run_cascade(defences["quantised"], x, y, eps=0.3, preset=steps, masking="off")
+    fgsm, square = result.contributions
+    assert fgsm.broken == 0 and square.broken > 0 and not square.gradient_attack and square.backwards == 0
+    assert square.queries <= 300 * square.attacked
+    [check] = [f for f in result.findings if f.name == "score-attack"]
+    assert check.fired and check.numbers["broken"] == square.broken
+    assert {result.broken_by[k] for k in range(30) if not result.robust[k] and result.clean_correct[k]} == {"square(queries=300)"}

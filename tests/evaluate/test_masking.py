@@ -184,3 +184,12 @@ def test_shattered_gradients_without_a_separable_stage_fall_back_to_the_score_at
     zero = next(f for f in plan.findings if f.name == "zero-gradients")
     assert zero.fired and zero.answer == "score-attack" and plan.bpda_stage == 0
     assert "score-based attack" in zero.meaning
+
+
+def test_bpda_switched_off_is_said_and_not_applied(defences, toy_test):
+    plan = plan_countermeasures(defences["quantised"], toy_test.x[:16], toy_test.y[:16], bpda=False)
+    zero = next(f for f in plan.findings if f.name == "zero-gradients")
+    assert zero.fired and zero.answer == "score-attack" and "switched off" in zero.meaning
+    assert plan.bpda_stage == 0 and not plan.active
+    forced = plan_countermeasures(defences["plain"], toy_test.x[:16], toy_test.y[:16], masking="off", eot_samples=3)
+    assert forced.findings == () and forced.eot_samples == 3

@@ -384,8 +384,9 @@ def plan_countermeasures(
     if grads_fired and stage == 0:
         findings[2] = replace(
             findings[2], answer="score-attack",
-            meaning=findings[2].meaning + " No leading input stage could be run straight-through, so "
-            "only the score-based attack (which needs no gradient) tests these points.",
+            meaning=findings[2].meaning + (" BPDA is switched off" if bpda is False else
+                                           " No leading input stage could be run straight-through")
+            + ", so only the score-based attack (which needs no gradient) tests these points.",
         )
     eot = int(eot_samples) if eot_samples is not None else (DEFAULT_EOT_SAMPLES if random_fired else 0)
     return MaskingPlan(tuple(findings), eot_samples=eot, bpda_stage=stage, log_outputs=probs_fired)

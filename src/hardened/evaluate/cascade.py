@@ -8,7 +8,11 @@ contribution and its cost (forward and backward passes through the model, querie
 
 Before the attacks, the gradient-masking checks of ``hardened.evaluate.masking`` run on a probe
 batch; where they fire, the gradient attacks see the model through EOT / BPDA / log-outputs.
-Breaks are always verified on the model itself.
+Breaks are always verified on the model itself (for a randomized model: one draw of it).
+
+Guarantee: with members that treat samples independently and deterministically (seeded, no
+batch-dependent randomness), every point a member breaks when run alone on all points is also
+broken by the cascade, and a robust point's margin is at most that member's.
 
 Long runs resume: with ``state_dir`` every (attack, batch) record is written atomically and a
 restart with the same settings (checked by a digest of model, data and settings) reuses them.
@@ -379,9 +383,9 @@ def run_cascade(
     contributions: list[AttackContribution] = []
     with state.locked(), progress_bar(len(steps) * len(x), "cascade", progress) as bar:
         for i, (step, attack) in enumerate(zip(steps, attacks, strict=True)):
-            todo = robust.nonzero().squeeze(1)
             gradient = _is_gradient_attack(attack)
             target = _attacked_model(plan, model, gradient) if plan.active else counter
+            todo = robust.nonzero().squeeze(1)
             total = dict.fromkeys(("broken", "forwards", "backwards", "queries"), 0) | {"seconds": 0.0}
             for j, s in enumerate(batch_slices(len(todo), batch_size)):
                 index = todo[s]
@@ -390,17 +394,15 @@ def run_cascade(
                     record = _attack_batch(attack, target, counter, x[index], y[index]) | {"index": index}
                     state.save(i, j, record)
                 _merge(record, x_adv, margin, robust, broken_by, step.label)
-                total["broken"] += int(record["broken"].sum())
-                for key in ("forwards", "backwards", "queries", "seconds"):
-                    total[key] += record[key]
+                for key in total:
+                    total[key] += int(record[key].sum()) if key == "broken" else record[key]
                 if callback is not None:
                     callback(i, j, record)
                 bar.advance(len(index))
             bar.advance(len(x) - len(todo))
             contributions.append(AttackContribution(
                 attack=step.attack, label=step.label, options=dict(step.options), attacked=len(todo),
-                broken=int(total["broken"]), forwards=int(total["forwards"]), backwards=int(total["backwards"]),
-                queries=int(total["queries"]), seconds=float(total["seconds"]), gradient_attack=gradient,
+                gradient_attack=gradient, **total,  # type: ignore[arg-type]
             ))
     findings = list(plan.findings)
     for k, c in enumerate(contributions):

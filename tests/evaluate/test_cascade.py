@@ -12,6 +12,7 @@ from hardened.errors import ConfigError, DataError, InputError
 from hardened.evaluate.cascade import (
     PRESETS,
     CascadeStep,
+    cascade_sweep,
     override_steps,
     resolve_steps,
     run_cascade,
@@ -207,3 +208,14 @@ def test_a_score_based_member_that_finds_what_gradients_missed_fires_the_check(d
     [check] = [f for f in result.findings if f.name == "score-attack"]
     assert check.fired and check.numbers["broken"] == square.broken
     assert {result.broken_by[k] for k in range(30) if not result.robust[k] and result.clean_correct[k]} == {"square(queries=300)"}
+
+
+def test_cascade_sweep_gives_clean_accuracy_at_zero_and_one_cascade_per_eps(toy_net, toy_test, tmp_path):
+    x, y = toy_test.x[:30], toy_test.y[:30]
+    swept = cascade_sweep(toy_net, x, y, eps_values=[0.3, 0.0, 0.1], preset=MEMBERS[:2], state_dir=tmp_path)
+    assert swept.sweep.eps == [0.0, 0.1, 0.3] and [r.eps for r in swept.results] == [0.1, 0.3]
+    clean = float((toy_net(x).argmax(1) == y).float().mean())
+    assert swept.sweep.robust_accuracy[0] == pytest.approx(clean)
+    assert swept.sweep.robust_accuracy[1:] == [r.robust_accuracy for r in swept.results]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eps-0.1", "eps-0.3"]
+    assert swept.sweep.attack == "cascade" and json.dumps(swept.to_dict())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +16,6 @@ from hardened.evaluate.cascade import (
     PRESETS,
     CascadeStep,
     cascade_sweep,
-    override_steps,
     resolve_steps,
     run_cascade,
 )
@@ -177,26 +179,6 @@ def test_the_quick_preset_breaks_the_quantised_toy_model(defences, toy_test):
     assert [c.attack for c in answered.contributions] == [s.attack for s in PRESETS["quick"]]
     assert answered.contributions[0].broken > 0 and answered.countermeasures
 
-def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(toy_net, toy_test, tmp_path):
-    x, y = toy_test.x[:10], toy_test.y[:10]
-    seen = []
-
-    def nested(attack: int, batch: int, record: dict) -> None:
-        with pytest.raises(ConfigError, match="another cascade is running"):
-            run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path)
-        seen.append((attack, batch))
-
-    run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path, callback=nested)
-    assert seen == [(0, 0)]
-    assert run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path).resumed == 1
-
-
-def test_step_options_override_only_what_a_member_sets():
-    steps = (CascadeStep("apgd-ce", {"steps": 100}), CascadeStep("square", {"queries": 5000}))
-    assert override_steps(steps, steps=7) == (CascadeStep("apgd-ce", {"steps": 7}), CascadeStep("square", {"queries": 5000}))
-    assert override_steps(steps, steps=None) == steps
-
-
 @NEEDS_APGD
 def test_a_score_based_member_that_finds_what_gradients_missed_fires_the_check(defences, toy_test):
     x, y = toy_test.x[:30], toy_test.y[:30]
@@ -219,3 +201,17 @@ def test_cascade_sweep_gives_clean_accuracy_at_zero_and_one_cascade_per_eps(toy_
     assert swept.sweep.robust_accuracy[1:] == [r.robust_accuracy for r in swept.results]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eps-0.1", "eps-0.3"]
     assert swept.sweep.attack == "cascade" and json.dumps(swept.to_dict())
+
+
+def test_another_process_cannot_use_the_state_folder_while_a_cascade_runs(toy_net, toy_test, tmp_path):
+    x, y = toy_test.x[:10], toy_test.y[:10]
+    probe = "import sys; from hardened._util.lock import lock_output_dir\nwith lock_output_dir(sys.argv[1]): pass"
+    codes = []
+
+    def from_outside(attack: int, batch: int, record: dict) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        codes.append(subprocess.run([sys.executable, "-c", probe, str(tmp_path)], env=env, capture_output=True).returncode)
+
+    run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path, callback=from_outside)
+    assert codes == [1]
+    assert subprocess.run([sys.executable, "-c", probe, str(tmp_path)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).returncode == 0

@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs on one folder are not serialised
-    fcntl = None  # type: ignore[assignment]
-
 from hardened._util.atomic import atomic_path, write_json
 from hardened._util.batching import batch_slices, eval_mode, predict_logits
 from hardened._util.checks import check_images, check_labels, check_model_output
 from hardened._util.digests import model_digest, sha256_hex, tensor_digest
+from hardened._util.lock import lock_output_dir
 from hardened._util.progress import progress_bar
 from hardened.attacks import make_attack
 from hardened.attacks.losses import logit_margin
@@ -266,22 +262,10 @@ class _State:
         else:
             write_json(meta, settings)
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Refuse a second run on the same folder while this one runs (an OS lock, released
-        by the OS if the process is killed, so a resume after a kill is never blocked)."""
-        if self.folder is None or fcntl is None:
-            yield
-            return
-        with open(self.folder / ".lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                raise ConfigError(f"another cascade is running on {self.folder}; wait for it or use another folder") from error
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def locked(self) -> AbstractContextManager[Any]:
+        """Refuse a second run on the same folder while this one runs (``lock_output_dir``: an
+        OS lock, released if the process is killed, so a resume after a kill is never blocked)."""
+        return nullcontext() if self.folder is None else lock_output_dir(self.folder)
 
     def _path(self, attack: int, batch: int) -> Path:
         assert self.folder is not None

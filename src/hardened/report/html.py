@@ -1,7 +1,8 @@
 """Render an ``AuditResult`` into one self-contained HTML file (figures embedded as data URIs).
 
 The page needs no network: no external scripts, fonts or style sheets. Each stage becomes a
-section with its status, message, tables (``data["tables"]``) and figures.
+section with its status, message, notes, tables and figures. Only figures inside ``figures_dir``
+are read (a name with ``..`` or an absolute path is refused).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hardened._util.paths import inside
+
 if TYPE_CHECKING:
-    from hardened.audit import AuditResult, StageResult
+    from hardened.audit import AuditResult, StageResult, Table
 
 __all__ = ["render_audit_html"]
 
@@ -54,20 +57,23 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(table: dict[str, Any]) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table["columns"])
+def _table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     rows = []
-    for row in table["rows"]:
+    for row in table.rows:
         cells = []
         for value in row:
             css = f' class="{value}"' if value in ("pass", "flagged") else ""
             cells.append(f"<td{css}>{_cell(value)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="table"><h3>{html.escape(table["title"])}</h3><table><thead><tr>{head}</tr></thead>'
+    return (f'<div class="table"><h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _figure(caption: str, path: Path) -> str:
+def _figure(caption: str, figures_dir: Path, name: str) -> str:
+    path = inside(figures_dir, name)
+    if path is None:
+        return f'<p class="message">figure {html.escape(name)} is outside the report folder: not shown</p>'
     if not path.is_file():
         return f'<p class="message">figure {html.escape(path.name)} is missing</p>'
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -85,14 +91,13 @@ def _section(stage: StageResult, figures_dir: Path) -> str:
     ]
     if stage.message:
         parts.append(f'<p class="message">{html.escape(stage.message)}</p>')
-    for paragraph in stage.data.get("notes", []):
+    for paragraph in stage.notes:
         parts.append(f"<p>{html.escape(paragraph)}</p>")
-    tables = stage.data.get("tables", [])
-    if tables:
-        parts.append('<div class="tables">' + "".join(_table(t) for t in tables) + "</div>")
+    if stage.tables:
+        parts.append('<div class="tables">' + "".join(_table(t) for t in stage.tables) + "</div>")
     if stage.figures:
         parts.append('<div class="figures">')
-        parts += [_figure(caption, figures_dir / name) for caption, name in stage.figures.items()]
+        parts += [_figure(caption, figures_dir, name) for caption, name in stage.figures.items()]
         parts.append("</div>")
     parts.append("</section>")
     return "\n".join(parts)

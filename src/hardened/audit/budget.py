@@ -1,0 +1,99 @@
+"""How much work the audit may do: ``AuditBudget`` (every knob, flat) and each stage's slice of it.
+
+A stage declares the knobs it reads as a small frozen dataclass (its *budget slice*); the pipeline
+hands the stage only that slice, and the stage cache is keyed by it, so changing a knob re-runs
+exactly the stages that read it. A slice field missing from ``AuditBudget`` keeps the slice's own
+default, so a new stage with new knobs is still one new file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hardened.errors import ConfigError
+
+__all__ = ["BUDGETS", "AuditBudget", "budget_slice", "check_budget"]
+
+B = TypeVar("B")
+
+
+@dataclass(frozen=True)
+class AuditBudget:
+    """How much work each stage may do. ``quick`` fits in a few minutes on 2 CPU cores."""
+
+    name: str
+    n_eval: int  # test images for sweeps and sanity checks
+    pgd_steps: int
+    eps_linf: tuple[float, ...]
+    eps_l2: tuple[float, ...]
+    headline_linf: float
+    headline_l2: float
+    n_minimal: int
+    bisection_steps: int
+    n_gallery: int
+    n_guided: int
+    n_certify: int
+    smoothing_n: int
+    smoothing_sigma: float
+    ibp_eps: float
+    n_guard_fit: int
+    guard_epochs: int
+    n_guard_eval: int
+    strong_steps_factor: int
+    strong_restarts: int
+
+
+BUDGETS: dict[str, AuditBudget] = {
+    "quick": AuditBudget(
+        name="quick", n_eval=200, pgd_steps=20,
+        eps_linf=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+        headline_linf=0.1, headline_l2=1.0, n_minimal=64, bisection_steps=7, n_gallery=6,
+        n_guided=64, n_certify=40, smoothing_n=1_000, smoothing_sigma=0.25, ibp_eps=0.01,
+        n_guard_fit=3_000, guard_epochs=3, n_guard_eval=300, strong_steps_factor=3, strong_restarts=2,
+    ),
+    "standard": AuditBudget(
+        name="standard", n_eval=1_000, pgd_steps=40,
+        eps_linf=(0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
+        headline_linf=0.1, headline_l2=1.0, n_minimal=200, bisection_steps=8, n_gallery=8,
+        n_guided=200, n_certify=100, smoothing_n=10_000, smoothing_sigma=0.25, ibp_eps=0.01,
+        n_guard_fit=4_000, guard_epochs=8, n_guard_eval=1_000, strong_steps_factor=5, strong_restarts=3,
+    ),
+    "thorough": AuditBudget(
+        name="thorough", n_eval=10_000, pgd_steps=100,
+        eps_linf=(0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+        headline_linf=0.1, headline_l2=1.0, n_minimal=1_000, bisection_steps=10, n_gallery=10,
+        n_guided=1_000, n_certify=500, smoothing_n=100_000, smoothing_sigma=0.25, ibp_eps=0.01,
+        n_guard_fit=20_000, guard_epochs=20, n_guard_eval=5_000, strong_steps_factor=10, strong_restarts=5,
+    ),
+}
+
+
+def check_budget(budget: str | AuditBudget) -> AuditBudget:
+    """The named budget (or a custom ``AuditBudget`` as is); an unknown name is a ConfigError."""
+    if isinstance(budget, AuditBudget):
+        return budget
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
+    return BUDGETS[budget]
+
+
+def budget_slice(budget: AuditBudget, slice_type: type[B]) -> B:
+    """The ``slice_type`` dataclass filled from ``budget``'s fields of the same names.
+
+    A field that ``AuditBudget`` lacks keeps the slice's default; one without a default is a
+    ConfigError (the stage asks for a knob nobody sets).
+    """
+    if not dataclasses.is_dataclass(slice_type):
+        raise ConfigError(f"a stage's budget slice must be a dataclass, got {slice_type!r}")
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(slice_type):
+        if hasattr(budget, item.name):
+            values[item.name] = getattr(budget, item.name)
+        elif item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+            raise ConfigError(
+                f"budget slice {slice_type.__name__} needs {item.name!r}, which AuditBudget does not "
+                "have: give the field a default in the slice or add it to AuditBudget"
+            )
+    return slice_type(**values)

@@ -1,0 +1,175 @@
+"""Run the audit: order the stages by their requirements, run or reuse each, write the report.
+
+``run_audit(model, splits, out_dir=...)`` runs each stage, catching errors so that one stage that
+cannot apply (``StageSkipped``: "skipped") or breaks (any other exception: "failed", traceback
+kept) does not lose the rest. Results are cached under ``out_dir/stages/`` (see ``cache``), so an
+interrupted audit resumes where it stopped and a re-run with the same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hardened._util.atomic import write_json, write_text
+from hardened._util.paths import inside
+from hardened._util.progress import progress_bar
+from hardened.audit import cache
+from hardened.audit.budget import AuditBudget, budget_slice, check_budget
+from hardened.audit.result import AUDIT_SCHEMA_VERSION, AuditResult, StageResult
+from hardened.audit.stage import Stage, StageContext, StageSkipped, registered_stages
+from hardened.audit.verdict import verdict
+from hardened.data.dataset import Splits
+from hardened.errors import ConfigError, InputError
+
+__all__ = ["all_stages", "check_output_dir", "order_stages", "run_audit"]
+
+
+def all_stages() -> tuple[Stage[Any], ...]:
+    """The stages of a full audit (every registered stage), in report order."""
+    return tuple(stage() for stage in registered_stages())
+
+
+def order_stages(stages: Sequence[Stage[Any]]) -> list[Stage[Any]]:
+    """``stages`` reordered so that each comes after the stages it requires (otherwise in the
+    given order); a requirement missing from ``stages`` is left for the stage to report."""
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"audit stage names must be unique, got {names}")
+    present = set(names)
+    placed: list[Stage[Any]] = []
+    waiting = list(stages)
+    while waiting:
+        done = {s.name for s in placed}
+        ready = next((s for s in waiting if all(r in done or r not in present for r in s.requires)), None)
+        if ready is None:
+            raise ConfigError(f"audit stages require each other in a cycle: {[s.name for s in waiting]}")
+        placed.append(ready)
+        waiting.remove(ready)
+    return placed
+
+
+def check_output_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Refuse an existing, non-empty folder that is not a previous audit (so nothing is clobbered)."""
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} exists and is a file; give a folder for the report")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "audit.json").is_file() and not (folder / "stages").is_dir():
+        raise ConfigError(
+            f"--out {folder} exists and is not a previous audit (no audit.json); choose a new or empty "
+            "folder so that nothing in it is overwritten"
+        )
+    return folder
+
+
+def run_audit(
+    model: nn.Module,
+    splits: Splits,
+    *,
+    out_dir: str | os.PathLike[str],
+    budget: str | AuditBudget = "quick",
+    seed: int = 0,
+    model_name: str = "model",
+    progress: bool = False,
+    stages: Sequence[Stage[Any]] | None = None,
+) -> AuditResult:
+    """Audit ``model`` on ``splits`` and write ``index.html``, ``audit.json`` and PNGs to ``out_dir``.
+
+    ``stages`` defaults to every registered stage. The model is never modified; its train/eval
+    mode is restored after every stage.
+    """
+    plan = check_budget(budget)
+    folder = check_output_dir(out_dir)
+    test = splits.test
+    if len(test) == 0:
+        raise InputError(f"{test.name} has no test images to audit")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    figures_dir = folder / "figures"
+    stage_dir = folder / "stages"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    on_device = test.to(device)
+    digests = {"model": cache.model_digest(model), "data": cache.data_digest(splits)}
+    chosen = order_stages(all_stages() if stages is None else stages)
+    results: dict[str, StageResult] = {}
+    keys: dict[str, str] = {}
+    start = time.perf_counter()
+    with progress_bar(sum(s.weight for s in chosen), "audit", progress) as bar:
+        for stage in chosen:
+            bar.describe(f"audit: {stage.title.lower()}")
+            share = budget_slice(plan, stage.budget_type)
+            keys[stage.name] = cache.stage_key(
+                name=stage.name, budget=share, seed=seed, requires=[keys.get(r, "") for r in stage.requires],
+                **digests,
+            )
+            path = stage_dir / f"{stage.name}.json"
+            cached = cache.load_cached(path, keys[stage.name], stage.summary_type, figures_dir)
+            if cached is not None:
+                results[stage.name] = cached
+            else:
+                ctx = StageContext(model, splits, on_device, share, seed, figures_dir, device,
+                                   {r: results[r] for r in stage.requires if r in results})
+                results[stage.name] = _run_stage(stage, ctx)
+                cache.store(path, keys[stage.name], results[stage.name])
+            bar.advance(stage.weight)
+    result = AuditResult(
+        schema_version=AUDIT_SCHEMA_VERSION, model=model_name, data=splits.test.name, budget=plan.name,
+        seed=seed, verdict=verdict(results.values()), stages=tuple(results.values()),
+        seconds=time.perf_counter() - start,
+    )
+    from hardened.report.html import render_audit_html
+
+    write_json(folder / "audit.json", result.to_dict())
+    write_text(folder / "index.html", render_audit_html(result, figures_dir))
+    return result
+
+
+def _missing_requirement(stage: Stage[Any], ctx: StageContext[Any]) -> None:
+    for name in stage.requires:
+        if name not in ctx.earlier:
+            raise StageSkipped(f"needs the {name} stage, which is not part of this audit")
+        if ctx.earlier[name].status != "ok":
+            raise StageSkipped(f"needs the {ctx.earlier[name].title.lower()} stage, which was {ctx.earlier[name].status}")
+
+
+def _figure_names(figures: Mapping[str, Path], figures_dir: Path) -> dict[str, str]:
+    names = {}
+    for caption, path in figures.items():
+        if inside(figures_dir, Path(path).name) != Path(path).resolve():
+            raise RuntimeError(f"figure {path} was written outside the report's figures folder")
+        names[caption] = Path(path).name
+    return names
+
+
+def _run_stage(stage: Stage[Any], ctx: StageContext[Any]) -> StageResult:
+    start = time.perf_counter()
+    modes = [(m, m.training) for m in ctx.model.modules()]
+    try:
+        _missing_requirement(stage, ctx)
+        output = stage.run(ctx)
+        result = StageResult(
+            stage.name, stage.title, "ok", 0.0, summary=output.summary, tables=tuple(output.tables),
+            figures=_figure_names(output.figures, ctx.figures_dir), notes=tuple(output.notes),
+            data=dict(output.data),
+        )
+    except StageSkipped as error:
+        result = StageResult(stage.name, stage.title, "skipped", 0.0, message=str(error))
+    except Exception as error:  # a bug in one stage must not lose the rest of the audit
+        last = traceback.extract_tb(error.__traceback__)[-1]
+        result = StageResult(
+            stage.name, stage.title, "failed", 0.0,
+            message=f"{type(error).__name__}: {error} (at {Path(last.filename).name}:{last.lineno})",
+            traceback="".join(traceback.format_exception(error)),
+        )
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return replace(result, seconds=time.perf_counter() - start)

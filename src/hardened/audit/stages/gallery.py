@@ -1,0 +1,63 @@
+"""Example gallery: originals, PGD adversarials, perturbations and LRP heatmaps of both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardened._util.batching import predict_logits
+from hardened.audit.stage import Stage, StageContext, StageOutput, StageSkipped, register_stage
+from hardened.report.audit_plots import plot_gallery
+
+GALLERY_POOL = 200  # the first test images searched for correctly classified ones
+
+
+@dataclass(frozen=True)
+class GalleryBudget:
+    n_gallery: int
+    headline_linf: float
+    pgd_steps: int
+
+
+@register_stage
+class GalleryStage(Stage[GalleryBudget]):
+    """Correctly classified test images attacked at twice the headline Linf eps, with LRP maps."""
+
+    name = "gallery"
+    title = "Example gallery"
+    position = 40
+    budget_type = GalleryBudget
+    weight = 1.0
+
+    def run(self, ctx: StageContext[GalleryBudget]) -> StageOutput:
+        from hardened.attacks import PGD
+        from hardened.explain import explain
+
+        budget = ctx.budget
+        logits = predict_logits(ctx.model, ctx.test.x[:GALLERY_POOL])
+        correct = (logits.argmax(1).cpu() == ctx.test.y[:GALLERY_POOL]).nonzero().squeeze(1)[: budget.n_gallery]
+        if len(correct) == 0:
+            raise StageSkipped("no correctly classified test image to show")
+        x, y = ctx.test.x[correct], ctx.test.y[correct]
+        eps = budget.headline_linf * 2
+        result = PGD(eps=eps, steps=budget.pgd_steps, seed=ctx.seed, early_stop=False)(ctx.model, x, y)
+        probs = predict_logits(ctx.model, x).softmax(1)
+        classes = ctx.test.classes
+        rows = {"original": x, "adversarial": result.x_adv, "perturbation": result.x_adv - x}
+        titles = {
+            "original": [f"{classes[int(p)]} {100 * float(c):.0f}%" for p, c in zip(probs.argmax(1), probs.max(1).values, strict=True)],
+            "adversarial": [f"{classes[int(p)]} {100 * float(c):.0f}%" for p, c in zip(result.pred_adv, result.confidence_adv, strict=True)],
+            "perturbation": [f"±{eps:g}"] * len(x),
+        }
+        relevance_clean = explain(ctx.model, x, target=y, method="lrp", seed=ctx.seed).relevance
+        relevance_adv = explain(ctx.model, result.x_adv, target=result.pred_adv, method="lrp", seed=ctx.seed).relevance
+        rows |= {"LRP (original)": relevance_clean, "LRP (adversarial)": relevance_adv}
+        titles |= {
+            "LRP (original)": [f"for {classes[int(t)]}" for t in y],
+            "LRP (adversarial)": [f"for {classes[int(t)]}" for t in result.pred_adv],
+        }
+        diverging = [name for name in rows if name not in ("original", "adversarial")]
+        path = plot_gallery(rows, titles, ctx.figure("gallery"), diverging=diverging)
+        return StageOutput(figures={f"Examples at Linf eps={eps:g}": path}, data={
+            "eps": eps, "norm": "linf", "indices": correct.tolist(),
+            "success": result.success.tolist(), "rows": list(rows),
+        })

@@ -1,0 +1,65 @@
+"""Sanity checks for gradient masking (Athalye et al. 2018, arXiv:1802.00420; Carlini et al.
+2019, arXiv:1902.06705): accuracy monotone in eps, an unbounded attack reaches ~0%, more steps
+and restarts are not markedly stronger, random noise is not stronger than the gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardened.audit.stage import Stage, StageContext, StageOutput, Summary, register_stage
+from hardened.audit.stages.robustness import pgd_sweeps
+from hardened.audit.tables import Table
+from hardened.evaluate.sanity import run_sanity_checks
+
+
+@dataclass(frozen=True)
+class SanityBudget:
+    n_eval: int
+    pgd_steps: int
+    headline_linf: float
+    headline_l2: float
+    strong_steps_factor: int
+    strong_restarts: int
+
+
+@dataclass(frozen=True)
+class SanitySummary(Summary):
+    total: int
+    flagged: tuple[str, ...]
+
+    def sentence(self) -> str:
+        if not self.flagged:
+            return f"All {self.total} gradient-masking checks pass, so these attack numbers can be trusted."
+        return (f"{len(self.flagged)} of {self.total} gradient-masking checks are flagged ({', '.join(self.flagged)}): "
+                "treat the robust accuracies above as upper bounds.")
+
+
+@register_stage
+class SanityStage(Stage[SanityBudget]):
+    """The masking checks at the headline eps of each norm, against the robustness stage's PGD."""
+
+    name = "sanity"
+    title = "Sanity checks for gradient masking"
+    position = 70
+    requires = ("robustness",)
+    budget_type = SanityBudget
+    summary_type = SanitySummary
+    weight = 5.0
+
+    def run(self, ctx: StageContext[SanityBudget]) -> StageOutput:
+        budget = ctx.budget
+        sweeps = pgd_sweeps(ctx.requirement("robustness"))
+        x, y = ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval]
+        checks = []
+        for norm, headline in (("linf", budget.headline_linf), ("l2", budget.headline_l2)):
+            checks += run_sanity_checks(
+                ctx.model, x, y, sweeps[norm], eps=headline, steps=budget.pgd_steps, seed=ctx.seed,
+                strong_steps_factor=budget.strong_steps_factor, strong_restarts=budget.strong_restarts,
+                unbounded_steps=2 * budget.pgd_steps,
+            )
+        table = Table.of("Gradient-masking checks", ["check", "result", "what it means"],
+                         [[c.name, "pass" if c.passed else "flagged", c.explanation] for c in checks])
+        summary = SanitySummary(len(checks), tuple(c.name for c in checks if not c.passed))
+        return StageOutput(summary=summary, tables=(table,), data={
+            "checks": [c.to_dict() for c in checks], "passed": sum(c.passed for c in checks), "total": len(checks),
+        })

@@ -60,7 +60,7 @@ def test_registering_a_second_stage_of_the_same_name_is_refused():
         def run(self, ctx):
             return StageOutput()
 
-    with pytest.raises(ConfigError, match="already registered"):
+    with pytest.raises(ConfigError, match="is taken by"):
         register_stage(Clean)
 
 
@@ -79,3 +79,52 @@ def test_summary_sentences():
     assert SanitySummary(8, ()).sentence().startswith("All 8 gradient-masking checks pass")
     assert SanitySummary(8, ("a", "b")).sentence().startswith("2 of 8 gradient-masking checks are flagged (a, b)")
     assert SanitySummary.from_dict({"total": 8, "flagged": ["a"]}) == SanitySummary(8, ("a",))
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+from hardened.audit import Stage, StageOutput, Summary
+
+
+@dataclass(frozen=True)
+class ToySummary(Summary):
+    images: int
+
+    def sentence(self):
+        return f"The toy stage saw {self.images} test images."
+
+
+class ToyStage(Stage):
+    name, title, position, summary_type = "toy", "Toy stage", 5, ToySummary
+
+    def run(self, ctx):
+        return StageOutput(summary=ToySummary(len(ctx.test)))
+'''
+
+
+def test_a_stage_from_another_package_joins_the_audit_through_its_entry_point(tmp_path, monkeypatch):
+    from hardened.audit import run_audit
+    from hardened.audit import stage as stage_module
+    from hardened.data import Splits
+    from hardened.registry import Registry
+    from helpers import TINY_BUDGET, blob_data, tiny_cnn
+
+    site = tmp_path / "site"
+    info = site / "toy_stage-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-stage\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[hardened.audit_stages]\ntoy = toy_audit_stage:ToyStage\n")
+    (site / "toy_audit_stage.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(site))
+    fresh = Registry("audit stage", group="hardened.audit_stages", base=Stage,
+                     capabilities=stage_module.AUDIT_STAGES.capabilities)
+    for name in stage_module.AUDIT_STAGES.names():
+        fresh.register(name)(stage_module.AUDIT_STAGES.get(name))
+    monkeypatch.setattr(stage_module, "AUDIT_STAGES", fresh)
+    assert [s.name for s in registered_stages()][:2] == ["toy", "clean"]
+    splits = Splits(train=blob_data(n=90, seed=1), test=blob_data(n=30, seed=2))
+    clean_only = [s() for s in registered_stages() if s.name in ("toy", "clean")]
+    result = run_audit(tiny_cnn(seed=5), splits, out_dir=tmp_path / "a", budget=TINY_BUDGET, stages=clean_only)
+    assert result.stage("toy").status == "ok"
+    assert result.verdict.startswith("The toy stage saw 30 test images. The model classifies")

@@ -15,6 +15,7 @@ from hardened.audit.default_model import default_model, default_model_path
 from hardened.audit.pipeline import all_stages, check_output_dir, order_stages, run_audit
 from hardened.audit.result import AUDIT_SCHEMA_VERSION, AuditResult, StageResult
 from hardened.audit.stage import (
+    AUDIT_STAGES,
     NoBudget,
     Stage,
     StageContext,
@@ -28,6 +29,7 @@ from hardened.audit.tables import Table
 
 __all__ = [
     "AUDIT_SCHEMA_VERSION",
+    "AUDIT_STAGES",
     "BUDGETS",
     "AuditBudget",
     "AuditResult",

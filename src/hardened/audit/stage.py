@@ -3,8 +3,9 @@
 A stage is a class with ``name``, ``title``, ``position`` (its place in the report),
 ``requires`` (earlier stages whose results it reads), ``budget_type`` (its slice of the
 ``AuditBudget``), ``summary_type`` (the typed summary the verdict reads) and
-``run(ctx) -> StageOutput``. Decorating it with ``@register_stage`` adds it to every audit: adding
-a stage is one new module in ``hardened/audit/stages/``.
+``run(ctx) -> StageOutput``. Decorating it with ``@register_stage`` adds it to ``AUDIT_STAGES``
+and so to every audit: adding a stage is one new module in ``hardened/audit/stages/``. Other
+packages add stages through the entry-point group ``hardened.audit_stages``.
 
 Raise ``StageSkipped`` (a ``HardenedError``) when the stage cannot apply to this model or data:
 it is reported as "skipped" with the reason. Any other exception marks the stage "failed" and
@@ -26,11 +27,13 @@ from torch import nn
 from hardened.audit.tables import Table
 from hardened.data.dataset import Dataset, Splits
 from hardened.errors import ConfigError, HardenedError
+from hardened.registry import Registry
 
 if TYPE_CHECKING:
     from hardened.audit.result import StageResult
 
 __all__ = [
+    "AUDIT_STAGES",
     "NoBudget",
     "Stage",
     "StageContext",
@@ -126,20 +129,20 @@ class Stage(ABC, Generic[B]):
         return f"<stage {self.name}>"
 
 
-_REGISTERED: list[type[Stage[Any]]] = []
+AUDIT_STAGES: Registry[Stage[Any]] = Registry(
+    "audit stage", group="hardened.audit_stages", base=Stage,
+    capabilities=("name", "title", "position", "requires", "budget_type", "summary_type"),
+)
 
 
 def register_stage(stage: S) -> S:
-    """Class decorator: every audit runs this stage (in ``position`` order)."""
-    if any(s.name == stage.name for s in _REGISTERED if s is not stage):
-        raise ConfigError(f"an audit stage named {stage.name!r} is already registered")
-    if stage not in _REGISTERED:
-        _REGISTERED.append(stage)
-    return stage
+    """Class decorator: register the stage in ``AUDIT_STAGES`` under its ``name``, so every
+    audit runs it (in ``position`` order)."""
+    return AUDIT_STAGES.register(stage.name)(stage)
 
 
 def registered_stages() -> tuple[type[Stage[Any]], ...]:
-    """The registered stage classes, in report order."""
+    """The registered stage classes (built-in and plugins), in report order."""
     import hardened.audit.stages  # noqa: F401  (its modules register themselves)
 
-    return tuple(sorted(_REGISTERED, key=lambda s: s.position))
+    return tuple(sorted((AUDIT_STAGES.get(n) for n in AUDIT_STAGES.names()), key=lambda s: s.position))

@@ -11,52 +11,29 @@ else does. A cached figure is used only when it resolves to a file inside the fi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 import hardened
 from hardened._util.atomic import write_json
+from hardened._util.digests import sha256_hex, tensor_digest
 from hardened._util.paths import inside
 from hardened.audit.result import AUDIT_SCHEMA_VERSION, StageResult
 from hardened.audit.stage import Summary
-from hardened.data.dataset import Dataset, Splits
+from hardened.data.dataset import Splits
 
-__all__ = ["data_digest", "load_cached", "model_digest", "stage_key", "store"]
-
-
-def _update_tensor(digest: Any, tensor: torch.Tensor) -> None:
-    value = tensor.detach().cpu().contiguous()
-    digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-    digest.update(value.numpy().tobytes())
-
-
-def model_digest(model: nn.Module) -> str:
-    """sha256 (16 hex digits) over the state dict's names, dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        _update_tensor(digest, tensor)
-    return digest.hexdigest()[:16]
-
-
-def _dataset_digest(digest: Any, data: Dataset) -> None:
-    _update_tensor(digest, data.x)
-    _update_tensor(digest, data.y)
-    digest.update(json.dumps(list(data.classes)).encode())
+__all__ = ["data_digest", "load_cached", "stage_key", "store"]
 
 
 def data_digest(splits: Splits) -> str:
-    """sha256 (16 hex digits) over the contents of both splits: x, y and the class names."""
-    digest = hashlib.sha256()
-    for part in (splits.train, splits.test):
-        _dataset_digest(digest, part)
-    return digest.hexdigest()[:16]
+    """sha256 (16 hex digits) over the contents of both splits: x and y (names, dtypes, shapes,
+    bytes through ``tensor_digest``) and the class names."""
+    tensors = {f"{part}.{field}": getattr(getattr(splits, part), field)
+               for part in ("train", "test") for field in ("x", "y")}
+    classes = json.dumps([list(splits.train.classes), list(splits.test.classes)])
+    return sha256_hex(f"{tensor_digest(tensors)}:{classes}".encode())[:16]
 
 
 def stage_key(*, name: str, budget: Any, model: str, data: str, seed: int, requires: Iterable[str] = ()) -> str:
@@ -72,7 +49,7 @@ def stage_key(*, name: str, budget: Any, model: str, data: str, seed: int, requi
         "seed": seed,
         "requires": list(requires),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_hex(json.dumps(parts, sort_keys=True).encode())[:16]
 
 
 def load_cached(path: Path, key: str, summary_type: type[Summary] | None, figures_dir: Path) -> StageResult | None:

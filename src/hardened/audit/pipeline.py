@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from hardened._util.atomic import write_json, write_text
+from hardened._util.device import model_device
+from hardened._util.digests import model_digest
 from hardened._util.paths import inside
 from hardened._util.progress import progress_bar
 from hardened.audit import cache
@@ -91,13 +92,13 @@ def run_audit(
     test = splits.test
     if len(test) == 0:
         raise InputError(f"{test.name} has no test images to audit")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     figures_dir = folder / "figures"
     stage_dir = folder / "stages"
     figures_dir.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     on_device = test.to(device)
-    digests = {"model": cache.model_digest(model), "data": cache.data_digest(splits)}
+    digests = {"model": model_digest(model), "data": cache.data_digest(splits)}
     chosen = order_stages(all_stages() if stages is None else stages)
     results: dict[str, StageResult] = {}
     keys: dict[str, str] = {}

@@ -30,7 +30,7 @@ class GalleryStage(Stage[GalleryBudget]):
 
     def run(self, ctx: StageContext[GalleryBudget]) -> StageOutput:
         from hardened.attacks import PGD
-        from hardened.explain import explain
+        from hardened.explain import explain_images
 
         budget = ctx.budget
         logits = predict_logits(ctx.model, ctx.test.x[:GALLERY_POOL])
@@ -48,8 +48,8 @@ class GalleryStage(Stage[GalleryBudget]):
             "adversarial": [f"{classes[int(p)]} {100 * float(c):.0f}%" for p, c in zip(result.pred_adv, result.confidence_adv, strict=True)],
             "perturbation": [f"±{eps:g}"] * len(x),
         }
-        relevance_clean = explain(ctx.model, x, target=y, method="lrp", seed=ctx.seed).relevance
-        relevance_adv = explain(ctx.model, result.x_adv, target=result.pred_adv, method="lrp", seed=ctx.seed).relevance
+        relevance_clean = explain_images(ctx.model, x, target=y, method="lrp", seed=ctx.seed).relevance
+        relevance_adv = explain_images(ctx.model, result.x_adv, target=result.pred_adv, method="lrp", seed=ctx.seed).relevance
         rows |= {"LRP (original)": relevance_clean, "LRP (adversarial)": relevance_adv}
         titles |= {
             "LRP (original)": [f"for {classes[int(t)]}" for t in y],

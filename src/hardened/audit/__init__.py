@@ -7,11 +7,12 @@ each) in the order their requirements allow, caches each stage's result (``cache
 - ``budget``: ``AuditBudget`` and each stage's slice of it;
 - ``stage``: the ``Stage`` contract, ``StageOutput``, ``Summary``, ``register_stage``;
 - ``pipeline``: ordering, running, caching, the report; ``verdict``: the summary paragraph;
-- ``default_model``: the ``lenet`` audited when no model is given.
+- ``default_lenet``: ``default_model()``, the ``lenet`` audited when no model is given (the module
+  is not named after the function, which would shadow it).
 """
 
 from hardened.audit.budget import BUDGETS, AuditBudget, budget_slice, check_budget
-from hardened.audit.default_model import default_model, default_model_path
+from hardened.audit.default_lenet import default_model, default_model_path
 from hardened.audit.pipeline import all_stages, check_output_dir, order_stages, run_audit
 from hardened.audit.result import AUDIT_SCHEMA_VERSION, AuditResult, StageResult
 from hardened.audit.stage import (

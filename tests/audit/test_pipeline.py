@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
+import hardened
 from hardened.audit import (
     AUDIT_SCHEMA_VERSION,
     NoBudget,
@@ -203,3 +208,32 @@ def test_bad_output_dir_and_budget(setup, tmp_path):
     with pytest.raises(ConfigError, match="unknown budget"):
         run_audit(model, splits, out_dir=tmp_path / "x", budget="extreme")
     assert (tmp_path / "precious" / "thesis.tex").read_text() == "do not overwrite"
+
+
+_HOLD = """
+import sys, time
+from hardened._util.lock import lock_output_dir
+with lock_output_dir(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_audit_on_a_locked_folder_is_refused_before_any_stage_runs(setup, tmp_path):
+    model, splits = setup
+    folder = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(hardened.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        calls = []
+        stage = _stage("counting", lambda ctx: calls.append(1) or StageOutput())
+        with pytest.raises(ConfigError, match=f"in use by another hardened run \\(process {child.pid}\\)"):
+            run_audit(model, splits, out_dir=folder, budget=TINY, stages=(stage,))
+        assert calls == [] and not (folder / "stages").exists()
+    finally:
+        child.kill()
+        child.wait()
+    run_audit(model, splits, out_dir=folder, budget=TINY, stages=(stage,))
+    assert calls == [1]

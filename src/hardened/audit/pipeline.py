@@ -21,6 +21,7 @@ from torch import nn
 from hardened._util.atomic import write_json, write_text
 from hardened._util.device import model_device
 from hardened._util.digests import model_digest
+from hardened._util.lock import LOCK_NAME, lock_output_dir
 from hardened._util.paths import inside
 from hardened._util.progress import progress_bar
 from hardened.audit import cache
@@ -63,7 +64,8 @@ def check_output_dir(out_dir: str | os.PathLike[str]) -> Path:
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} exists and is a file; give a folder for the report")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "audit.json").is_file() and not (folder / "stages").is_dir():
+    entries = [entry.name for entry in folder.iterdir()] if folder.is_dir() else []
+    if [e for e in entries if e != LOCK_NAME] and not (folder / "audit.json").is_file() and not (folder / "stages").is_dir():
         raise ConfigError(
             f"--out {folder} exists and is not a previous audit (no audit.json); choose a new or empty "
             "folder so that nothing in it is overwritten"
@@ -85,21 +87,33 @@ def run_audit(
     """Audit ``model`` on ``splits`` and write ``index.html``, ``audit.json`` and PNGs to ``out_dir``.
 
     ``stages`` defaults to every registered stage. The model is never modified; its train/eval
-    mode is restored after every stage.
+    mode is restored after every stage. ``out_dir`` is locked while the audit runs: a second
+    audit on the same folder (another process) is refused at once with a ``ConfigError``.
     """
     plan = check_budget(budget)
     folder = check_output_dir(out_dir)
-    test = splits.test
-    if len(test) == 0:
-        raise InputError(f"{test.name} has no test images to audit")
+    if len(splits.test) == 0:
+        raise InputError(f"{splits.test.name} has no test images to audit")
+    chosen = order_stages(all_stages() if stages is None else stages)
+    with lock_output_dir(folder):
+        result = _run_stages(model, splits, folder, plan, seed, chosen, progress, model_name)
+        from hardened.report.html import render_audit_html
+
+        write_json(folder / "audit.json", result.to_dict())
+        write_text(folder / "index.html", render_audit_html(result, folder / "figures"))
+    return result
+
+
+def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudget, seed: int,
+                chosen: Sequence[Stage[Any]], progress: bool, model_name: str) -> AuditResult:
+    """Run or reuse each stage in ``chosen`` order (the caller holds the folder's lock)."""
     device = model_device(model)
     figures_dir = folder / "figures"
     stage_dir = folder / "stages"
     figures_dir.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    on_device = test.to(device)
+    on_device = splits.test.to(device)
     digests = {"model": model_digest(model), "data": cache.data_digest(splits)}
-    chosen = order_stages(all_stages() if stages is None else stages)
     results: dict[str, StageResult] = {}
     keys: dict[str, str] = {}
     start = time.perf_counter()
@@ -121,16 +135,11 @@ def run_audit(
                 results[stage.name] = _run_stage(stage, ctx)
                 cache.store(path, keys[stage.name], results[stage.name])
             bar.advance(stage.weight)
-    result = AuditResult(
+    return AuditResult(
         schema_version=AUDIT_SCHEMA_VERSION, model=model_name, data=splits.test.name, budget=plan.name,
         seed=seed, verdict=verdict(results.values()), stages=tuple(results.values()),
         seconds=time.perf_counter() - start,
     )
-    from hardened.report.html import render_audit_html
-
-    write_json(folder / "audit.json", result.to_dict())
-    write_text(folder / "index.html", render_audit_html(result, figures_dir))
-    return result
 
 
 def _missing_requirement(stage: Stage[Any], ctx: StageContext[Any]) -> None:

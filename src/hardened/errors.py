@@ -6,8 +6,11 @@ Every error the library raises on purpose is a ``HardenedError``::
     ├── InputError        bad tensors: shape, dtype, range, NaN/Inf, labels, empty batch
     ├── ConfigError       bad settings: negative eps, unknown norm/attack/method, bad budgets
     ├── DataError         missing, corrupt or inconsistent data files
+    │   └── TargetError   a black-box target answered garbage, an error, or the wrong shape
     ├── ModelLoadError    missing, corrupt or unknown model files and factories
     ├── NotFittedError    a score, guard or calibrator used before ``fit``
+    ├── QueryBudgetExceeded
+    │                     a black-box target's hard query budget is spent
     └── NotReliableClassification
                           a guard refused to predict; carries the prediction and the score
 
@@ -29,6 +32,8 @@ __all__ = [
     "DataError",
     "ModelLoadError",
     "NotFittedError",
+    "TargetError",
+    "QueryBudgetExceeded",
     "NotReliableClassification",
     "HardenedWarning",
     "BudgetWarning",
@@ -57,6 +62,34 @@ class ModelLoadError(HardenedError):
 
 class NotFittedError(HardenedError):
     """An object that needs ``fit`` was used before it was fitted."""
+
+
+class TargetError(DataError):
+    """A black-box target (callable, ONNX session, HTTP endpoint) answered unusably.
+
+    ``partial`` holds what was found before the failure (an ``AttackResult`` of the batches
+    already finished, set by ``hardened.models.blackbox.attack_target``), else ``None``.
+    """
+
+    partial: object = None
+
+
+class QueryBudgetExceeded(HardenedError):
+    """A black-box target refused a query that would exceed its hard budget (nothing was sent).
+
+    Attributes:
+        spent: images answered so far; budget: the hard limit; asked: images in the refused query.
+        partial: what was found before (see ``TargetError.partial``), else ``None``.
+    """
+
+    def __init__(self, spent: int, budget: int, asked: int) -> None:
+        self.spent, self.budget, self.asked = int(spent), int(budget), int(asked)
+        self.partial: object = None
+        super().__init__(
+            f"the query budget of {self.budget} images is spent ({self.spent} answered, a query "
+            f"of {self.asked} refused); raise budget= or attack fewer images (finished batches "
+            "are in .partial)"
+        )
 
 
 class NotReliableClassification(HardenedError):

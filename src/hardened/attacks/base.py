@@ -29,7 +29,7 @@ from hardened.errors import ConfigError
 from hardened.registry import Registry
 from hardened.threat import ThreatModel, norms_of
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Model", "Oracle", "attack_in_batches"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Model", "Oracle", "attack_in_batches", "merge_results"]
 
 Model = nn.Module | Callable[[Tensor], Tensor]
 """A classifier as attacks see it: an ``nn.Module`` or, for attacks that need no gradients, any
@@ -373,8 +373,16 @@ def attack_in_batches(
         parts.append(attack(model, x[s], y[s], targets=None if targets is None else targets[s]))
         if bar is not None:
             bar.advance(s.stop - s.start)
-    if len(parts) <= 1:
-        return parts[0] if parts else attack(model, x, y, targets=targets)
+    if not parts:
+        return attack(model, x, y, targets=targets)
+    return merge_results(parts)
+
+
+def merge_results(parts: list[AttackResult]) -> AttackResult:
+    """One ``AttackResult`` from the results of consecutive batches (non-empty list), in order:
+    per-sample tensors concatenated, counts and seconds summed."""
+    if len(parts) == 1:
+        return parts[0]
     first = parts[0]
     return AttackResult(
         x_adv=torch.cat([r.x_adv for r in parts]),

@@ -14,7 +14,7 @@ Chen, Jordan & Wainwright 2020, "HopSkipJumpAttack: a query-efficient decision-b
    ``||x_t - x*|| / sqrt(t)``, halved until the new point is adversarial.
 
 Every point the attack keeps has been answered as adversarial by the model, so its iterates stay
-on the adversarial side. Each sample spends at most ``queries`` model evaluations (the first, at
+on the adversarial side; the result is the closest of them. Each sample spends at most ``queries`` model evaluations (the first, at
 the clean image, included); the search stops earlier once the kept point is within ``eps``
 (``early_stop``). The result is the kept point, projected into the ``eps`` ball by the base class.
 """
@@ -78,7 +78,7 @@ def hopskipjump(
 ) -> Tensor | None:
     """HopSkipJump on one image ``x`` (C×H×W); ``decide(batch) -> bool (B,)`` is the oracle.
 
-    Returns the closest adversarial point found (always one ``decide`` answered True for), or
+    Returns the closest adversarial point found (one ``decide`` answered True for), or
     ``None`` if no adversarial start was found within the budget. ``trace`` (if given) receives
     every point kept, in order. Stops after ``iterations``, when the budget cannot pay for the
     next question, or once the kept point is within ``eps``.
@@ -88,10 +88,16 @@ def hopskipjump(
     d = x.numel()
     theta = gamma / (d * math.sqrt(d)) if norm == "l2" else gamma / d**2
     best: Tensor | None = None
+    best_distance = math.inf
 
     def keep(point: Tensor) -> Tensor:
+        """Record an answered-adversarial ``point``; ``best`` is the closest one so far."""
+        nonlocal best, best_distance
         if trace is not None:
             trace.append(point.clone())
+        distance = _distance(point, x, norm)
+        if distance < best_distance:
+            best, best_distance = point, distance
         return point
 
     def project(target: Tensor, alpha: float) -> Tensor:
@@ -101,7 +107,6 @@ def hopskipjump(
 
     def boundary(point: Tensor) -> Tensor:
         """Binary search from ``point`` (adversarial) towards ``x``; returns the adversarial end."""
-        nonlocal best
         dist = _distance(point, x, norm)
         high, low = (1.0, 0.0) if norm == "l2" else (dist, 0.0)
         threshold = theta if norm == "l2" else min(dist * theta, theta)
@@ -110,7 +115,7 @@ def hopskipjump(
             candidate = project(point, mid)
             if bool(phi(candidate[None])[0]):
                 high = mid
-                best = keep(candidate)
+                keep(candidate)
             else:
                 low = mid
         return project(point, high)
@@ -124,14 +129,14 @@ def hopskipjump(
             noise = lo + (hi - lo) * noise
             hits = phi(noise)
             if bool(hits.any()):
-                best = keep(noise[int(hits.nonzero()[0, 0])])
+                keep(noise[int(hits.nonzero()[0, 0])])
         if best is None:
             return None
         current = boundary(best)
         for t in range(1, iterations + 1):
-            dist = _distance(current, x, norm)
-            if dist <= eps:
+            if best_distance <= eps:
                 break
+            dist = _distance(current, x, norm)
             if t == 1:
                 delta = 0.1 * (hi - lo)
             else:
@@ -145,7 +150,7 @@ def hopskipjump(
             while True:
                 candidate = (current + step * update).clamp(lo, hi)
                 if bool(phi(candidate[None])[0]):
-                    best = keep(candidate)
+                    keep(candidate)
                     break
                 step /= 2
             current = boundary(candidate)

@@ -98,18 +98,20 @@ def test_hsja_kept_points_are_adversarial_and_reach_the_closed_form_distance(nor
 
 
 def test_nes_estimate_points_along_the_true_gradient():
-    """On a linear model the margin's gradient is ``w_y' - w_y``; NES's step follows its sign."""
+    """On a linear model the margin's gradient is ``w_y' - w_y``; with m antithetic pairs in d
+    dimensions the estimate's cosine to it is about sqrt(m / (m + d)) = 0.98 (m = 200, d = 16)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
     x = torch.full((1, 1, 4, 4), 0.5)
     with torch.no_grad():
         y = model(x).argmax(1)
         w = model[1].weight
-        direction = (w[1 - int(y)] - w[int(y)]).view(1, 1, 4, 4)
+        direction = (w[1 - int(y)] - w[int(y)]).flatten()
     step = 0.01
-    result = NES(eps=step, queries=402, samples=400, step_size=step, seed=0)(model, x, y)
-    agree = ((result.x_adv - x).sign() == direction.sign()).float().mean()
-    assert float(agree) >= 0.9
+    result = NES(eps=step, norm="l2", queries=402, samples=400, step_size=step, seed=0)(model, x, y)
+    moved = (result.x_adv - x).flatten().double()
+    cosine = float(moved @ direction.double() / (moved.norm() * direction.double().norm()))
+    assert cosine >= 0.9, f"cosine {cosine:.3f}"
 
 
 @pytest.mark.parametrize(

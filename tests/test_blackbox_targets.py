@@ -5,13 +5,9 @@ partial results, exact query counts over random budgets, callables, modules and 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from email.parser import BytesParser
 from email.policy import default as default_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 
 import numpy as np
@@ -33,71 +29,11 @@ from hardened.models.blackbox import (
     attack_target,
 )
 from helpers import tiny_mlp
+from http_toys import Behaviour, Server, serve_model, server
 
 MODEL = tiny_mlp(seed=4, classes=3)
 
-#: handler(server, body, content_type) -> (status, bytes body, seconds to stall first)
-Behaviour = Callable[["_Server", bytes, str], tuple[int, bytes, float]]
-
-
-def serve_api(server: _Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
-    """The ``hardened serve`` API over ``MODEL``: labels and probabilities."""
-    images = torch.tensor(json.loads(body)["images"], dtype=torch.float32)
-    with torch.no_grad():
-        probabilities = MODEL(images).softmax(1)
-    predictions = [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities]
-    return 200, json.dumps({"predictions": predictions}).encode(), 0.0
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.behaviour = behaviour
-        self.requests = 0
-        self.bodies: list[tuple[bytes, str]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
-        self.server.requests += 1
-        assert self.server.requests <= 500, "the client sent an unbounded number of requests"
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        content_type = self.headers["Content-Type"]
-        self.server.bodies.append((body, content_type))
-        status, answer, stall = self.server.behaviour(self.server, body, content_type)
-        if stall:
-            time.sleep(stall)
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextmanager
-def server(behaviour: Behaviour = serve_api) -> Iterator[_Server]:
-    httpd = _Server(behaviour)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+serve_api = serve_model(MODEL)
 
 
 def _images(n: int = 4, seed: int = 0) -> Tensor:
@@ -106,7 +42,7 @@ def _images(n: int = 4, seed: int = 0) -> Tensor:
 
 def test_http_target_speaks_the_serve_api_and_gives_log_probabilities() -> None:
     x = _images(5)
-    with server() as httpd:
+    with server(serve_api) as httpd:
         target = HttpTarget(httpd.url, max_batch=2)
         scores = target(x)
         assert httpd.requests == 3, "5 images in requests of at most 2"
@@ -121,7 +57,7 @@ def test_square_runs_on_an_http_target_and_counts_every_query() -> None:
     x = _images(4, seed=1)
     with torch.no_grad():
         y = MODEL(x).argmax(1)
-    with server() as httpd:
+    with server(serve_api) as httpd:
         target = HttpTarget(httpd.url)
         result = Square(eps=0.3, queries=30, seed=0)(target, x, y)
     assert result.forward_count == target.queries
@@ -131,7 +67,7 @@ def test_square_runs_on_an_http_target_and_counts_every_query() -> None:
 
 
 def _failing(times: int, status: int = 500) -> Behaviour:
-    def behaviour(httpd: _Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
+    def behaviour(httpd: Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
         if httpd.requests <= times:
             return status, b'{"detail": "boom"}', 0.0
         return serve_api(httpd, body, content_type)
@@ -166,7 +102,7 @@ def test_a_4xx_is_not_retried() -> None:
 
 
 def test_a_stalling_server_times_out_and_is_retried() -> None:
-    def stall(httpd: _Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
+    def stall(httpd: Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
         status, answer, _ = serve_api(httpd, body, content_type)
         return status, answer, 0.6 if httpd.requests == 1 else 0.0
 
@@ -180,7 +116,7 @@ def test_a_stalling_server_times_out_and_is_retried() -> None:
 
 
 def test_an_unreachable_endpoint_gives_a_target_error() -> None:
-    with server() as httpd:
+    with server(serve_api) as httpd:
         url = httpd.url
     with pytest.raises(TargetError, match="failed 2 times.*check that it is up"):
         HttpTarget(url, retries=1, backoff=0.0, timeout=1.0)(_images(1))
@@ -207,13 +143,13 @@ def test_garbage_and_wrong_shapes_give_a_target_error(answer: bytes, message: st
 
 
 def test_the_wrong_number_of_classes_is_a_target_error() -> None:
-    with server() as httpd:
+    with server(serve_api) as httpd:
         with pytest.raises(TargetError, match="3 scores per image, expected 10"):
             HttpTarget(httpd.url, num_classes=10)(_images(2))
 
 
 def test_the_budget_refuses_a_query_before_it_is_sent() -> None:
-    with server() as httpd:
+    with server(serve_api) as httpd:
         target = HttpTarget(httpd.url, budget=10)
         target(_images(8))
         with pytest.raises(QueryBudgetExceeded, match="budget of 10 images") as info:
@@ -229,7 +165,7 @@ def test_partial_results_survive_a_spent_budget_and_a_failing_endpoint() -> None
         y = MODEL(x).argmax(1)
     square = Square(eps=0.01, queries=5, seed=0)
     per_batch = 2 * (5 + 2)  # at most 5 search queries + check + measurement per image
-    with server() as httpd:
+    with server(serve_api) as httpd:
         target = HttpTarget(httpd.url, budget=per_batch + 1)
         with pytest.raises(QueryBudgetExceeded) as info:
             attack_target(square, target, x, y, batch_size=2)
@@ -239,7 +175,7 @@ def test_partial_results_survive_a_spent_budget_and_a_failing_endpoint() -> None
         assert partial.forward_count <= per_batch
     calls = {"n": 0}
 
-    def flaky(httpd: _Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
+    def flaky(httpd: Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
         calls["n"] += 1
         return (500, b"", 0.0) if calls["n"] > 12 else serve_api(httpd, body, content_type)
 
@@ -250,7 +186,7 @@ def test_partial_results_survive_a_spent_budget_and_a_failing_endpoint() -> None
 
 
 def test_the_rate_limit_spaces_requests() -> None:
-    with server() as httpd:
+    with server(serve_api) as httpd:
         target = HttpTarget(httpd.url, rate=20.0)
         start = time.monotonic()
         for _ in range(5):
@@ -262,7 +198,7 @@ def test_a_labels_only_endpoint_gives_one_hot_scores_and_hsja_runs_on_it() -> No
     x = _images(3, seed=3)
     with torch.no_grad():
         y = MODEL(x).argmax(1)
-    with server() as httpd:
+    with server(serve_api) as httpd:
         target = HttpTarget(httpd.url, mapping=HttpMapping(scores_key=None), num_classes=3)
         scores = target(x)
         assert torch.equal(scores, torch.nn.functional.one_hot(y, 3).float())
@@ -277,7 +213,7 @@ def test_png_upload_sends_one_8_bit_png_per_image() -> None:
 
     x = _images(2, seed=4)
 
-    def png_api(httpd: _Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
+    def png_api(httpd: Server, body: bytes, content_type: str) -> tuple[int, bytes, float]:
         message = BytesParser(policy=default_policy).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + body)
         images = [np.asarray(Image.open(BytesIO(part.get_content()))) for part in message.iter_parts()]

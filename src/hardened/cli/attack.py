@@ -13,15 +13,17 @@ from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
 from hardened.attacks import ATTACKS, attack_in_batches, make_attack
-from hardened.cli._common import Common, out, setup, shared_options
-from hardened.errors import ConfigError
+from hardened.cli._common import Common, Option, console, out, setup, shared_options
+from hardened.errors import ConfigError, QueryBudgetExceeded, TargetError
+from hardened.models.blackbox import HttpTarget, attack_target
 from hardened.report.plots import plot_adversarial_grid
 
 _STARTS = {"uniform": True, "radial": "radial", "none": False}
 
 
 @shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
-                out=Path("attack-results"), batch_size=250)
+                out=Path("attack-results"), batch_size=250,
+                model=Option(None, "model file or pkg.module:factory (or attack --target-url)", optional=True))
 def attack_command(
     common: Common,
     attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
@@ -34,9 +36,22 @@ def attack_command(
     loss: Annotated[str | None, typer.Option(
         "--loss", help="ce or margin (pgd family), ce or dlr (apgd-*), margin or ce (square); default: the attack's")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="number of test images to attack")] = 100,
+    target_url: Annotated[str | None, typer.Option(
+        "--target-url", help="attack a remote classifier (the hardened serve API) instead of --model")] = None,
+    queries: Annotated[int | None, typer.Option(
+        "--queries", min=1, help="model evaluations per image (square, nes, hsja)")] = None,
+    query_budget: Annotated[int | None, typer.Option(
+        "--query-budget", min=1, help="hard limit of images sent to --target-url over the whole run")] = None,
 ) -> None:
     """Attack the first N test images and save the adversarial examples."""
+    if (common.model is None) == (target_url is None):
+        raise ConfigError("give either --model or --target-url (a black-box endpoint), exactly one")
+    if target_url is not None and ATTACKS.get(attack).needs_gradients:
+        raise ConfigError(f"--target-url needs a black-box attack; {attack} needs gradients: use "
+                          f"{', '.join(ATTACKS.select(needs_gradients=False))}")
     options: dict[str, object] = {"eps": eps, "norm": norm}
+    if queries is not None:
+        options["queries"] = queries
     if loss is not None:
         options["loss"] = loss
     if steps is not None:
@@ -51,24 +66,47 @@ def attack_command(
         options["seed"] = common.seed
     instance = make_attack(attack, **options)
     out_dir = common.out
-    session = setup(common, writes=[(out_dir, True)])
-    test, model = session.splits.test.head(n), session.model.model
+    session = setup(common, writes=[(out_dir, True)], load=target_url is None)
+    test = session.splits.test.head(n)
     x, y = test.x.to(session.device), test.y.to(session.device)
+    target = None if target_url is None else HttpTarget(target_url, budget=query_budget,
+                                                         num_classes=test.num_classes)
+    model = session.model.model if target is None else target
     with progress_bar(len(x), f"{attack} {norm} eps={eps:g}", True) as bar:
-        result = attack_in_batches(instance, model, x, y, batch_size=common.batch_size, bar=bar)
-    summary = {"model": common.model, "data": common.data, **result.to_dict()}
+        if target is None:
+            result = attack_in_batches(instance, model, x, y, batch_size=common.batch_size, bar=bar)
+        else:
+            try:
+                result = attack_target(instance, target, x, y, batch_size=common.batch_size)
+            except (QueryBudgetExceeded, TargetError) as error:
+                if error.partial is not None:
+                    partial = {"target": target_url, "partial": True, **error.partial.to_dict()}
+                    write_json(out_dir / "summary.json", partial)
+                    console.print(f"partial results of {error.partial.labels.numel()} images in "
+                                  f"{out_dir / 'summary.json'}")
+                raise
+    source = common.model if target_url is None else target_url
+    summary = {"model": source, "data": common.data, **result.to_dict()}
     x_adv, success, pred_adv = result.x_adv.cpu(), result.success.cpu(), result.pred_adv.cpu()
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=test.x.numpy(), x_adv=x_adv.numpy(), y=test.y.numpy(),
                         pred_adv=pred_adv.numpy(), success=success.numpy())
     write_bytes(out_dir / "adversarial.npz", buffer.getvalue())
     write_json(out_dir / "summary.json", summary)
-    clean_probs = predict_logits(model, x).softmax(1).cpu()
-    plot_adversarial_grid(test.x, x_adv, result.pred_clean.cpu(), pred_adv, clean_probs.max(1).values,
-                          result.confidence_adv.cpu(), test.classes, out_dir / "grid.png")
+    written = [out_dir / "adversarial.npz", out_dir / "summary.json"]
+    try:
+        clean_logits = predict_logits(model, x) if target is None else model(x)
+    except QueryBudgetExceeded:
+        clean_logits = None  # the budget is spent: the grid (which needs clean scores) is skipped
+    if clean_logits is not None:
+        plot_adversarial_grid(test.x, x_adv, result.pred_clean.cpu(), pred_adv,
+                              clean_logits.softmax(1).cpu().max(1).values, result.confidence_adv.cpu(),
+                              test.classes, out_dir / "grid.png")
+        written.append(out_dir / "grid.png")
+    queried = "" if target is None else f", {target.queries} images sent to {target_url}"
     out.print(
         f"{instance.name} {norm} eps={eps:g} on {len(x)} images: clean accuracy "
         f"{result.clean_accuracy:.3f}, robust accuracy {result.robust_accuracy:.3f}, "
-        f"success rate {result.success_rate:.3f} ({result.seconds:.1f}s)"
+        f"success rate {result.success_rate:.3f} ({result.seconds:.1f}s{queried})"
     )
-    out.print(f"wrote {out_dir / 'adversarial.npz'}, {out_dir / 'summary.json'}, {out_dir / 'grid.png'}")
+    out.print(f"wrote {', '.join(map(str, written))}")

@@ -266,7 +266,7 @@ class HttpTarget(BlackBox):
     images count as queries.
 
     Args:
-        url: the service's base url (``mapping.path`` is appended).
+        url: the service's base url (``mapping.path`` is appended unless the url ends with it).
         mapping: the request/response mapping (default: the ``hardened serve`` API).
         timeout: seconds per request; headers: extra HTTP headers (e.g. an API key).
         budget, num_classes: see ``BlackBox``; labels-only when ``mapping.scores_key`` is None.
@@ -290,7 +290,8 @@ class HttpTarget(BlackBox):
         super().__init__(budget=budget, num_classes=num_classes, labels_only=self.mapping.scores_key is None)
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"the target url must start with http:// or https://, got {url!r}")
-        self.url = url.rstrip("/") + self.mapping.path
+        base = url.rstrip("/")
+        self.url = base if base.endswith(self.mapping.path) else base + self.mapping.path
         self.timeout = check_real(timeout, "timeout", minimum=0.0, open_below=True)
         self.retries = check_int(retries, "retries", minimum=0)
         self.backoff = check_real(backoff, "backoff", minimum=0.0)

@@ -315,3 +315,16 @@ def test_an_onnx_session_is_a_target(tmp_path) -> None:
     assert isinstance(as_target(str(path)), OnnxTarget)
     with pytest.raises(ConfigError, match="no ONNX file"):
         OnnxTarget(tmp_path / "missing.onnx")
+
+
+def test_a_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"hardened\[onnx\]"):
+        OnnxTarget(tmp_path / "model.onnx")
+
+
+def test_a_url_that_already_names_the_path_is_kept() -> None:
+    assert HttpTarget("http://127.0.0.1:8000/v1/predict").url == "http://127.0.0.1:8000/v1/predict"
+    assert HttpTarget("http://127.0.0.1:8000/").url == "http://127.0.0.1:8000/v1/predict"

@@ -25,6 +25,8 @@ against plain Python conventions keeps working. Messages say what was wrong and 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "HardenedError",
     "InputError",
@@ -71,7 +73,7 @@ class TargetError(DataError):
     already finished, set by ``hardened.models.blackbox.attack_target``), else ``None``.
     """
 
-    partial: object = None
+    partial: Any = None
 
 
 class QueryBudgetExceeded(HardenedError):
@@ -84,7 +86,7 @@ class QueryBudgetExceeded(HardenedError):
 
     def __init__(self, spent: int, budget: int, asked: int) -> None:
         self.spent, self.budget, self.asked = int(spent), int(budget), int(asked)
-        self.partial: object = None
+        self.partial: Any = None
         super().__init__(
             f"the query budget of {self.budget} images is spent ({self.spent} answered, a query "
             f"of {self.asked} refused); raise budget= or attack fewer images (finished batches "

@@ -71,13 +71,12 @@ def attack_command(
     x, y = test.x.to(session.device), test.y.to(session.device)
     target = None if target_url is None else HttpTarget(target_url, budget=query_budget,
                                                          num_classes=test.num_classes)
-    model = session.model.model if target is None else target
     with progress_bar(len(x), f"{attack} {norm} eps={eps:g}", True) as bar:
         if target is None:
-            result = attack_in_batches(instance, model, x, y, batch_size=common.batch_size, bar=bar)
+            result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)
         else:
             try:
-                result = attack_target(instance, target, x, y, batch_size=common.batch_size)
+                result = attack_target(instance, target, x, y, batch_size=common.batch_size, bar=bar)
             except (QueryBudgetExceeded, TargetError) as error:
                 if error.partial is not None:
                     partial = {"target": target_url, "partial": True, **error.partial.to_dict()}
@@ -95,7 +94,7 @@ def attack_command(
     write_json(out_dir / "summary.json", summary)
     written = [out_dir / "adversarial.npz", out_dir / "summary.json"]
     try:
-        clean_logits = predict_logits(model, x) if target is None else model(x)
+        clean_logits = predict_logits(session.model.model, x) if target is None else target(x)
     except QueryBudgetExceeded:
         clean_logits = None  # the budget is spent: the grid (which needs clean scores) is skipped
     if clean_logits is not None:

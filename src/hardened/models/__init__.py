@@ -1,5 +1,15 @@
-"""Models: reference architectures, the Normalize layer, and safe save/load."""
+"""Models: reference architectures, the Normalize layer, safe save/load, black-box targets."""
 
+from hardened.models.blackbox import (
+    BlackBox,
+    CallableTarget,
+    HttpMapping,
+    HttpTarget,
+    OnnxTarget,
+    TorchTarget,
+    as_target,
+    attack_target,
+)
 from hardened.models.io import LoadedModel, ModelInfo, load_model, save_model, sidecar_path
 from hardened.models.normalize import Normalize
 from hardened.models.zoo import (
@@ -13,6 +23,14 @@ from hardened.models.zoo import (
 
 __all__ = [
     "ARCHITECTURES",
+    "BlackBox",
+    "CallableTarget",
+    "HttpMapping",
+    "HttpTarget",
+    "OnnxTarget",
+    "TorchTarget",
+    "as_target",
+    "attack_target",
     "arch_kwargs_for",
     "LoadedModel",
     "ModelInfo",

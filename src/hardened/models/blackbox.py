@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,10 @@ from torch import Tensor, nn
 from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.validate import check_int, check_real
 from hardened.errors import ConfigError, InputError, QueryBudgetExceeded, TargetError
+
+if TYPE_CHECKING:
+    from hardened._util.progress import ProgressTask
+    from hardened.attacks.base import Attack, AttackResult
 
 __all__ = [
     "BlackBox", "TorchTarget", "CallableTarget", "OnnxTarget", "HttpTarget", "HttpMapping",
@@ -351,9 +355,18 @@ def as_target(model: Any, **options: Any) -> BlackBox:
 
 
 def attack_target(
-    attack: Any, target: BlackBox, x: Tensor, y: Tensor, *, batch_size: int = 100, targets: Tensor | None = None
-) -> Any:
+    attack: Attack,
+    target: BlackBox,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 100,
+    targets: Tensor | None = None,
+    bar: ProgressTask | None = None,
+) -> AttackResult:
     """Run ``attack`` on ``target`` batch by batch; return the merged ``AttackResult``.
+
+    ``bar``, if given, advances by the images of each finished batch and shows the queries spent.
 
     When the target fails (``TargetError``) or its budget is spent (``QueryBudgetExceeded``),
     the error is raised with ``error.partial`` = the merged result of the finished batches
@@ -365,6 +378,9 @@ def attack_target(
     try:
         for s in batch_slices(len(x), batch_size):
             parts.append(attack(target, x[s], y[s], targets=None if targets is None else targets[s]))
+            if bar is not None:
+                bar.advance(s.stop - s.start)
+                bar.describe(f"{attack.name}: {target.queries} queries")
     except (TargetError, QueryBudgetExceeded) as error:
         error.partial = merge_results(parts) if parts else None
         raise

@@ -49,7 +49,7 @@ def test_http_target_speaks_the_serve_api_and_gives_log_probabilities() -> None:
     with torch.no_grad():
         expected = MODEL(x).log_softmax(1)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
-    assert target.queries == 5 and target.requests == 1
+    assert target.queries == 5 and target.calls == 1
     assert json.loads(httpd.bodies[0][0])["images"] == x[:2].tolist()
 
 
@@ -328,3 +328,14 @@ def test_a_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch) -> None:
 def test_a_url_that_already_names_the_path_is_kept() -> None:
     assert HttpTarget("http://127.0.0.1:8000/v1/predict").url == "http://127.0.0.1:8000/v1/predict"
     assert HttpTarget("http://127.0.0.1:8000/").url == "http://127.0.0.1:8000/v1/predict"
+
+
+def test_images_answered_before_a_failed_request_are_counted() -> None:
+    with server(lambda h, b, c: serve_api(h, b, c) if h.requests == 1 else (503, b"", 0.0)) as httpd:
+        target = HttpTarget(httpd.url, max_batch=2, retries=0, budget=5)
+        with pytest.raises(TargetError, match="HTTP 503"):
+            target(_images(4))
+        assert httpd.requests == 2
+    assert target.queries == 2, "the first request's 2 answered images count against the budget"
+    with pytest.raises(QueryBudgetExceeded):
+        target(_images(4))

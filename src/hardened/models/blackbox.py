@@ -60,6 +60,9 @@ class BlackBox(ABC):
         budget: the most images this target answers over its life (``None``: no limit).
         num_classes: K; needed by labels-only targets (one-hot scores), checked otherwise.
         labels_only: the target answers labels, not scores.
+
+    Attributes:
+        queries: images answered so far (what the budget limits); calls: queries made.
     """
 
     def __init__(self, *, budget: int | None = None, num_classes: int | None = None,
@@ -70,7 +73,7 @@ class BlackBox(ABC):
         if self.labels_only and self.num_classes is None:
             raise ConfigError("a labels-only target needs num_classes= (the scores are one-hot)")
         self.queries = 0
-        self.requests = 0
+        self.calls = 0
 
     @property
     def remaining(self) -> int | None:
@@ -84,10 +87,11 @@ class BlackBox(ABC):
         n = x.shape[0]
         if self.budget is not None and self.queries + n > self.budget:
             raise QueryBudgetExceeded(self.queries, self.budget, n)
+        before = self.queries
         answer = self._answer(x.detach())
-        self.requests += 1
+        self.calls += 1
         scores = self._as_scores(answer, n).to(x.device)
-        self.queries += n
+        self.queries = before + n
         return scores
 
     def labels(self, x: Tensor) -> Tensor:
@@ -305,7 +309,10 @@ class HttpTarget(BlackBox):
         self._last_request = -math.inf
 
     def _answer(self, x: Tensor) -> Any:
-        parts = [self._send(x[s]) for s in batch_slices(x.shape[0], self.max_batch)]
+        parts = []
+        for s in batch_slices(x.shape[0], self.max_batch):
+            parts.append(self._send(x[s]))
+            self.queries += s.stop - s.start  # answered images count even if a later request fails
         return parts[0] if len(parts) == 1 else [row for part in parts for row in list(part)]
 
     def _send(self, x: Tensor) -> Any:

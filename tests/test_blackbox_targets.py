@@ -312,6 +312,10 @@ def test_an_onnx_session_is_a_target(tmp_path) -> None:
     x = _images(4)
     with torch.no_grad():
         torch.testing.assert_close(target(x), MODEL(x), atol=1e-5, rtol=1e-5)
+    y = MODEL(x).argmax(1)
+    result = Square(eps=0.3, queries=10, seed=0)(target, x, y)
+    assert result.forward_count + len(x) == target.queries
+    assert torch.equal(result.success, Square(eps=0.3, queries=10, seed=0)(MODEL, x, y).success)
     assert isinstance(as_target(str(path)), OnnxTarget)
     with pytest.raises(ConfigError, match="no ONNX file"):
         OnnxTarget(tmp_path / "missing.onnx")

@@ -38,6 +38,6 @@ def test_adversarial_methods_need_eps(method):
 def test_unknown_method_and_guard_mode():
     with pytest.raises(ConfigError, match="unknown training method"):
         method_options("nope", SETTINGS)
-    with pytest.raises(ConfigError, match="stop, report or off"):
+    with pytest.raises(ConfigError, match="stop, lower, report, off"):
         collapse_guard("sometimes", 0.3, 0)
     assert collapse_guard("off", 0.3, 0) is None

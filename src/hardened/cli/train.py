@@ -23,7 +23,12 @@ from hardened.train import (
     split_unlabeled,
 )
 from hardened.train.compare import compare_methods
-from hardened.train.options import MethodSettings, collapse_guard, method_options
+from hardened.train.options import (
+    MethodSettings,
+    collapse_guard,
+    default_lr_schedule,
+    method_options,
+)
 
 MethodOption = Annotated[str, typer.Option("--method", help=f"training method: {', '.join(METHODS)}")]
 EpsOption = Annotated[float | None, typer.Option("--eps", help="radius of the training threat model (adversarial methods)")]
@@ -35,12 +40,15 @@ BetaOption = Annotated[float, typer.Option("--beta", help="TRADES weight of the 
 SigmaOption = Annotated[float, typer.Option("--sigma", help="noise: std of the Gaussian noise")]
 LrScaleOption = Annotated[float, typer.Option("--adversarial-lr-scale", help="semi-supervised: lr factor of the adversarial pool updates")]
 UnlabeledOption = Annotated[float | None, typer.Option("--unlabeled-fraction", help="semi-supervised: part of the training set used as the unlabeled pool (labels dropped)")]
-GuardOption = Annotated[str, typer.Option("--guard", help="fgsm catastrophic-overfitting guard: stop, report or off")]
+GuardOption = Annotated[str, typer.Option("--guard", help="fgsm catastrophic-overfitting guard: stop (restore the best weights), lower (restore, halve the step, go on), report or off")]
+GuardGapOption = Annotated[float, typer.Option("--guard-gap", help="FGSM-minus-PGD accuracy gap that counts as a collapse")]
+NoiseOption = Annotated[float | None, typer.Option("--nfgsm-noise", help="fgsm: N-FGSM with noise U[-K·eps, K·eps] and no projection (de Jorge et al. 2022 use K=2)")]
+GradAlignOption = Annotated[float, typer.Option("--grad-align", help="fgsm: GradAlign weight lambda (Andriushchenko & Flammarion 2020; 0: off)")]
 GuardDropOption = Annotated[float, typer.Option("--guard-drop", help="PGD-accuracy drop that counts as a collapse")]
 GuardEveryOption = Annotated[int, typer.Option("--guard-every", min=0, help="check the guard every N steps (0: each epoch)")]
 EpochsOption = Annotated[int, typer.Option("--epochs", min=1)]
 LrOption = Annotated[float, typer.Option("--lr")]
-ScheduleOption = Annotated[str, typer.Option("--lr-schedule", help="constant, cosine or cyclic")]
+ScheduleOption = Annotated[str | None, typer.Option("--lr-schedule", help="constant, cosine or cyclic (default: cyclic for fgsm, else constant)")]
 NTrainOption = Annotated[int | None, typer.Option("--n-train", min=1, help="use only the first N training images")]
 EvalNOption = Annotated[int, typer.Option("--eval-n", min=0, help="held-out images for the per-epoch clean/PGD accuracy")]
 EvalEpsOption = Annotated[float | None, typer.Option("--eval-eps", help="eps of the per-epoch PGD accuracy (default: the method's)")]
@@ -70,10 +78,13 @@ def train_command(
     guard: GuardOption = "stop",
     guard_drop: GuardDropOption = 0.3,
     guard_every: GuardEveryOption = 0,
+    guard_gap: GuardGapOption = 0.3,
+    nfgsm_noise: NoiseOption = None,
+    grad_align: GradAlignOption = 0.0,
     eps_warmup: WarmupOption = 0.0,
     epochs: EpochsOption = 5,
     lr: LrOption = 1e-3,
-    lr_schedule: ScheduleOption = "constant",
+    lr_schedule: ScheduleOption = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd")] = "adam",
     n_train: NTrainOption = None,
     eval_n: EvalNOption = 500,
@@ -89,8 +100,11 @@ def train_command(
     options = method_options(key, MethodSettings(
         eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
         beta=beta, sigma=sigma, adversarial_lr_scale=adversarial_lr_scale,
-        guard=collapse_guard(guard, guard_drop, guard_every), eps_warmup=eps_warmup,
+        guard=collapse_guard(guard, guard_drop, guard_every, guard_gap), eps_warmup=eps_warmup,
+        noise=nfgsm_noise, grad_align=grad_align,
     ))
+    if key != "fgsm" and (nfgsm_noise is not None or grad_align):
+        raise ConfigError("--nfgsm-noise and --grad-align are for --method fgsm")
     if source_model and key != "ensemble":
         raise ConfigError("--source-model is for --method ensemble")
     if key == "ensemble" and not source_model:
@@ -118,7 +132,7 @@ def train_command(
     model = build_model(arch, **arch_kwargs).to(target)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
-        lr_schedule=lr_schedule, checkpoint_every=checkpoint_every, eval_n=eval_n,
+        lr_schedule=default_lr_schedule(key, lr_schedule), checkpoint_every=checkpoint_every, eval_n=eval_n,
         eval_eps=eval_eps, eval_norm=norm, amp=amp,
     )
     trainer = Trainer(
@@ -164,7 +178,7 @@ def compare_command(
     eps_warmup: WarmupOption = 0.0,
     epochs: EpochsOption = 3,
     lr: LrOption = 1e-3,
-    lr_schedule: ScheduleOption = "constant",
+    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant, cosine or cyclic (one for every method)")] = "constant",
     n_train: NTrainOption = None,
     n_test: Annotated[int, typer.Option("--n-test", min=1, help="test images for the final measurements")] = 1000,
     eval_n: EvalNOption = 200,

@@ -222,6 +222,7 @@ class Trainer:
         self._guard_best = -1.0
         self._guard_best_state: dict[str, torch.Tensor] | None = None
         self._guard_events: list[dict[str, Any]] = []
+        self._guard_checks: list[dict[str, Any]] = []
         self._stopped: str | None = None
 
     def _pick_eval_threat(self) -> tuple[str, float] | None:
@@ -258,6 +259,7 @@ class Trainer:
             "guard_best": self._guard_best,
             "guard_best_state": self._guard_best_state,
             "guard_events": json.dumps(self._guard_events),
+            "guard_checks": json.dumps(self._guard_checks),
             "stopped": self._stopped,
         }
 
@@ -293,6 +295,7 @@ class Trainer:
         self._guard_best = float(state["guard_best"])
         self._guard_best_state = state.get("guard_best_state")
         self._guard_events = json.loads(state["guard_events"])
+        self._guard_checks = json.loads(state.get("guard_checks", "[]"))
         self._stopped = state.get("stopped")
 
     def save(self) -> Path | None:
@@ -366,40 +369,44 @@ class Trainer:
         return sweep.robust_accuracy[0]
 
     def _check_guard(self, where: str) -> bool:
-        """Run the collapse guard; return True when training must stop."""
-        guard = self.method.guard
+        """Run the catastrophic-overfitting detector (``CollapseGuard``); True: stop training.
+
+        Measures FGSM and PGD accuracy at the method's full threat model on held-out images,
+        keeps the weights of the best PGD accuracy, and acts on a collapse once the eps warm-up
+        is over. Each measurement goes to the epoch's log record (``extra["guard"]``).
+        """
+        guard, threat = self.method.guard, self.method.threat
         data = self._eval_data(guard.n) if guard is not None else None
-        if guard is None or data is None or self.method.threat is None:
+        if guard is None or data is None or threat is None:
             return False
-        norm, eps = self.method.threat.norm, self.method.threat.eps
-        sweep = robust_accuracy_sweep(
-            self.model, data.x.to(self.device), data.y.to(self.device), eps_values=[eps],
-            attack="pgd", norm=norm, steps=guard.steps, seed=self.config.seed,
-            bounds=self.method.threat.bounds,
-        )
-        acc = sweep.robust_accuracy[0]
-        if acc > self._guard_best:
-            self._guard_best = acc
+        x, y = data.x.to(self.device), data.y.to(self.device)
+        common = {"eps_values": [threat.eps], "norm": threat.norm, "bounds": threat.bounds}
+        pgd = robust_accuracy_sweep(self.model, x, y, attack="pgd", steps=guard.steps,
+                                    seed=self.config.seed, **common).robust_accuracy[0]
+        fgsm = robust_accuracy_sweep(self.model, x, y, attack="fgsm", **common).robust_accuracy[0]
+        self._guard_checks.append({"step": self.global_step, "fgsm_accuracy": fgsm, "pgd_accuracy": pgd})
+        reason = None if getattr(self.method, "warming_up", False) else guard.diagnose(fgsm, pgd, self._guard_best)
+        if pgd > self._guard_best:
+            self._guard_best = pgd
             self._guard_best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if reason is None:
             return False
-        if not guard.collapsed(acc, self._guard_best):
-            return False
-        event = {
-            "event": "catastrophic_overfitting",
-            "step": self.global_step,
-            "where": where,
-            "pgd_accuracy": acc,
-            "best_pgd_accuracy": self._guard_best,
-            "action": guard.action,
+        event: dict[str, Any] = {
+            "event": "catastrophic_overfitting", "step": self.global_step, "where": where,
+            "reason": reason, "fgsm_accuracy": fgsm, "pgd_accuracy": pgd,
+            "best_pgd_accuracy": self._guard_best, "action": guard.action,
         }
+        message = f"catastrophic overfitting at step {self.global_step}: {reason}"
+        if guard.action in ("stop", "lower") and self._guard_best_state is not None:
+            self.model.load_state_dict(self._guard_best_state)
+        if guard.action == "lower" and callable(getattr(self.method, "lower_step", None)):
+            event["step_size"] = self.method.lower_step(guard.lower_factor)  # type: ignore[attr-defined]
+            message += f"; restored the best weights and lowered the step size to {event['step_size']:.4g}"
+            self._guard_events.append(event)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            return False
         self._guard_events.append(event)
-        message = (
-            f"catastrophic overfitting at step {self.global_step}: PGD accuracy fell to "
-            f"{acc:.3f} from {self._guard_best:.3f}"
-        )
-        if guard.action == "stop":
-            if self._guard_best_state is not None:
-                self.model.load_state_dict(self._guard_best_state)
+        if guard.action in ("stop", "lower"):
             self._stopped = message + "; stopped and restored the best weights"
             return True
         warnings.warn(message + " (guard action 'report': training goes on)", RuntimeWarning, stacklevel=2)
@@ -419,6 +426,9 @@ class Trainer:
             event["epoch"] = self.epoch + 1
         if events:
             extra["guard_events"] = events
+        if self._guard_checks:
+            extra["guard"] = self._guard_checks
+            self._guard_checks = []
         return EpochRecord(
             epoch=self.epoch + 1,
             loss=self._loss_sum / max(self._loss_count, 1),

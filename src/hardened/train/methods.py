@@ -48,6 +48,7 @@ from hardened.threat import ThreatModel
 from hardened.train.config import FitFunction, TrainConfig
 
 __all__ = [
+    "GUARD_ACTIONS",
     "METHODS",
     "CollapseGuard",
     "Ensemble",
@@ -62,9 +63,14 @@ __all__ = [
     "TRADES",
     "TrainingMethod",
     "as_method",
+    "grad_align_penalty",
+    "nfgsm_noise",
     "make_method",
     "split_unlabeled",
 ]
+
+
+GUARD_ACTIONS = ("stop", "lower", "report")
 
 
 class TrainingMethod(Protocol):
@@ -102,12 +108,20 @@ class StepLoss:
 
 @dataclass(frozen=True)
 class CollapseGuard:
-    """Catastrophic-overfitting guard (Wong et al. 2020, section 5.1).
+    """Catastrophic-overfitting detector (Wong et al. 2020 section 5.1; Andriushchenko &
+    Flammarion 2020 section 3).
 
-    The trainer measures PGD accuracy (``steps`` iterations, the method's threat model) on ``n``
-    held-out images every ``every`` steps (0: at the end of each epoch only). A *collapse* is an
-    accuracy more than ``drop`` below the best seen so far. ``action="stop"`` restores the best
-    weights and stops training; ``"report"`` records the event (log and a warning) and goes on.
+    The trainer measures, on ``n`` held-out images every ``every`` steps (0: at the end of each
+    epoch), the accuracy under plain FGSM and under PGD (``steps`` iterations) at the method's
+    full threat model. Catastrophic overfitting has one signature: the model still resists the
+    single-step attack it is trained on while multi-step PGD breaks it. The guard fires when
+
+    - ``fgsm - pgd > gap`` (FGSM accuracy far above PGD accuracy: the signature), or
+    - ``pgd < best - drop`` (PGD accuracy fell far below the best seen so far),
+
+    and only once the eps warm-up is over. ``action``: ``"stop"`` restores the best weights
+    and stops; ``"lower"`` restores the best weights, multiplies the method's step size by
+    ``lower_factor`` and goes on; ``"report"`` records the event (log and warning) and goes on.
     """
 
     drop: float = 0.3
@@ -115,18 +129,32 @@ class CollapseGuard:
     n: int = 128
     steps: int = 10
     action: str = "stop"
+    gap: float = 0.3
+    lower_factor: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.drop <= 1.0:
             raise ConfigError(f"guard drop must be in (0, 1], got {self.drop}")
+        if not 0.0 < self.gap <= 1.0:
+            raise ConfigError(f"guard gap must be in (0, 1], got {self.gap}")
         if self.every < 0 or self.n < 1 or self.steps < 1:
             raise ConfigError("guard every must be >= 0, n >= 1 and steps >= 1")
-        if self.action not in ("stop", "report"):
-            raise ConfigError(f"guard action must be 'stop' or 'report', got {self.action!r}")
+        if self.action not in GUARD_ACTIONS:
+            raise ConfigError(f"guard action must be one of {', '.join(GUARD_ACTIONS)}, got {self.action!r}")
+        if not 0.0 < self.lower_factor < 1.0:
+            raise ConfigError(f"guard lower_factor must be in (0, 1), got {self.lower_factor}")
 
     def collapsed(self, accuracy: float, best: float) -> bool:
-        """True when ``accuracy`` lies more than ``drop`` below ``best``."""
+        """True when the PGD ``accuracy`` lies more than ``drop`` below ``best``."""
         return accuracy < best - self.drop
+
+    def diagnose(self, fgsm: float, pgd: float, best: float) -> str | None:
+        """Why the accuracies ``fgsm``, ``pgd`` (and the best PGD so far) show a collapse; ``None``: healthy."""
+        if fgsm - pgd > self.gap:
+            return f"FGSM accuracy {fgsm:.3f} is {fgsm - pgd:.3f} above PGD accuracy {pgd:.3f} (gap > {self.gap:g})"
+        if self.collapsed(pgd, best):
+            return f"PGD accuracy fell to {pgd:.3f} from {best:.3f} (drop > {self.drop:g})"
+        return None
 
 
 class Method:
@@ -299,6 +327,7 @@ class _Adversarial(Method):
             raise ConfigError(f"eps_warmup must be a fraction of the training in [0, 1), got {eps_warmup}")
         self.eps_warmup = float(eps_warmup)
         self._scale = 1.0
+        self.step_factor = 1.0  # lowered by the collapse guard's "lower" action; checkpointed
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": self.steps, "step_size": self.step_size,
@@ -310,13 +339,31 @@ class _Adversarial(Method):
         ramp = self.eps_warmup * ctx.total_steps
         self._scale = min(1.0, (ctx.step + 1) / ramp) if ramp >= 1 else 1.0
 
+    @property
+    def warming_up(self) -> bool:
+        """True while the eps warm-up still scales the threat model down."""
+        return self._scale < 1.0
+
+    def lower_step(self, factor: float) -> float:
+        """Multiply the step size by ``factor`` from now on (the guard's "lower"); return the new step."""
+        self.step_factor *= float(factor)
+        return self.step_size * self.step_factor
+
     def _current(self) -> tuple[ThreatModel, float]:
         """The threat model and step size of the current step (scaled during the eps warm-up)."""
         assert self.threat is not None
+        step = self.step_size * self.step_factor
         if self._scale >= 1.0:
-            return self.threat, self.step_size
+            return self.threat, step
         threat = ThreatModel(self.threat.norm, self.threat.eps * self._scale, self.threat.bounds)
-        return threat, self.step_size * self._scale
+        return threat, step * self._scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"step_factor": self.step_factor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.step_factor = float(state.get("step_factor", 1.0))
 
     def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
         self._begin(ctx)
@@ -354,12 +401,43 @@ class PGDTraining(_Adversarial):
         return F.cross_entropy(model(self._adversarial(model, x, y, generator)), y)
 
 
+def grad_align_penalty(model: nn.Module, x: Tensor, x_noisy: Tensor, y: Tensor) -> Tensor:
+    """GradAlign (Andriushchenko & Flammarion 2020, eq. 6): ``1 - mean_i cos(g_i, g̃_i)``.
+
+    ``g_i = ∇x CE(f(x_i), y_i)`` (a constant) and ``g̃_i = ∇x CE(f(x̃_i), y_i)`` at the noisy
+    points ``x_noisy`` (built with ``create_graph``, so the penalty back-propagates to the
+    weights: double backprop). Shapes: ``x``, ``x_noisy`` N×C×H×W, ``y`` N; returns a scalar.
+    """
+    clean = x.detach().requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(model(clean), y, reduction="sum"), clean)[0].detach()
+    noisy = x_noisy.detach().requires_grad_(True)
+    grad_noisy = torch.autograd.grad(
+        F.cross_entropy(model(noisy), y, reduction="sum"), noisy, create_graph=True
+    )[0]
+    cos = F.cosine_similarity(grad.flatten(1), grad_noisy.flatten(1), dim=1, eps=1e-12)
+    return 1.0 - cos.mean()
+
+
+def nfgsm_noise(x: Tensor, eps: float, k: float, generator: torch.Generator) -> Tensor:
+    """N-FGSM's noise (de Jorge et al. 2022): η ~ U[-k·eps, k·eps]^d, independent per pixel."""
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (2.0 * u - 1.0) * (k * eps)
+
+
 @METHODS.register("fgsm")
 class FastFGSM(_Adversarial):
-    """Fast adversarial training (Wong et al. 2020): x' = Π(x + δ0 + α·sign(∇)), δ0 ~ U(ball).
+    """Fast single-step adversarial training, with the published fixes for catastrophic overfitting.
 
-    One gradient step of ``α = 1.25 · eps`` from a uniform random start, then projection. The
-    default ``CollapseGuard`` watches PGD accuracy for catastrophic overfitting.
+    - default (Wong et al. 2020, RS-FGSM): x' = Π_ball(x + δ0 + α·sign(∇)), δ0 ~ U(ball),
+      ``α = 1.25 · eps``; train with the cyclic learning rate (the CLI's default for fgsm).
+    - ``noise=k`` (N-FGSM, de Jorge et al. 2022, Linf): x̃ = clip(x + η), η ~ U[-k·eps, k·eps],
+      x' = clip(x̃ + α·sign(∇ CE(f(x̃), y))) with ``α = eps`` by default and *no* projection
+      onto the eps ball (‖x' - x‖∞ <= k·eps + α); the paper uses k = 2.
+    - ``grad_align=λ`` (Andriushchenko & Flammarion 2020): adds ``λ · grad_align_penalty`` with
+      x̃ drawn uniformly from the eps ball (clipped to the box); the paper's λ grows with eps
+      (0.2 for CIFAR-10 at 8/255), so tune it for other settings.
+
+    The default ``CollapseGuard`` watches FGSM against PGD accuracy for catastrophic overfitting.
     """
 
     name = "fgsm"
@@ -368,18 +446,50 @@ class FastFGSM(_Adversarial):
         self, *, eps: float, norm: str = "linf", step_size: float | None = None,
         random_start: bool = True, guard: CollapseGuard | None = CollapseGuard(),
         eps_warmup: float = 0.0, bounds: tuple[float, float] = (0.0, 1.0),
+        noise: float | None = None, grad_align: float = 0.0,
     ) -> None:
+        if noise is not None and not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise > 0):
+            raise ConfigError(f"N-FGSM noise must be a multiple of eps > 0 (the paper: 2), got {noise!r}")
+        if noise is not None and norm != "linf":
+            raise ConfigError(f"N-FGSM noise is defined for the linf norm, not {norm!r}; use --norm linf")
+        if not (isinstance(grad_align, numbers.Real) and math.isfinite(grad_align) and grad_align >= 0):
+            raise ConfigError(f"grad_align must be a weight >= 0 (e.g. 0.2), got {grad_align!r}")
         super().__init__(eps=eps, norm=norm, steps=1, step_size=step_size,
-                         random_start=random_start, bounds=bounds, default_factor=1.25,
-                         eps_warmup=eps_warmup)
+                         random_start=random_start or noise is not None, bounds=bounds,
+                         default_factor=1.25 if noise is None else 1.0, eps_warmup=eps_warmup)
         self.guard = guard
+        self.noise = None if noise is None else float(noise)
+        self.grad_align = float(grad_align)
 
     def params(self) -> dict[str, Any]:
         out = {k: v for k, v in super().params().items() if k != "steps"}
-        return out
+        if self.noise is not None:
+            out = {k: v for k, v in out.items() if k != "random_start"} | {"noise": self.noise}
+        return out | ({"grad_align": self.grad_align} if self.grad_align else {})
 
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
-        return F.cross_entropy(model(self._adversarial(model, x, y, generator)), y)
+        x_adv = self._adversarial(model, x, y, generator) if self.noise is None else self._nfgsm(model, x, y, generator)
+        loss = F.cross_entropy(model(x_adv), y)
+        if self.grad_align:
+            threat, _ = self._current()
+            loss = loss + self.grad_align * grad_align_penalty(model, x, threat.random_start(x, generator), y)
+        return loss
+
+    def _nfgsm(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        """N-FGSM's example: one signed step from the noisy point, clipped to the box only."""
+        threat, step_size = self._current()
+        assert self.noise is not None
+        oracle = Oracle(model, 0)
+        start = threat.clip(x + nfgsm_noise(x, threat.eps, self.noise, generator))
+        with eval_mode(model):
+            x_adv = iterate(
+                oracle, x, start, threat=threat, steps=1, step_size=step_size,
+                objective=attack_objective("ce", y), direction=steepest("linf"),
+                project=lambda x_new, _: threat.clip(x_new),
+            )
+        self._count("adversarial_examples", x.shape[0])
+        self._count("gradient_evaluations", oracle.gradient_count)
+        return x_adv.detach()
 
 
 @METHODS.register("trades")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hardened.errors import ConfigError
-from hardened.train.methods import METHODS, CollapseGuard
+from hardened.train.methods import GUARD_ACTIONS, METHODS, CollapseGuard
 
-__all__ = ["MethodSettings", "method_options", "collapse_guard"]
+__all__ = ["MethodSettings", "method_options", "collapse_guard", "default_lr_schedule"]
 
-GUARD_MODES = ("stop", "report", "off")
+GUARD_MODES = (*GUARD_ACTIONS, "off")
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,22 @@ class MethodSettings:
     adversarial_lr_scale: float = 0.5
     guard: CollapseGuard | None = None
     eps_warmup: float = 0.0
+    noise: float | None = None
+    grad_align: float = 0.0
 
 
-def collapse_guard(mode: str, drop: float, every: int) -> CollapseGuard | None:
-    """The fgsm catastrophic-overfitting guard for ``mode`` (stop, report or off: none)."""
+def collapse_guard(mode: str, drop: float, every: int, gap: float = 0.3) -> CollapseGuard | None:
+    """The fgsm catastrophic-overfitting guard for ``mode`` (stop, lower, report or off: none)."""
     if mode not in GUARD_MODES:
-        raise ConfigError(f"--guard must be stop, report or off, got {mode!r}")
-    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode)
+        raise ConfigError(f"--guard must be one of {', '.join(GUARD_MODES)}, got {mode!r}")
+    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode, gap=gap)
+
+
+def default_lr_schedule(method: str, schedule: str | None) -> str:
+    """``schedule`` when given; else the method's published one (fgsm: cyclic, Wong et al. 2020)."""
+    if schedule is not None:
+        return schedule
+    return "cyclic" if METHODS.canonical(method) == "fgsm" else "constant"
 
 
 def method_options(method: str, settings: MethodSettings) -> dict[str, Any]:
@@ -53,7 +62,8 @@ def method_options(method: str, settings: MethodSettings) -> dict[str, Any]:
     options: dict[str, Any] = {"eps": settings.eps, "norm": settings.norm, "step_size": settings.step_size,
                                "eps_warmup": settings.eps_warmup}
     if key == "fgsm":
-        return options | {"random_start": settings.random_start, "guard": settings.guard}
+        return options | {"random_start": settings.random_start, "guard": settings.guard,
+                          "noise": settings.noise, "grad_align": settings.grad_align}
     options["steps"] = settings.steps
     if key == "trades":
         return options | {"beta": settings.beta}

@@ -73,6 +73,10 @@ def test_train_bad_settings_fail_with_a_message(tmp_path, source):
     assert "at least one --source-model" in fails("train", *BASE, "--method", "ensemble",
                                                   "--eps", "0.1", "--out", out)
     assert "unknown training method" in fails("train", *BASE, "--method", "magic", "--out", out)
+    assert "are for --method fgsm" in fails("train", *BASE, "--method", "pgd", "--eps", "0.1",
+                                            "--nfgsm-noise", "2", "--out", out)
+    assert "N-FGSM noise" in fails("train", *BASE, "--method", "fgsm", "--eps", "0.1",
+                                   "--nfgsm-noise", "-1", "--out", out)
     mnist_source = str(tmp_path / "mnist.safetensors")
     save_model(build_model("mlp", input_shape=(1, 28, 28)), mnist_source, arch="mlp",
                arch_kwargs={"input_shape": [1, 28, 28]})
@@ -110,3 +114,14 @@ def test_evaluate_transfer_and_defend_compare(tmp_path, source):
         assert 0 <= row["transfer_accuracy"] <= 1 and row["train_seconds"] > 0
     assert "| semi-supervised |" in (out_dir / "tradeoff.md").read_text()
     assert (out_dir / "tradeoff.png").stat().st_size > 1000
+
+
+def test_train_fgsm_defaults_to_the_cyclic_schedule_and_takes_the_fast_options(tmp_path):
+    out = tmp_path / "fast.safetensors"
+    invoke("train", *BASE, "--method", "fgsm", "--eps", "0.15", "--nfgsm-noise", "2", "--grad-align", "0.2",
+           "--guard", "lower", "--guard-gap", "0.5", "--epochs", "1", "--out", str(out))
+    training = load_model(out).info.training
+    assert training["config"]["lr_schedule"] == "cyclic"
+    assert training["method"]["noise"] == 2.0 and training["method"]["grad_align"] == 0.2
+    assert training["method"]["guard"]["action"] == "lower" and training["method"]["guard"]["gap"] == 0.5
+    assert training["method"]["step_size"] == 0.15  # N-FGSM's step is eps

@@ -18,7 +18,15 @@ from torch import nn
 from hardened.data import Dataset, load_splits
 from hardened.errors import ConfigError
 from hardened.models import build_model
-from hardened.train import CollapseGuard, FastFGSM, StepContext, StepLoss, TrainConfig, Trainer, train
+from hardened.train import (
+    CollapseGuard,
+    FastFGSM,
+    StepContext,
+    StepLoss,
+    TrainConfig,
+    Trainer,
+    train,
+)
 from hardened.train.loop import lr_factor
 from hardened.train.methods import grad_align_penalty, nfgsm_noise
 from hardened.train.options import default_lr_schedule

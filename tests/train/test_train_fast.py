@@ -19,8 +19,10 @@ from hardened.data import Dataset, load_splits
 from hardened.errors import ConfigError
 from hardened.models import build_model
 from hardened.train import (
+    TRADES,
     CollapseGuard,
     FastFGSM,
+    PGDTraining,
     StepContext,
     StepLoss,
     TrainConfig,
@@ -290,3 +292,15 @@ def test_resume_equals_the_uninterrupted_run(data, tmp_path, options):
     assert result.resumed_from_step == 7 and result.steps == whole.steps
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
     assert [r.extra.get("guard_events") for r in result.history] == [r.extra.get("guard_events") for r in whole.history]
+
+
+# ----------------------------------------------------------------- recipes
+def test_recipe_defaults_match_the_papers():
+    """PGD: 2.5·eps/steps (Madry et al. 2018); TRADES: beta 6 (Zhang et al. 2019); fast FGSM:
+    1.25·eps from a random start (Wong et al. 2020); N-FGSM: step eps (de Jorge et al. 2022)."""
+    assert PGDTraining(eps=0.3, steps=10).step_size == pytest.approx(0.075)
+    trades = TRADES(eps=0.3, steps=10)
+    assert trades.beta == 6.0 and trades.step_size == pytest.approx(0.075)
+    fast = FastFGSM(eps=0.3)
+    assert fast.step_size == pytest.approx(0.375) and fast.random_start and fast.guard is not None
+    assert FastFGSM(eps=0.3, noise=2.0).step_size == pytest.approx(0.3)

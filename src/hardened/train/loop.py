@@ -380,7 +380,7 @@ class Trainer:
         if guard is None or data is None or threat is None:
             return False
         x, y = data.x.to(self.device), data.y.to(self.device)
-        common = {"eps_values": [threat.eps], "norm": threat.norm, "bounds": threat.bounds}
+        common: dict[str, Any] = {"eps_values": [threat.eps], "norm": threat.norm, "bounds": threat.bounds}
         pgd = robust_accuracy_sweep(self.model, x, y, attack="pgd", steps=guard.steps,
                                     seed=self.config.seed, **common).robust_accuracy[0]
         fgsm = robust_accuracy_sweep(self.model, x, y, attack="fgsm", **common).robust_accuracy[0]

@@ -441,6 +441,8 @@ class FastFGSM(_Adversarial):
     """
 
     name = "fgsm"
+    noise: float | None
+    grad_align: float
 
     def __init__(
         self, *, eps: float, norm: str = "linf", step_size: float | None = None,

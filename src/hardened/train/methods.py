@@ -10,7 +10,8 @@ a resumed run repeats the uninterrupted one exactly.
 ``standard``        cross-entropy on clean inputs
 ``pgd``             Madry et al. 2018: cross-entropy on PGD examples (Linf or L2)
 ``fgsm``            Wong et al. 2020 ("fast is better than free"): one FGSM step of 1.25·eps from
-                    a random start, with a catastrophic-overfitting guard
+                    a random start, with a catastrophic-overfitting detector; options N-FGSM
+                    (de Jorge et al. 2022) and GradAlign (Andriushchenko & Flammarion 2020)
 ``trades``          Zhang et al. 2019: CE(f(x), y) + beta · KL(f(x) || f(x'))
 ``noise``           Gaussian noise augmentation x + N(0, sigma²) (Cohen et al. 2019)
 ``ensemble``        Tramèr et al. 2018: half own adversarial examples, half crafted on one of

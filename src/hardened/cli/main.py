@@ -75,6 +75,11 @@ def _register() -> None:
 
     app.add_typer(guard_app, name="guard")
 
+    from hardened.cli import serve
+
+    app.command("serve")(serve.serve_command)
+    app.command("predict")(serve.predict_command)
+
 
 _register()
 

@@ -6,6 +6,7 @@ lazy) and anything over ``MAX_PIXELS`` is refused before a byte of it is decoded
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -23,18 +24,24 @@ __all__ = ["MAX_PIXELS", "open_image", "decode_image"]
 MAX_PIXELS = 8192 * 8192  # 67 Mpx: far above any classifier input, far below PIL's 179 Mpx bomb limit
 
 
-def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> PILImage:
-    """The decoded image at ``path`` (a copy, the file closed); ``DataError`` when it is not a
-    readable image or declares more than ``max_pixels`` pixels."""
+def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
+               name: str | None = None) -> PILImage:
+    """The decoded image at ``path``, or encoded in ``bytes`` (an upload; ``name`` names it in
+    messages), as a copy with the file closed; ``DataError`` when it is not a readable image or
+    declares more than ``max_pixels`` pixels."""
     from PIL import Image
 
-    file = Path(path)
-    if file.is_dir():
-        raise DataError(f"{file} is a folder, not an image file")
+    source: Path | io.BytesIO
+    if isinstance(path, bytes):
+        source, file = io.BytesIO(path), name or "upload"
+    else:
+        source = file = Path(path)
+        if file.is_dir():
+            raise DataError(f"{file} is a folder, not an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise DataError(
@@ -53,6 +60,8 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         raise DataError(f"cannot read image {file}: {reason}") from error
 
 
-def decode_image(path: str | os.PathLike[str], mode: str, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """uint8 pixels H×W (``mode="L"``) or H×W×3 (``"RGB"``) of the image at ``path``."""
-    return np.asarray(open_image(path, max_pixels=max_pixels).convert(mode), dtype=np.uint8)
+def decode_image(path: str | os.PathLike[str] | bytes, mode: str, *, max_pixels: int = MAX_PIXELS,
+                 name: str | None = None) -> np.ndarray:
+    """uint8 pixels H×W (``mode="L"``) or H×W×3 (``"RGB"``) of the image at ``path`` (or in
+    ``bytes``, see ``open_image``)."""
+    return np.asarray(open_image(path, max_pixels=max_pixels, name=name).convert(mode), dtype=np.uint8)

@@ -73,6 +73,7 @@ class GuardedPrediction:
         confidence: float32 (N,): the classifier's max softmax probability.
         scored: bool (N,): the score is finite (an unscorable input is always refused).
         threshold: the threshold used.
+        probabilities: float32 (N, K): the classifier's softmax probabilities.
     """
 
     predictions: Tensor
@@ -81,6 +82,7 @@ class GuardedPrediction:
     confidence: Tensor
     scored: Tensor
     threshold: float
+    probabilities: Tensor | None = None
 
     @property
     def refusal_rate(self) -> float:
@@ -129,7 +131,7 @@ def guarded_predict(
     scores = score.score(x).float().to(predictions.device)
     scored = torch.isfinite(scores)
     accepted = scored & (scores <= limit)
-    return GuardedPrediction(predictions, accepted, scores, confidence, scored, limit)
+    return GuardedPrediction(predictions, accepted, scores, confidence, scored, limit, probabilities)
 
 
 class GuardedClassifier:

@@ -1,0 +1,241 @@
+"""The FastAPI application: ``create_app(predictor, settings)``.
+
+Endpoints: ``POST /v1/predict`` (JSON ``{"images": [...]}`` or multipart PNG/JPEG uploads; one
+answer per image, see ``schemas.ImageAnswer``), ``GET /healthz`` (alive), ``GET /readyz``
+(loaded and warmed up: 200, else 503), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
+
+The request is read with a size limit before any parsing, parsed off the event loop, queued in
+the micro-batcher (a full queue is 503 with ``Retry-After``) and answered when its batch has
+run on the batcher's worker thread, so the event loop only moves bytes. On shutdown (uvicorn
+stops accepting on SIGTERM and waits for the requests in flight) the batcher answers every
+queued request before it stops. Every request is logged as one JSON line on the
+``hardened.serve.access`` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from hardened import __version__
+from hardened.errors import ConfigError
+from hardened.serve.batching import Closed, MicroBatcher, QueueFull
+from hardened.serve.inputs import Rejected, images_from_json, images_from_uploads
+from hardened.serve.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from hardened.serve.predictors import Predictor
+from hardened.serve.schemas import PREDICT_REQUEST_BODY, ErrorResponse, HealthResponse, PredictResponse
+
+__all__ = ["ServeSettings", "create_app", "API_KEY_HEADER"]
+
+API_KEY_HEADER = "X-API-Key"
+access_log = logging.getLogger("hardened.serve.access")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and batching of one service.
+
+    Attributes:
+        max_batch: most images per model batch; 1 switches micro-batching off.
+        max_wait_ms: longest a request waits for others to fill its batch.
+        max_queue: most requests waiting; beyond it 503 with ``Retry-After: retry_after_s``.
+        max_body_bytes: largest request body (413 beyond).
+        max_images: most images in one request (413 beyond).
+        max_pixels: most pixels in one uploaded image (413 beyond).
+        api_key: when set, ``/v1/*`` needs it in the ``X-API-Key`` header (401 without).
+    """
+
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_body_bytes: int = 16 * 2**20
+    max_images: int = 64
+    max_pixels: int = 4096 * 4096
+    api_key: str | None = None
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_body_bytes", "max_images", "max_pixels", "retry_after_s"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.max_wait_ms >= 0:
+            raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("the API key is empty; give a non-empty key or none")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read in chunks; 413 as soon as it passes ``limit`` bytes (or declares more)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Rejected(413, f"the body is {int(declared)} bytes, over the limit of {limit} bytes; send fewer or smaller images")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejected(413, f"the body is over the limit of {limit} bytes; send fewer or smaller images")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple[str, bytes]]:
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=max_images, max_fields=max_images,
+                                     max_part_size=len(body) + 1).parse()
+    except MultiPartException as error:
+        status = 413 if "Too many" in error.message else 422
+        raise Rejected(status, f"the multipart body cannot be used: {error.message} (at most {max_images} files)") from None
+    files = []
+    for _, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append((value.filename or "upload", await value.read()))
+    await form.close()
+    if not files:
+        raise Rejected(422, "the multipart body has no files: upload PNG or JPEG files")
+    return files
+
+
+class _Service:
+    """What one app holds: the predictor, its batcher, the metrics and the ready flag."""
+
+    def __init__(self, predictor: Predictor, settings: ServeSettings) -> None:
+        self.predictor, self.settings = predictor, settings
+        self.batcher = MicroBatcher(predictor.predict, max_batch=settings.max_batch,
+                                    max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
+        self.metrics = ServiceMetrics(queue_depth=lambda: self.batcher.queue_depth)
+        self.batcher.on_batch = self.metrics.observe_batch
+        self.ready = False
+
+    def warm_up(self) -> None:
+        """One batch of zeros through the predictor: loads kernels and allocates before the first client."""
+        self.predictor.predict(torch.zeros(1, *self.predictor.input_shape))
+
+    async def predict(self, request: Request) -> Response:
+        settings = self.settings
+        if settings.api_key is not None:
+            given = request.headers.get(API_KEY_HEADER, "")
+            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                return _error(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header",
+                              {"WWW-Authenticate": API_KEY_HEADER})
+        if not self.ready:
+            return _error(503, "the model is not loaded yet (or the service is stopping); retry shortly",
+                          {"Retry-After": str(settings.retry_after_s)})
+        started = time.perf_counter()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        shape = self.predictor.input_shape
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            if content_type == "application/json":
+                x = await run_in_threadpool(images_from_json, body, shape, settings.max_images)
+            elif content_type == "multipart/form-data":
+                files = await _uploads(request, body, settings.max_images)
+                x = await run_in_threadpool(images_from_uploads, files, shape, settings.max_images,
+                                            settings.max_pixels)
+            else:
+                raise Rejected(415, f"content type {content_type or 'none'!r} is not accepted: send "
+                                    'application/json {"images": [...]} or multipart/form-data PNG/JPEG files')
+        except Rejected as rejected:
+            return _error(rejected.status, rejected.message)
+        self.metrics.stage.labels("parse").observe(time.perf_counter() - started)
+        request.state.images = int(x.shape[0])
+        try:
+            future = self.batcher.submit(x)
+        except (QueueFull, Closed) as busy:
+            return _error(503, f"the service is busy ({busy}); retry after {settings.retry_after_s} s",
+                          {"Retry-After": str(settings.retry_after_s)})
+        answers = await asyncio.wrap_future(future)
+        for index, answer in enumerate(answers):
+            answer["index"] = index
+        self.metrics.observe_answers(answers)
+        return JSONResponse({"kind": self.predictor.kind, "n": len(answers), "predictions": answers})
+
+
+def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``predictor`` (see the module docstring); warmed up on startup."""
+    service = _Service(predictor, settings or ServeSettings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(service.warm_up)
+        service.batcher.start()
+        service.ready = True
+        try:
+            yield
+        finally:
+            service.ready = False
+            await run_in_threadpool(service.batcher.close)
+
+    app = FastAPI(title="hardened", version=__version__, lifespan=lifespan,
+                  description="A classifier that refuses unreliable inputs: guarded, smoothed or bare.")
+    app.state.service = service
+
+    @app.middleware("http")
+    async def log_and_count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            response = await call_next(request)
+        except Exception:
+            service.metrics.observe_request(request.url.path, 500, time.perf_counter() - started)
+            access_log.exception(json.dumps({"event": "error", "path": request.url.path, "request_id": request_id}))
+            return _error(500, "internal error while answering the request; see the service log")
+        seconds = time.perf_counter() - started
+        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
+        service.metrics.observe_request(endpoint, response.status_code, seconds)
+        response.headers["X-Request-ID"] = request_id
+        record: dict[str, Any] = {
+            "event": "access", "time": time.time(), "request_id": request_id, "method": request.method,
+            "path": request.url.path, "status": response.status_code, "ms": round(1000 * seconds, 3),
+            "client": request.client.host if request.client else None,
+            "images": getattr(request.state, "images", None)}
+        access_log.info(json.dumps(record))
+        return response
+
+    errors = {code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503)}
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=errors,  # type: ignore[arg-type]
+              openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+              summary="Classify images, or refuse the unreliable ones")
+    async def predict(request: Request) -> Response:
+        return await service.predict(request)
+
+    @app.get("/healthz", response_model=HealthResponse, summary="The process is alive")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "alive", "ready": service.ready}
+
+    @app.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
+             summary="The model is loaded and warmed up")
+    async def readyz() -> Response:
+        return JSONResponse({"status": "ready" if service.ready else "not ready", "ready": service.ready},
+                            status_code=200 if service.ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+_ENDPOINTS = frozenset({"/v1/predict", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,14 +71,15 @@ class Server:
     def __init__(self, args: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # a file, not a pipe: the access log never blocks the server
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(HERE)]), OMP_NUM_THREADS="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hardened.cli.main", "serve", *args, "--port", str(self.port)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"the server exited: {self.output()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -86,6 +88,11 @@ class Server:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("the server did not become ready in 60 s")
+
+    def output(self) -> str:
+        """Everything the server wrote to stderr so far (its JSON log lines)."""
+        self.log.seek(0)
+        return self.log.read().decode()
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -6,19 +6,29 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hardened.cli._common import Common, Option, out, resolve_device, seed_everything, shared_options
+from hardened.cli._common import (
+    Common,
+    Option,
+    out,
+    resolve_device,
+    seed_everything,
+    shared_options,
+)
 from hardened.cli.guard import TrustFactoryOption
 from hardened.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hardened.serve.predictors import Predictor
 
 _GUARD_HELP = "folder written by 'hardened guard fit' (serve the guarded classifier)"
 
 
 def _predictor(common: Common, guard_dir: Path | None, trust_factory: bool, smooth: float | None,
-               n0: int, n: int, alpha: float, input_shape: str | None):
+               n0: int, n: int, alpha: float, input_shape: str | None) -> Predictor:
     """The predictor the options name: a guard folder, or a model (bare or smoothed)."""
     from hardened.cli._common import parse_ints
     from hardened.models import load_model
@@ -37,11 +47,11 @@ def _predictor(common: Common, guard_dir: Path | None, trust_factory: bool, smoo
         return GuardPredictor(guard)
     loaded = load_model(str(common.model), common.weights)
     loaded.model.to(device)
-    shape = loaded.info.input_shape
-    if input_shape:
-        shape = tuple(parse_ints(input_shape, "--input-shape"))
-    if shape is None or len(shape) != 3:
-        raise ConfigError("the model records no input shape C×H×W; pass --input-shape C,H,W (e.g. 1,28,28)")
+    dims = parse_ints(input_shape, "--input-shape") if input_shape else list(loaded.info.input_shape or ())
+    if len(dims) != 3 or min(dims) < 1:
+        raise ConfigError("the model records no input shape C×H×W (or --input-shape is not three positive "
+                          "integers); pass --input-shape C,H,W (e.g. 1,28,28)")
+    shape = (dims[0], dims[1], dims[2])
     if smooth is None:
         return ModelPredictor(loaded.model, shape, loaded.info.classes)
     return SmoothedPredictor(loaded.model, shape, smooth, n0=n0, n=n, alpha=alpha, seed=common.seed,

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +38,12 @@ from hardened.serve.batching import Closed, MicroBatcher, QueueFull
 from hardened.serve.inputs import Rejected, images_from_json, images_from_uploads
 from hardened.serve.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from hardened.serve.predictors import Predictor
-from hardened.serve.schemas import PREDICT_REQUEST_BODY, ErrorResponse, HealthResponse, PredictResponse
+from hardened.serve.schemas import (
+    PREDICT_REQUEST_BODY,
+    ErrorResponse,
+    HealthResponse,
+    PredictResponse,
+)
 
 __all__ = ["ServeSettings", "create_app", "API_KEY_HEADER"]
 
@@ -98,7 +103,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _uploads(request: Request, body: bytes, max_images: int) -> list[tuple[str, bytes]]:
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:

@@ -80,7 +80,8 @@ class ModelPredictor:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int],
                  classes: tuple[str, ...] | None = None, batch_size: int = 256) -> None:
-        self.model, self.input_shape, self.classes, self.batch_size = model, tuple(input_shape), classes, batch_size
+        self.model, self.classes, self.batch_size = model, classes, batch_size
+        self.input_shape = input_shape
 
     def predict(self, x: Tensor) -> list[Answer]:
         logits = predict_logits(self.model, x.to(model_device(self.model)), self.batch_size).float()
@@ -103,7 +104,7 @@ class SmoothedPredictor:
                  n0: int = 100, n: int = 1000, alpha: float = 0.001, seed: int = 0,
                  classes: tuple[str, ...] | None = None, batch_size: int | None = None) -> None:
         self.smoothed = SmoothedClassifier(model, sigma, seed=seed, batch_size=batch_size)
-        self.input_shape, self.classes = tuple(input_shape), classes
+        self.input_shape, self.classes = input_shape, classes
         self.n0, self.n, self.alpha = n0, n, alpha
 
     def predict(self, x: Tensor) -> list[Answer]:

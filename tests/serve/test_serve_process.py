@@ -1,0 +1,113 @@
+"""``hardened serve`` as a real uvicorn process on a free loopback port, through httpx: concurrent
+clients get their own answers, requests are micro-batched, a full queue answers 503 with
+Retry-After, SIGTERM answers every request in flight before the process exits; and the
+``hardened predict --url`` client against it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from hardened.cli.main import app
+from hardened.guard.probes import uniform_noise
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+def test_concurrent_clients_get_their_own_answers_in_batches(start_server, guard_dir, guard, digits, tmp_path):
+    server = start_server(["--guard", str(guard_dir), "--max-wait-ms", "20", "--max-batch", "32"])
+    x = torch.cat([digits.test.x[:120], uniform_noise(40, (1, 8, 8), seed=4)])
+    expected = guard.predict_batch(x)
+
+    def ask(i: int) -> dict:
+        with httpx.Client(timeout=30) as client:
+            response = client.post(f"{server.url}/v1/predict", json={"images": x[i:i + 1].tolist()})
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"][0]
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, range(len(x))))
+    assert [a["label"] for a in answers] == expected.predictions.tolist()
+    np.testing.assert_allclose([a["score"] for a in answers], expected.scores.numpy(), rtol=1e-5, atol=1e-5)
+    assert [a["accepted"] for a in answers] == expected.accepted.tolist()
+    metrics = httpx.get(f"{server.url}/metrics").text
+    batches = _metric(metrics, "hardened_batch_requests_count")
+    assert _metric(metrics, "hardened_batch_requests_sum") == len(x)
+    assert batches < len(x)  # several requests shared a batch
+    assert _metric(metrics, "hardened_refusals_total") == int((~expected.accepted).sum())
+
+    digit = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.fromarray((digits.test.x[0, 0].numpy() * 255).astype(np.uint8)).save(digit)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    result = CliRunner().invoke(app, ["predict", "--url", server.url, str(digit), str(photo)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("digit.png: ") and "refused" not in lines[0]
+    assert lines[1].startswith("photo.jpg: refused")
+
+
+def test_full_queue_is_503_and_sigterm_drains(start_server):
+    server = start_server(["--model", "slow_model:slow_model", "--input-shape", "1,8,8", "--trust-factory",
+                           "--max-batch", "1", "--max-wait-ms", "0", "--max-queue", "3"])
+    body = {"images": np.zeros((1, 8, 8)).tolist()}
+
+    def ask(_: int) -> httpx.Response:
+        with httpx.Client(timeout=30) as client:
+            return client.post(f"{server.url}/v1/predict", json=body)
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = [r.status_code for r in pool.map(ask, range(16))]
+        busy = [r for r in pool.map(ask, range(16)) if r.status_code == 503]
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+    assert busy and busy[0].headers["Retry-After"] == "1" and "busy" in busy[0].json()["detail"]
+
+    with ThreadPoolExecutor(3) as pool:
+        in_flight = [pool.submit(ask, i) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait until the requests are queued in the server
+            if _metric(httpx.get(f"{server.url}/metrics").text, "hardened_queue_depth") >= 2:
+                break
+            time.sleep(0.005)
+        server.process.send_signal(signal.SIGTERM)
+        answers = [f.result(30) for f in in_flight]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    # uvicorn re-raises the signal once it has shut down gracefully, so the exit is "killed by SIGTERM"
+    assert server.process.wait(20) in (0, -signal.SIGTERM)
+    log = server.output()
+    assert "Traceback" not in log and log.count('"event": "access"') >= 3
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    result = CliRunner().invoke(app, ["serve", "--model", "x.safetensors"])
+    assert result.exit_code == 2
+    assert 'pip install "hardened[serve]"' in result.output and "fastapi" in result.output
+
+
+def test_serve_needs_exactly_one_of_guard_or_model(guard_dir):
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2 and "exactly one of --guard" in result.output
+    result = CliRunner().invoke(app, ["serve", "--guard", str(guard_dir), "--smooth", "0.25"])
+    assert result.exit_code == 2 and "--smooth applies to --model" in result.output
+
+
+def test_predict_client_cannot_reach_is_one_line(tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = CliRunner().invoke(app, ["predict", "--url", "http://127.0.0.1:9", str(image)])
+    assert result.exit_code == 2 and "cannot reach" in result.output and "Traceback" not in result.output

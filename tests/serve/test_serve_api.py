@@ -125,7 +125,9 @@ def test_api_key(guard, digits):
 def test_health_ready_metrics_and_openapi(client, digits):
     assert client.get("/healthz").json() == {"status": "alive", "ready": True}
     assert client.get("/readyz").status_code == 200
-    client.post("/v1/predict", json={"images": uniform_noise(2, (1, 8, 8), seed=5).tolist()})
+    tagged = client.post("/v1/predict", json={"images": uniform_noise(2, (1, 8, 8), seed=5).tolist()},
+                         headers={"X-Request-ID": "abc123"})
+    assert tagged.headers["X-Request-ID"] == "abc123"
     client.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"})
     text = client.get("/metrics").text
     for name in ("hardened_requests_total", "hardened_refusals_total", "hardened_errors_total{code=\"415\"}",

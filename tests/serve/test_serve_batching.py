@@ -28,7 +28,8 @@ def test_answers_match_their_requests_and_batches_fit(seed):
     requests = [torch.arange(k, k + rng.randint(1, 8), dtype=torch.float32).view(-1, 1, 1, 1) for k in range(0, 4000, 10)]
 
     def send(x: torch.Tensor) -> list[float]:
-        return batcher.submit(x).result(timeout=30)
+        batcher.expect()
+        return batcher.submit(x, announced=True).result(timeout=30)
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(send, requests))
@@ -46,11 +47,30 @@ def test_a_request_larger_than_max_batch_runs_alone():
     assert sizes == [5]
 
 
-def test_max_wait_bounds_the_wait_for_a_lone_request():
+def test_a_lone_request_runs_at_once_and_announced_ones_are_waited_for():
+    sizes: list[int] = []
+    batcher = MicroBatcher(_identity_rows, max_batch=64, max_wait_ms=2000,
+                           on_batch=lambda s: sizes.append(s.requests)).start()
+    start = time.perf_counter()
+    batcher.submit(torch.ones(1, 1, 1, 1)).result(5)  # nothing announced: no wait
+    assert time.perf_counter() - start < 1.5
+    batcher.expect()
+    batcher.expect()
+    first = batcher.submit(torch.ones(1, 1, 1, 1), announced=True)
+    time.sleep(0.05)
+    second = batcher.submit(torch.zeros(1, 1, 1, 1), announced=True)
+    assert (first.result(5), second.result(5)) == ([1.0], [0.0])
+    batcher.close()
+    assert sizes == [1, 2]
+
+
+def test_max_wait_bounds_the_wait_for_an_announced_request_that_never_comes():
     batcher = MicroBatcher(_identity_rows, max_batch=64, max_wait_ms=50).start()
+    batcher.expect()
     start = time.perf_counter()
     batcher.submit(torch.ones(1, 1, 1, 1)).result(5)
     elapsed = time.perf_counter() - start
+    batcher.withdraw()
     batcher.close()
     assert 0.04 <= elapsed < 2.0
 

@@ -151,6 +151,7 @@ class _Service:
         started = time.perf_counter()
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         shape = self.predictor.input_shape
+        self.batcher.expect()
         try:
             body = await _read_body(request, settings.max_body_bytes)
             if content_type == "application/json" and len(body) <= _INLINE_PARSE_BYTES:
@@ -164,12 +165,15 @@ class _Service:
             else:
                 raise Rejected(415, f"content type {content_type or 'none'!r} is not accepted: send "
                                     'application/json {"images": [...]} or multipart/form-data PNG/JPEG files')
-        except Rejected as rejected:
-            return _error(rejected.status, rejected.message)
+        except BaseException as error:
+            self.batcher.withdraw()
+            if isinstance(error, Rejected):
+                return _error(error.status, error.message)
+            raise
         self.metrics.stage.labels("parse").observe(time.perf_counter() - started)
         request.state.images = int(x.shape[0])
         try:
-            future = self.batcher.submit(x)
+            future = self.batcher.submit(x, announced=True)  # ends the announcement, also when refused
         except (QueueFull, Closed) as busy:
             return _error(503, f"the service is busy ({busy}); retry after {settings.retry_after_s} s",
                           {"Retry-After": str(settings.retry_after_s)})

@@ -5,6 +5,9 @@
 then keeps taking queued requests, in order, while the batch has room and ``max_wait_ms`` has
 not passed since it took the first; it runs them as one batch and hands each request its own
 slice of the answers. A request is never split, so one larger than ``max_batch`` runs alone.
+The wait is only for requests known to be coming: a caller announces each request as it starts
+reading it (``expect()``) and ``submit`` (or ``withdraw()``, when it fails) takes the
+announcement back; with nothing announced the batch runs at once, so a lone client never waits.
 The queue holds at most ``max_queue`` requests: beyond that ``submit`` raises ``QueueFull``
 (the service's 503). ``close()`` refuses new requests, answers every queued one, and stops.
 With ``max_batch=1`` every request runs alone (batching off).
@@ -75,6 +78,7 @@ class MicroBatcher:
         self.max_batch, self.max_wait, self.max_queue = int(max_batch), max_wait_ms / 1000.0, int(max_queue)
         self._jobs: deque[_Job] = deque()
         self._images = 0
+        self._arriving = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="hardened-serve-batcher", daemon=True)
@@ -92,10 +96,26 @@ class MicroBatcher:
         self._thread.start()
         return self
 
-    def submit(self, x: Tensor) -> Future[list[Any]]:
-        """Queue one request (images n×C×H×W, n >= 1); ``QueueFull`` or ``Closed`` when it cannot."""
+    def expect(self) -> None:
+        """Announce a request that is being read: a batch being filled waits for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def withdraw(self) -> None:
+        """Take back an announcement whose request will not come (it was rejected)."""
+        with self._cond:
+            self._arriving = max(0, self._arriving - 1)
+            self._cond.notify()
+
+    def submit(self, x: Tensor, *, announced: bool = False) -> Future[list[Any]]:
+        """Queue one request (images n×C×H×W, n >= 1); ``QueueFull`` or ``Closed`` when it cannot.
+
+        ``announced``: the request was announced with ``expect()``; the announcement ends here.
+        """
         future: Future[list[Any]] = Future()
         with self._cond:
+            if announced:
+                self._arriving = max(0, self._arriving - 1)
             if self._closed:
                 raise Closed("the service is shutting down")
             if len(self._jobs) >= self.max_queue:
@@ -131,7 +151,7 @@ class MicroBatcher:
                     size += batch[-1].x.shape[0]
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed or self._arriving == 0:
                     break
                 self._cond.wait(remaining)
             self._images -= size

@@ -121,6 +121,6 @@ def predict_command(
         extra = f", radius {item['radius']:.4g}" if item.get("radius") else ""
         if item["accepted"]:
             score = f" (score {item['score']:.4g} <= {item['threshold']:.4g})" if item.get("score") is not None else ""
-            out.print(f"{path.name}: {said}{score}{extra}", highlight=False)
+            out.print(f"{path.name}: {said}{score}{extra}", highlight=False, soft_wrap=True)
         else:
-            out.print(f"{path.name}: refused ({item['reason']})", highlight=False)
+            out.print(f"{path.name}: refused ({item['reason']})", highlight=False, soft_wrap=True)

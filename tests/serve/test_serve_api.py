@@ -188,3 +188,22 @@ def test_no_json_body_gives_a_5xx(client, document):
     response = client.post("/v1/predict", content=json.dumps(document).encode(),
                            headers={"content-type": "application/json"})
     assert response.status_code in (200, 413, 422), response.text
+
+
+def test_the_cli_builds_the_predictor_the_options_name(guard_dir, tmp_path, digits_model):
+    from hardened.cli._common import Common
+    from hardened.cli.serve import _predictor
+    from hardened.errors import ConfigError
+    from hardened.models import save_model
+
+    model_file = save_model(digits_model, tmp_path / "m.safetensors", arch="lenet",
+                            arch_kwargs={"input_shape": [1, 8, 8], "num_classes": 10, "channels": [8, 16], "hidden": 32},
+                            input_shape=(1, 8, 8))
+    settings = {"trust_factory": False, "n0": 20, "n": 100, "alpha": 0.01, "input_shape": None}
+    assert isinstance(_predictor(Common(device="cpu"), guard_dir, smooth=None, **settings), GuardPredictor)
+    bare = _predictor(Common(model=str(model_file), device="cpu"), None, smooth=None, **settings)
+    assert isinstance(bare, ModelPredictor) and bare.input_shape == (1, 8, 8)
+    smoothed = _predictor(Common(model=str(model_file), device="cpu"), None, smooth=0.5, **settings)
+    assert isinstance(smoothed, SmoothedPredictor) and smoothed.smoothed.sigma == 0.5 and smoothed.n == 100
+    with pytest.raises(ConfigError, match="--input-shape"):
+        _predictor(Common(model=str(model_file), device="cpu"), None, smooth=None, **(settings | {"input_shape": "1,8"}))

@@ -116,3 +116,21 @@ def test_predict_client_cannot_reach_is_one_line(tmp_path):
     image.write_bytes(b"\x89PNG\r\n\x1a\n")
     result = CliRunner().invoke(app, ["predict", "--url", "http://127.0.0.1:9", str(image)])
     assert result.exit_code == 2 and "cannot reach" in result.output and "Traceback" not in result.output
+
+
+def test_black_box_attack_against_the_running_service(start_server, guard_dir, guard, digits):
+    """Square through ``HttpTarget`` (the black-box client) on the served guard: every query is
+    counted, and the service's answers lead the attack where the model itself does."""
+    from hardened.attacks import Square
+    from hardened.models.blackbox import HttpTarget
+
+    server = start_server(["--guard", str(guard_dir)])
+    x = digits.test.x[:6]
+    y = guard.model(x).argmax(1)
+    target = HttpTarget(server.url)
+    result = Square(eps=0.3, queries=30, seed=0)(target, x, y)
+    assert result.forward_count == target.queries
+    assert result.total_queries is not None and result.total_queries + 2 * len(x) == target.queries
+    local = Square(eps=0.3, queries=30, seed=0)(guard.model, x, y)
+    assert torch.equal(result.success, local.success), "the service and the model disagree"
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "hardened_batch_size_sum") >= target.queries

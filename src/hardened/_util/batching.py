@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -21,15 +21,17 @@ def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
 
 
 class eval_mode:
-    """Context manager: put ``model`` in eval mode and restore its previous mode on exit."""
+    """Context manager: put ``model`` in eval mode and restore its previous mode on exit. A
+    model that is a plain callable (an outputs-only model) has no mode and is left as it is."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]) -> None:
         self.model = model
         self._modes: list[tuple[nn.Module, bool]] = []
 
-    def __enter__(self) -> nn.Module:
-        self._modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+    def __enter__(self) -> nn.Module | Callable[[Tensor], Tensor]:
+        if isinstance(self.model, nn.Module):
+            self._modes = [(m, m.training) for m in self.model.modules()]
+            self.model.eval()
         return self.model
 
     def __exit__(self, *exc: object) -> None:
@@ -38,7 +40,7 @@ class eval_mode:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+def predict_logits(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 512) -> Tensor:
     """Logits of ``model`` on ``x`` in eval mode, batched; the model's mode is restored."""
     with eval_mode(model):
         if x.shape[0] == 0:

@@ -55,9 +55,13 @@ class _Spec:
 
 _DATA_HELP = "mnist-5k, digits, mnist, fashion-mnist, a folder or .npz"
 SPECS: dict[str, _Spec] = {
-    "model": _Spec(str, "--model", "model.safetensors, a TorchScript file, or pkg.module:factory"),
+    "model": _Spec(str, "--model", "model.safetensors, TorchScript, .onnx, .pt2, or pkg.module:factory"),
     "models": _Spec(list[str], "--model", "model file or pkg.module:factory; repeat to compare several models"),
     "weights": _Spec(Path | None, "--weights", "weights for a pkg.module:factory model", None),
+    "backend": _Spec(str, "--backend", "torch, or onnxruntime: an .onnx model run outputs-only "
+                     "(score-based attacks)", "torch"),
+    "trust_pickle": _Spec(bool, "--trust-pickle", "load a torch.export .pt2 file, which unpickles "
+                          "(can run code): only for files you trust", False),
     "data": _Spec(str, "--data", _DATA_HELP, "mnist-5k"),
     "data_dir": _Spec(Path | None, "--data-dir",
                       "folder with IDX files (default $HARDENED_DATA_DIR or the user cache)", None),
@@ -86,6 +90,8 @@ class Common:
     model: str | None = None
     models: tuple[str, ...] = ()
     weights: Path | None = None
+    backend: str = "torch"
+    trust_pickle: bool = False
     data: str = "mnist-5k"
     data_dir: Path | None = None
     download: bool = False
@@ -157,7 +163,8 @@ def setup(common: Common, *, writes: Sequence[tuple[Path, bool]] = (), load: boo
         check_writable(path, folder=folder, what="--out")
     splits = load_splits(common.data, data_dir=common.data_dir, download=common.download, seed=common.seed)
     specs = (*((common.model,) if common.model else ()), *common.models) if load else ()
-    models = tuple(load_checked_model(spec, common.weights, splits.test, device) for spec in specs)
+    models = tuple(load_checked_model(spec, common.weights, splits.test, device, backend=common.backend,
+                                      trust_pickle=common.trust_pickle) for spec in specs)
     return Session(device, splits, models)
 
 
@@ -201,10 +208,13 @@ def check_fit(loaded: LoadedModel, data: Dataset, device: torch.device) -> None:
         raise InputError(f"{data.name} has labels the model does not know ({len(info.classes)} classes)")
 
 
-def load_checked_model(spec: str, weights: Path | None, data: Dataset, device: torch.device) -> LoadedModel:
-    """Load ``spec``, move it to ``device`` and ``check_fit`` it against ``data``."""
-    loaded = load_model(spec, weights)
-    loaded.model.to(device)
+def load_checked_model(spec: str, weights: Path | None, data: Dataset, device: torch.device, *,
+                       backend: str = "torch", trust_pickle: bool = False) -> LoadedModel:
+    """Load ``spec``, move it to ``device`` (an outputs-only model stays where it runs) and
+    ``check_fit`` it against ``data``."""
+    loaded = load_model(spec, weights, backend=backend, trust_pickle=trust_pickle)
+    if isinstance(loaded.model, torch.nn.Module):
+        loaded.model.to(device)
     check_fit(loaded, data, device)
     return loaded
 

@@ -21,8 +21,8 @@ from hardened.report.plots import plot_adversarial_grid
 _STARTS = {"uniform": True, "radial": "radial", "none": False}
 
 
-@shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
-                out=Path("attack-results"), batch_size=250,
+@shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed",
+                "data_dir", "download", out=Path("attack-results"), batch_size=250,
                 model=Option(None, "model file or pkg.module:factory (or attack --target-url)", optional=True))
 def attack_command(
     common: Common,

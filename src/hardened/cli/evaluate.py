@@ -34,7 +34,7 @@ CASCADE = "cascade"
 DEFAULT_ATTACK = CASCADE
 
 
-@shared_options("model", "data", "out", "weights", "batch_size", "device", "seed", "data_dir", "download",
+@shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed", "data_dir", "download",
                 out=Path("evaluate-results"), batch_size=250)
 @locks_output("common.out")
 def evaluate_command(

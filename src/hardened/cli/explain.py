@@ -21,7 +21,7 @@ from hardened.explain.quality import compare_explanations
 from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_heatmap_grid
 
 
-@shared_options("model", "data", "out", "weights", "device", "seed", "data_dir", "download",
+@shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "device", "seed", "data_dir", "download",
                 out=Path("explain-results"))
 def explain_command(
     common: Common,

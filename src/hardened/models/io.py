@@ -5,7 +5,12 @@ format version, architecture and its arguments, input shape, classes, training r
 weights' sha256, taken over the tensors, so a corrupt file is detected and identical weights
 give byte-identical files). Users' own models load from TorchScript files
 (``.pt``/``.ts``/``.torchscript``) or a ``package.module:factory`` string plus a weights file
-(safetensors, or a state dict read with ``torch.load(weights_only=True)``).
+(safetensors, or a state dict read with ``torch.load(weights_only=True)``), ONNX files
+(``.onnx``: data, see :mod:`hardened.models.onnx`), and ``torch.export`` programs (``.pt2``).
+
+Trust: ``torch.export.load`` unpickles the program's weights (``weights_only=False``), which can
+run code from the file, so a ``.pt2`` file is refused unless the caller passes
+``trust_pickle=True`` (CLI ``--trust-pickle``) for a file of their own.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from hardened._util.atomic import write_json
 from hardened._util.digests import tensor_digest
 from hardened._util.records import read_json_object
 from hardened._util.tensorfile import digest_matches, save_tensors
-from hardened.errors import ModelLoadError
+from hardened.errors import InputError, ModelLoadError
+from hardened.models.onnx import BACKENDS, OnnxRuntimeModel, load_onnx
 from hardened.models.schema import check_sidecar
 from hardened.models.zoo import build_model
 
@@ -36,6 +42,8 @@ __all__ = ["ModelInfo", "LoadedModel", "save_model", "load_model", "sidecar_path
 
 FORMAT_VERSION = 1
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript", ".jit")
+ONNX_SUFFIX = ".onnx"
+EXPORT_SUFFIX = ".pt2"
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,10 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A loaded model (in eval mode, on the CPU) and its recorded information."""
+    """A loaded model (in eval mode, on the CPU) and its recorded information. ``model`` is an
+    ``nn.Module``, or for ``backend="onnxruntime"`` an outputs-only :class:`OnnxRuntimeModel`."""
 
-    model: nn.Module
+    model: nn.Module | OnnxRuntimeModel
     info: ModelInfo
 
 
@@ -236,25 +245,97 @@ def _load_factory(spec: str, weights: str | os.PathLike[str] | None) -> LoadedMo
     return LoadedModel(model.eval(), ModelInfo(arch=None, source=spec))
 
 
-def load_model(spec: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None) -> LoadedModel:
-    """Load a model from a ``.safetensors`` + sidecar, a TorchScript file, or ``pkg.mod:factory``."""
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as error:
+        raise ModelLoadError(f"{path} is not a TorchScript file: {str(error).splitlines()[0]}") from error
+    return model.eval()
+
+
+class ExportedModule(nn.Module):
+    """A ``torch.export`` program's module. Its graph was fixed in one mode at export time and
+    refuses ``train()``/``eval()``, so this wrapper records the mode without passing it on (the
+    library's ``eval_mode`` contexts then work on it). A program exported with a fixed batch
+    size fails on other sizes with a message that says how to export it."""
+
+    def __init__(self, program: nn.Module, source: str) -> None:
+        super().__init__()
+        self.program = program
+        self.source = source
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.program(x)  # type: ignore[no-any-return]
+        except (RuntimeError, AssertionError) as error:  # export's shape guards assert
+            if "Guard failed" not in str(error) and "Expected input" not in str(error):
+                raise
+            raise InputError(
+                f"the torch.export program {self.source} does not take input of shape "
+                f"{tuple(x.shape)} ({str(error).splitlines()[0]}); export it with a dynamic batch "
+                "dimension: torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))"
+            ) from error
+
+
+def _load_exported(path: Path, trust_pickle: bool) -> nn.Module:
+    """A ``torch.export`` program as a module; refused unless ``trust_pickle`` (it unpickles)."""
+    if not trust_pickle:
+        raise ModelLoadError(
+            f"{path} is a torch.export program, and torch.export.load unpickles its weights, which "
+            "can run code from the file: load it only if you made it or trust its author "
+            "(--trust-pickle, or trust_pickle=True), or export the model to ONNX or safetensors instead"
+        )
+    try:
+        program = torch.export.load(str(path))
+        module = program.module()
+    except Exception as error:  # a bad zip, a newer serialisation version, a failing unpickle
+        raise ModelLoadError(
+            f"{path} is not a torch.export program this torch ({torch.__version__}) can read: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        ) from error
+    return ExportedModule(module, str(path))
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    backend: str = "torch",
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Load a model from a ``.safetensors`` + sidecar, a TorchScript file, an ONNX file, a
+    ``torch.export`` program (``.pt2``, only with ``trust_pickle``) or ``pkg.mod:factory``.
+
+    ``backend`` is ``"torch"`` (every format) or ``"onnxruntime"`` (ONNX files only: an
+    outputs-only model for gradient-free attacks).
+    """
     text = str(spec)
     path = Path(text)
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend != "torch" and path.suffix != ONNX_SUFFIX:
+        raise ModelLoadError(f"--backend {backend} runs ONNX files only; {text} is not a {ONNX_SUFFIX} file")
     if path.suffix == ".safetensors" or (path.suffix == ".json" and path.is_file()):
         return _load_sidecar_model(path.with_suffix(".safetensors"))
-    if path.suffix in TORCHSCRIPT_SUFFIXES:
+    loaders: dict[str, Callable[[], nn.Module | OnnxRuntimeModel]] = {
+        **{suffix: lambda: _load_torchscript(path) for suffix in TORCHSCRIPT_SUFFIXES},
+        ONNX_SUFFIX: lambda: load_onnx(path, backend),
+        EXPORT_SUFFIX: lambda: _load_exported(path, trust_pickle),
+    }
+    if path.suffix in loaders:
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as error:
-            raise ModelLoadError(f"{path} is not a TorchScript file: {str(error).splitlines()[0]}") from error
-        return LoadedModel(model.eval(), ModelInfo(arch=None, source=str(path)))
+        return LoadedModel(loaders[path.suffix](), ModelInfo(arch=None, source=str(path)))
     if ":" in text and not path.exists():
         return _load_factory(text, weights)
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
     raise ModelLoadError(
         f"unknown model file type {path.suffix!r} for {path}: use .safetensors (with its .json "
-        f"sidecar), TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}), or package.module:factory"
+        f"sidecar), TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}), ONNX ({ONNX_SUFFIX}), "
+        f"a torch.export program ({EXPORT_SUFFIX}), or package.module:factory"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from hardened.cli.main import app
@@ -29,6 +30,17 @@ def test_fit_evaluate_predict(digits_model, digits, digits_arch, tmp_path):
     report = json.loads((evaluation / "evaluation.json").read_text())
     assert [r["name"] for r in report["ood"]] == ["noise", "inverted", "natural"]
     assert (evaluation / "scores.png").is_file()
+
+    folder = tmp_path / "my-ood"  # a user's OOD folder: 20 images of mixed sizes, flat and nested
+    (folder / "more").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        pixels = rng.integers(0, 256, (10 + i, 12, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / ("more" if i % 2 else ".") / f"{i}.png")
+    whole = runner.invoke(app, ["guard", "evaluate", "--guard", str(guard_dir), "--ood", str(folder),
+                                "--n", "100", "--out", str(tmp_path / "folder-eval")])
+    assert whole.exit_code == 0, whole.output
+    assert json.loads((tmp_path / "folder-eval" / "evaluation.json").read_text())["ood"][0]["n"] == 20
 
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=np.concatenate([digits.test.x[:2].numpy(), np.random.default_rng(0).random((2, 1, 8, 8))]).astype(np.float32))

@@ -71,3 +71,23 @@ def test_probes_shapes_ranges_and_seeds(digits):
     assert torch.allclose(to_format(rgb, (1, 2, 2)), torch.full((1, 1, 2, 2), 0.587))
     with pytest.raises(InputError):
         to_format(torch.rand(1, 2, 4, 4), (3, 4, 4))
+
+
+def test_a_user_folder_is_used_whole_in_the_in_distribution_format(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "ood" / "sub").mkdir(parents=True)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)]
+    for i, colour in enumerate(colours):  # mixed sizes and modes, flat and in a sub-folder
+        image = Image.new("RGB", (9 + i, 20 - i), colour)
+        image.save(tmp_path / "ood" / ("sub" if i % 2 else ".") / f"{i}.png")
+    Image.new("L", (5, 5), 128).save(tmp_path / "ood" / "gray.png")
+    like = torch.zeros(3, 1, 8, 8)
+    x = load_probe(str(tmp_path / "ood"), like, 1000)
+    assert x.shape == (6, 1, 8, 8)  # every image, not a split, however large n is
+    luma = {name: sum(w * c / 255 for w, c in zip((0.299, 0.587, 0.114), colour, strict=True))
+            for name, colour in zip(("0", "1", "2", "3", "4"), colours, strict=True)}
+    files = sorted((tmp_path / "ood").rglob("*.png"))
+    expected = [128 / 255 if f.stem == "gray" else luma[f.stem] for f in files]
+    torch.testing.assert_close(x.mean(dim=(1, 2, 3)), torch.tensor(expected), atol=2e-3, rtol=0)
+    assert load_probe(str(tmp_path / "ood"), like, 2).shape[0] == 2

@@ -24,7 +24,7 @@ from hardened._util.seeding import make_generator
 from hardened.data.images import decode_image
 from hardened.errors import ConfigError, DataError, InputError
 
-__all__ = ["PROBES", "to_format", "uniform_noise", "inverted", "natural_images", "load_probe"]
+__all__ = ["PROBES", "to_format", "uniform_noise", "inverted", "natural_images", "folder_images", "load_probe"]
 
 PROBES = ("noise", "inverted", "natural")
 _LUMA = (0.299, 0.587, 0.114)
@@ -85,6 +85,18 @@ def _photographs(folder: str | os.PathLike[str] | None) -> list[Tensor]:
     return [torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1) for a in arrays]
 
 
+def folder_images(folder: str | os.PathLike[str], input_shape: tuple[int, int, int]) -> Tensor:
+    """Every image under ``folder`` (flat, or in sub-folders of any depth; sorted by path), each
+    converted to ``input_shape`` whatever its own size and mode: N×C×H×W in [0, 1]."""
+    shape = _check_shape(input_shape)
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) found under {root}")
+    images = [torch.from_numpy(decode_image(f, "RGB").astype(np.float32) / 255.0).permute(2, 0, 1) for f in files]
+    return torch.cat([to_format(image.unsqueeze(0), shape) for image in images])
+
+
 def natural_images(
     n: int,
     input_shape: tuple[int, int, int],
@@ -129,8 +141,9 @@ def load_probe(
 ) -> Tensor:
     """``n`` OOD images named ``name`` in the format of ``like`` (in-distribution images N×C×H×W).
 
-    ``name``: ``noise``, ``inverted`` (of the first ``n`` of ``like``), ``natural``, or a dataset
-    spec for ``hardened.data.load_splits`` (its test part), e.g. ``fashion-mnist``.
+    ``name``: ``noise``, ``inverted`` (of the first ``n`` of ``like``), ``natural``, a folder or
+    file of the user's (used whole: OOD images are never trained on, so nothing is held out), or
+    a named dataset for ``hardened.data.load_splits`` (its test part), e.g. ``fashion-mnist``.
     """
     if like.dim() != 4 or like.shape[0] == 0:
         raise InputError("like must be a non-empty batch of in-distribution images N×C×H×W")
@@ -142,10 +155,17 @@ def load_probe(
         return inverted(like[:n])
     if key == "natural":
         return natural_images(n, shape, seed=seed, folder=natural_folder)
-    from hardened.data import load_splits
+    from hardened.data import load_dataset, load_splits
 
+    path = Path(name).expanduser()
+    if path.is_dir():
+        x = folder_images(path, shape)
+        return x[: int(n)]
     try:
-        test = load_splits(name, data_dir=data_dir, seed=seed).test
+        if path.is_file():
+            test = load_dataset(name, "all")
+        else:
+            test = load_splits(name, data_dir=data_dir, seed=seed).test
     except DataError as error:
         raise DataError(
             f"unknown OOD probe {name!r}: use {', '.join(PROBES)} or a dataset ({error})"

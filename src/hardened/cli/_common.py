@@ -53,7 +53,7 @@ class _Spec:
     limits: dict[str, Any] = field(default_factory=dict)
 
 
-_DATA_HELP = "mnist-5k, digits, mnist, fashion-mnist, a folder or .npz"
+_DATA_HELP = "mnist-5k, digits, mnist, fashion-mnist, cifar10, cifar100, svhn, a folder or .npz"
 SPECS: dict[str, _Spec] = {
     "model": _Spec(str, "--model", "model.safetensors, TorchScript, .onnx, .pt2, or pkg.module:factory"),
     "models": _Spec(list[str], "--model", "model file or pkg.module:factory; repeat to compare several models"),
@@ -65,7 +65,7 @@ SPECS: dict[str, _Spec] = {
     "data": _Spec(str, "--data", _DATA_HELP, "mnist-5k"),
     "data_dir": _Spec(Path | None, "--data-dir",
                       "folder with IDX files (default $HARDENED_DATA_DIR or the user cache)", None),
-    "download": _Spec(bool, "--download", "download missing MNIST/Fashion-MNIST files", False),
+    "download": _Spec(bool, "--download", "download missing MNIST/Fashion-MNIST/CIFAR/SVHN files (sha256-checked)", False),
     "device": _Spec(str, "--device", "auto, cpu, cuda or cuda:N", "auto"),
     "seed": _Spec(int, "--seed", "seed for every random choice", 0, {"min": 0, "max": SEED_MAX}),
     "batch_size": _Spec(int, "--batch-size", "images per batch", 128, {"min": 1}),

@@ -1,8 +1,10 @@
-"""Datasets: built-in (``mnist-5k``, ``digits``), IDX (``mnist``, ``fashion-mnist``), user files.
+"""Datasets: built-in (``mnist-5k``, ``digits``), IDX (``mnist``, ``fashion-mnist``), RGB
+(``cifar10``, ``cifar100``, ``svhn``), user files.
 
 ``load_splits(spec)`` gives a deterministic train/test pair; ``load_dataset(spec, split=...)``
-one part of it. ``spec`` is a built-in name, ``mnist`` / ``fashion-mnist`` (official splits, read
-from ``data_dir``), a folder of class sub-folders, or an ``.npz`` file.
+one part of it. ``spec`` is a built-in name, ``mnist`` / ``fashion-mnist`` / ``cifar10`` /
+``cifar100`` / ``svhn`` (official splits, read from ``data_dir``), a folder of class
+sub-folders, or an ``.npz`` file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 
 from hardened.data.builtin import load_digits, load_mnist_5k
+from hardened.data.cifar import ALIASES as CIFAR_ALIASES
+from hardened.data.cifar import load_cifar
 from hardened.data.dataset import Dataset, Splits, stratified_split
 from hardened.data.download import (
     IDX_SOURCES,
@@ -23,6 +27,7 @@ from hardened.data.download import (
 )
 from hardened.data.files import load_image_folder, load_npz
 from hardened.data.idx import read_idx, write_idx
+from hardened.data.svhn import load_svhn
 from hardened.errors import DataError
 
 __all__ = [
@@ -32,6 +37,8 @@ __all__ = [
     "load_dataset",
     "load_splits",
     "load_idx_dataset",
+    "load_cifar",
+    "load_svhn",
     "load_mnist_5k",
     "load_digits",
     "load_image_folder",
@@ -43,6 +50,7 @@ __all__ = [
 ]
 
 BUILTIN = ("mnist-5k", "digits")
+OFFICIAL_SPLITS = (*IDX_SOURCES, *CIFAR_ALIASES, "svhn")  # sets read from data_dir with their own split
 SPLITS = ("train", "test", "all")
 
 
@@ -87,11 +95,15 @@ def load_splits(
     seed: int = 0,
     test_fraction: float = 0.2,
 ) -> Splits:
-    """A train/test pair for ``spec``: the official split for ``mnist``/``fashion-mnist``, a seeded
-    stratified split (``test_fraction``, ``seed``) for everything else."""
+    """A train/test pair for ``spec``: the official split for ``mnist``/``fashion-mnist``/CIFAR/SVHN,
+    a seeded stratified split (``test_fraction``, ``seed``) for everything else."""
     key = spec.lower()
     if key in IDX_SOURCES:
         return _nonempty(load_idx_dataset(key, data_dir, download=download), spec)
+    if key in CIFAR_ALIASES:
+        return _nonempty(load_cifar(key, data_dir, download=download), spec)
+    if key == "svhn":
+        return _nonempty(load_svhn(data_dir, download=download), spec)
     data = _load_unsplit(spec)
     if len(data) == 0:
         raise DataError(f"{spec} holds no images (x has N = 0): give data with at least one image per class")
@@ -121,7 +133,7 @@ def _load_unsplit(spec: str) -> Dataset:
         return load_npz(path)
     if path.is_dir():
         return load_image_folder(path)
-    known = ", ".join((*BUILTIN, *IDX_SOURCES))
+    known = ", ".join((*BUILTIN, *IDX_SOURCES, "cifar10", "cifar100", "svhn"))
     raise DataError(
         f"unknown data {spec!r}: use one of {known}, a folder of class sub-folders, "
         "or an .npz file with arrays x and y"
@@ -138,7 +150,7 @@ def load_dataset(spec: str, split: str = "test", **kwargs: object) -> Dataset:
         spec, split = spec.rsplit(":", 1)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    if split == "all" and spec.lower() not in IDX_SOURCES:
+    if split == "all" and spec.lower() not in OFFICIAL_SPLITS:
         return _load_unsplit(spec)
     splits = load_splits(spec, **kwargs)  # type: ignore[arg-type]
     if split == "train":

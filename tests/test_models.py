@@ -53,9 +53,9 @@ def test_corrupt_weights_are_detected(tmp_path):
 def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "nope.safetensors")
-    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "m.h5").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="unknown model file type"):
-        load_model(tmp_path / "m.onnx")
+        load_model(tmp_path / "m.h5")
     (tmp_path / "bad.pt").write_bytes(b"not torchscript")
     with pytest.raises(ModelLoadError, match="TorchScript"):
         load_model(tmp_path / "bad.pt")

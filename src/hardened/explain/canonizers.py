@@ -6,7 +6,9 @@
     W' = W * gamma / sqrt(var + eps)      (per output channel)
     b' = (b - mean) * gamma / sqrt(var + eps) + beta
 
-and makes the BatchNorm an identity. Everything happens inside ``apply(model)`` (a context
+and makes the BatchNorm an identity. Pairs are found inside every ``nn.Sequential`` and in
+every module that names them in a ``batchnorm_pairs`` attribute (``(("conv1", "bn1"), ...)``,
+as the zoo's residual blocks do). Everything happens inside ``apply(model)`` (a context
 manager) and is undone on exit: the original parameter values are copied back bit for bit.
 """
 
@@ -38,9 +40,14 @@ class Canonizer(ABC):
 
 
 def fold_pairs(model: nn.Module) -> list[tuple[Any, Any]]:
-    """(layer, batchnorm) pairs that follow each other directly inside an ``nn.Sequential``."""
+    """(layer, batchnorm) pairs that follow each other directly inside an ``nn.Sequential``,
+    and those a module declares in ``batchnorm_pairs`` (attribute names)."""
     pairs: list[tuple[Any, Any]] = []
     for module in model.modules():
+        for layer_name, bn_name in getattr(module, "batchnorm_pairs", ()):
+            layer, bn = getattr(module, layer_name, None), getattr(module, bn_name, None)
+            if isinstance(layer, _FOLDABLE) and isinstance(bn, _BATCHNORM):
+                pairs.append((layer, bn))
         if isinstance(module, nn.Sequential):
             children = list(module.children())
             for first, second in zip(children, children[1:], strict=False):

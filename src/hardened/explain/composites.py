@@ -29,10 +29,12 @@ from hardened.explain.rules import (
     Gamma,
     Pass,
     Rule,
+    SumEpsilon,
     ZBox,
     ZPlus,
 )
 from hardened.models.normalize import Normalize
+from hardened.models.zoo import Add
 from hardened.registry import Registry
 
 __all__ = ["Composite", "COMPOSITES", "make_composite", "RULE_CATALOGUE"]
@@ -61,6 +63,32 @@ class _RuleFunction(torch.autograd.Function):
         with torch.no_grad():
             r_in = ctx.rule.backward(ctx.module, a.detach(), z.detach(), relevance)
         return r_in, None, None, None
+
+
+class _SumFunction(torch.autograd.Function):
+    """Identity in the forward pass (returns the sum ``z``); the sum rule in the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, rule: SumEpsilon, z: Tensor, *inputs: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.rule = rule
+        ctx.save_for_backward(z, *inputs)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        z, *inputs = ctx.saved_tensors
+        with torch.no_grad():
+            shares = ctx.rule.backward(tuple(a.detach() for a in inputs), z.detach(), relevance)
+        return (None, None, *(r if need else None for r, need in zip(shares, ctx.needs_input_grad[2:], strict=True)))
+
+
+def _make_sum_hook(rule: SumEpsilon) -> Any:
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return None
+        return _SumFunction.apply(rule, output, *inputs)
+
+    return hook
 
 
 def _make_hook(rule: Rule) -> Any:
@@ -99,6 +127,7 @@ class Composite:
             mapped from the pixel bounds through a leading ``Normalize``).
         name_map: ``{module name: rule}`` overrides.
         canonizers: applied before the rules (BatchNorm folding by default).
+        sum_rule: rule for every ``Add`` module (residual additions).
     """
 
     name: str
@@ -106,6 +135,7 @@ class Composite:
     first: Rule | None = None
     name_map: Mapping[str, Rule] = field(default_factory=dict)
     canonizers: Sequence[Canonizer] = field(default_factory=lambda: (BatchNormFolding(),))
+    sum_rule: SumEpsilon = field(default_factory=SumEpsilon)
 
     def assign(
         self,
@@ -134,8 +164,8 @@ class Composite:
             if rule is None and isinstance(module, Normalize):
                 rule = Pass()
             if rule is None:
-                if module in identities or isinstance(module, TRANSPARENT_LAYERS):
-                    continue
+                if module in identities or isinstance(module, (*TRANSPARENT_LAYERS, Add)):
+                    continue  # Add: the sum rule, registered by ``context``
                 serving = _serving_rules(module)
                 if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
                     raise ConfigError(
@@ -197,6 +227,8 @@ class Composite:
             rules = self.assign(model, bounds, identities)
             named = dict(model.named_modules())
             handles = [named[name].register_forward_hook(_make_hook(rule)) for name, rule in rules.items()]
+            handles += [m.register_forward_hook(_make_sum_hook(self.sum_rule))
+                        for m in model.modules() if isinstance(m, Add)]
             try:
                 yield model
             finally:
@@ -224,13 +256,14 @@ COMPOSITES: Registry[Composite] = Registry("composite", group="hardened.composit
 @COMPOSITES.register("epsilon")
 def _epsilon(*, epsilon: float = 1e-6) -> Composite:
     rule = Epsilon(epsilon)
-    return Composite("epsilon", [(LINEAR_LAYERS + POOL_LAYERS, rule)])
+    return Composite("epsilon", [(LINEAR_LAYERS + POOL_LAYERS, rule)], sum_rule=SumEpsilon(epsilon))
 
 
 @COMPOSITES.register("epsilon-plus")
 def _epsilon_plus(*, epsilon: float = 1e-6) -> Composite:
     return Composite(
-        "epsilon-plus", [(_CONV, ZPlus()), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))]
+        "epsilon-plus", [(_CONV, ZPlus()), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))],
+        sum_rule=SumEpsilon(epsilon),
     )
 
 
@@ -245,6 +278,7 @@ def _epsilon_gamma_box(*, epsilon: float = 1e-6, gamma: float = 0.25) -> Composi
         "epsilon-gamma-box",
         [(_CONV, Gamma(gamma)), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))],
         first=ZBox(),
+        sum_rule=SumEpsilon(epsilon),
     )
 
 
@@ -253,13 +287,15 @@ def _epsilon_alpha2_beta1(*, epsilon: float = 1e-6) -> Composite:
     return Composite(
         "epsilon-alpha2-beta1",
         [(_CONV, AlphaBeta(2.0, 1.0)), ((nn.Linear,) + POOL_LAYERS, Epsilon(epsilon))],
+        sum_rule=SumEpsilon(epsilon),
     )
 
 
 @COMPOSITES.register("alpha1-beta0")
 def _alpha1_beta0(*, epsilon: float = 1e-6) -> Composite:
     return Composite(
-        "alpha1-beta0", [(LINEAR_LAYERS, AlphaBeta(1.0, 0.0)), (POOL_LAYERS, Epsilon(epsilon))]
+        "alpha1-beta0", [(LINEAR_LAYERS, AlphaBeta(1.0, 0.0)), (POOL_LAYERS, Epsilon(epsilon))],
+        sum_rule=SumEpsilon(epsilon),
     )
 
 

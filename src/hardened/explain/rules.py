@@ -32,6 +32,7 @@ __all__ = [
     "ZPlus",
     "ZBox",
     "Pass",
+    "SumEpsilon",
     "LINEAR_LAYERS",
     "POOL_LAYERS",
     "TRANSPARENT_LAYERS",
@@ -315,3 +316,33 @@ class Pass(Rule):
 
     def backward(self, module: nn.Module, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
         return relevance.reshape(a.shape)
+
+
+@dataclass(frozen=True)
+class SumEpsilon:
+    """The epsilon rule for a sum ``z = a_1 + ... + a_m`` (a residual addition, the ``Add``
+    module): ``R_i = a_i / (z + eps sign z) * R``, element-wise, so the summands share the
+    relevance in proportion to their contributions and ``sum_i R_i = z / (z + eps sign z) R``
+    (conserved as eps -> 0). Without it the gradient would copy ``R`` to every summand.
+    """
+
+    epsilon: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not float(self.epsilon) >= 0:
+            raise ConfigError(f"SumEpsilon: epsilon must be >= 0, got {self.epsilon}")
+
+    def backward(self, inputs: tuple[Tensor, ...], z: Tensor, relevance: Tensor) -> tuple[Tensor, ...]:
+        """The relevance of each summand (each of its own shape) from that of the sum ``z``."""
+        s = relevance / stabilize(z, self.epsilon)
+        return tuple(_unbroadcast(a * s, a.shape) for a in inputs)
+
+
+def _unbroadcast(r: Tensor, shape: torch.Size) -> Tensor:
+    """Sum ``r`` over the dimensions a summand of ``shape`` was broadcast along."""
+    while r.dim() > len(shape):
+        r = r.sum(dim=0)
+    for dim, size in enumerate(shape):
+        if size == 1 and r.shape[dim] != 1:
+            r = r.sum(dim=dim, keepdim=True)
+    return r

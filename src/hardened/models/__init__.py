@@ -18,6 +18,7 @@ from hardened.models.zoo import (
     build_model,
     lenet,
     mlp,
+    resnet18,
     resnet_small,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "lenet",
     "load_model",
     "mlp",
+    "resnet18",
     "resnet_small",
     "save_model",
     "sidecar_path",

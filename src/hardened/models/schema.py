@@ -27,6 +27,7 @@ _ALLOWED = {
     "mlp": _COMMON + ("hidden",),
     "lenet": _COMMON + ("channels", "hidden"),
     "resnet_small": _COMMON + ("width", "blocks"),
+    "resnet18": _COMMON + ("width",),
 }
 
 
@@ -46,7 +47,7 @@ def check_arch_kwargs(
     out: dict[str, Any] = {}
     if "input_shape" in kwargs:
         out["input_shape"] = read.shape("input_shape")
-    channels = (out.get("input_shape") or ((3,) if arch == "resnet_small" else (1,)))[0]
+    channels = (out.get("input_shape") or ((3,) if arch.startswith("resnet") else (1,)))[0]
     if "num_classes" in kwargs:
         out["num_classes"] = read.integer("num_classes", 1, MAX_CLASSES)
     for key in ("mean", "std"):
@@ -61,7 +62,7 @@ def check_arch_kwargs(
             out["channels"] = list(read.int_list("channels", 1, MAX_WIDTH, length=2))
         if "hidden" in kwargs:
             out["hidden"] = read.integer("hidden", 1, MAX_WIDTH)
-    if arch == "resnet_small":
+    if arch.startswith("resnet"):
         if "width" in kwargs:
             out["width"] = read.integer("width", 1, MAX_WIDTH)
         if "blocks" in kwargs:

@@ -2,6 +2,9 @@
 
 ``mlp`` and ``lenet`` are plain ``nn.Sequential`` stacks of Linear/Conv2d/ReLU/MaxPool/Flatten,
 which every explanation rule and interval bound in the library can walk layer by layer.
+``resnet_small`` and ``resnet18`` (He et al. 2016, "Deep residual learning", in the 32×32 CIFAR
+shape: a 3×3 stem, no stem pooling) are residual networks whose skip connection is an ``Add``
+module, so LRP gives it its own rule, and whose blocks name their BatchNorm pairs for folding.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from hardened.errors import ConfigError
 from hardened.models.normalize import Normalize
 from hardened.models.schema import check_arch_kwargs
 
-__all__ = ["ARCHITECTURES", "arch_kwargs_for", "build_model", "mlp", "lenet", "resnet_small"]
+__all__ = ["ARCHITECTURES", "Add", "arch_kwargs_for", "build_model", "mlp", "lenet", "resnet_small", "resnet18"]
 
 InputShape = tuple[int, int, int]
 
@@ -74,7 +77,21 @@ def lenet(
     )
 
 
+class Add(nn.Module):
+    """``a + b`` as a module (no parameters): the residual addition, which LRP gives its own
+    rule (relevance split in proportion to the two summands) instead of copying it to both."""
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return a + b
+
+
 class _BasicBlock(nn.Module):
+    """conv3-BN-ReLU-conv3-BN, plus the shortcut (identity, or conv1-BN when the shape
+    changes), added, then ReLU. ``batchnorm_pairs`` names the (conv, BN) attribute pairs that
+    LRP's BatchNorm folding merges (the shortcut is an ``nn.Sequential``, folded as such)."""
+
+    batchnorm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -85,23 +102,26 @@ class _BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.add = Add()
         self.relu2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(self.add(out, self.shortcut(x)))
 
 
-class ResNetSmall(nn.Module):
-    """A small ResNet for 32×32 RGB: stem, three stages of basic blocks, global pool, linear."""
+class ResNet(nn.Module):
+    """A ResNet of basic blocks for small images: 3×3 stem conv-BN-ReLU, one stage per entry of
+    ``widths`` (``depths[i]`` blocks; every stage after the first halves the size), global
+    average pool, linear."""
 
     def __init__(
         self,
-        input_shape: InputShape = (3, 32, 32),
-        num_classes: int = 10,
-        width: int = 16,
-        blocks: int = 1,
+        input_shape: InputShape,
+        num_classes: int,
+        widths: Sequence[int],
+        depths: Sequence[int],
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
@@ -109,12 +129,12 @@ class ResNetSmall(nn.Module):
         m, s = _stats(input_shape, mean, std)
         self.normalize = Normalize(m, s)
         self.stem = nn.Sequential(
-            nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
         stages: list[nn.Module] = []
-        cin = width
-        for i, cout in enumerate((width, 2 * width, 4 * width)):
-            for b in range(blocks):
+        cin = widths[0]
+        for i, (cout, depth) in enumerate(zip(widths, depths, strict=True)):
+            for b in range(depth):
                 stages.append(_BasicBlock(cin, cout, 2 if (i > 0 and b == 0) else 1))
                 cin = cout
         self.stages = nn.Sequential(*stages)
@@ -126,15 +146,43 @@ class ResNetSmall(nn.Module):
         return self.fc(self.flatten(self.pool(self.stages(self.stem(self.normalize(x))))))
 
 
+class ResNetSmall(ResNet):
+    """A small ResNet for 32×32 RGB: three stages of widths ``width``, 2×, 4×, ``blocks`` each."""
+
+    def __init__(
+        self,
+        input_shape: InputShape = (3, 32, 32),
+        num_classes: int = 10,
+        width: int = 16,
+        blocks: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, (width, 2 * width, 4 * width), (blocks,) * 3, mean, std)
+
+
 def resnet_small(**kwargs: Any) -> ResNetSmall:
     """A small ResNet (about 0.2M parameters at width 16) for 32×32 RGB images."""
     return ResNetSmall(**kwargs)
+
+
+def resnet18(
+    input_shape: InputShape = (3, 32, 32),
+    num_classes: int = 10,
+    width: int = 64,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ResNet:
+    """ResNet-18 in the CIFAR shape (11.2M parameters at width 64): stages of 64, 128, 256,
+    512 channels with 2 basic blocks each; any input size (global pooling), 32×32 by default."""
+    return ResNet(input_shape, num_classes, (width, 2 * width, 4 * width, 8 * width), (2, 2, 2, 2), mean, std)
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
     "resnet_small": resnet_small,
+    "resnet18": resnet18,
 }
 
 

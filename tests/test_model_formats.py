@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -47,8 +48,10 @@ def _lenet() -> torch.nn.Module:
 def _export_onnx(model: torch.nn.Module, path) -> None:
     x = torch.rand(2, 1, 28, 28)
     # opset 17: onnx2torch 1.5 has no converters for some ops of newer opsets (Identity-19)
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter's notice
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
 
 
 def _check_same_and_attackable(model, reference: torch.nn.Module, attack_name: str) -> None:

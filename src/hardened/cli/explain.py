@@ -4,6 +4,7 @@ optionally pixel-flipping curves comparing the explanation methods."""
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from hardened._util.atomic import write_bytes, write_json
 from hardened.cli._common import Common, out, parse_ints, setup, shared_options
-from hardened.errors import ConfigError
+from hardened.errors import ConfigError, HardenedWarning
 from hardened.explain import COMPOSITES, explain_images, make_composite
 from hardened.explain.attribute import canonical_method
 from hardened.explain.quality import compare_explanations
@@ -48,12 +49,19 @@ def explain_command(
     x = test.x[indices].to(where)
     labels = test.y[indices]
     goal = None if target is None else torch.full((len(indices),), int(target), dtype=torch.long, device=where)
-    options: dict[str, Any] = {"composite": composite, "seed": seed}
-    main = explain_images(loaded.model, x, goal, method, **options)
+    options: dict[str, Any] = {"composite": composite, "seed": seed, "fallback": "gradient-x-input"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HardenedWarning)  # said once below, as a plain line
+        main = explain_images(loaded.model, x, goal, method, **options)
+    if main.params.get("fallback_from"):
+        out.print(f"note: LRP cannot explain this model ({main.params['reason']}); "
+                  f"showing {main.method} instead")
     methods = [main.method] + [m for m in (c.strip() for c in compare.split(",")) if m]
     attributions = {main.method: main}
     for name in methods[1:]:
-        other = explain_images(loaded.model, x, goal, name, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HardenedWarning)
+            other = explain_images(loaded.model, x, goal, name, **options)
         attributions[other.method] = other
     classes = test.classes
     for position, i in enumerate(indices):

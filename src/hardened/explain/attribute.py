@@ -8,6 +8,7 @@ of ``hardened.explain.gradients`` are the baselines.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,9 @@ from hardened._util.checks import (
     forward_error,
 )
 from hardened._util.seeding import make_generator
-from hardened.errors import ConfigError
+from hardened.errors import ConfigError, HardenedWarning
 from hardened.explain import gradients
+from hardened.explain.canonizers import fold_pairs
 from hardened.explain.composites import Composite, make_composite
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "lrp",
     "conservation_error",
     "check_finite",
+    "lrp_unsupported",
 ]
 
 METHODS = (
@@ -123,6 +126,26 @@ def lrp(
     return logits.detach(), relevance.detach()
 
 
+def lrp_unsupported(model: object, composite: str | Composite = "epsilon-gamma-box") -> str | None:
+    """Why LRP cannot explain ``model`` (``None`` when it can): a TorchScript module takes no
+    hooks, an outputs-only callable has no layers (nor gradients), and a layer without a rule
+    in ``composite`` stops the relevance."""
+    if not isinstance(model, nn.Module):
+        return f"{type(model).__name__} is an outputs-only model (no layers, no gradients)"
+    if isinstance(model, torch.jit.ScriptModule):
+        return "a TorchScript module does not take the forward hooks LRP rules need"
+    try:
+        make_composite(composite).assign(model, identities=_foldable(model))
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def _foldable(model: nn.Module) -> set[nn.Module]:
+    """BatchNorms that the default folding turns into identities (so they need no rule)."""
+    return {bn for _, bn in fold_pairs(model)}
+
+
 def check_finite(relevance: Tensor, method: str) -> None:
     """Raise ``ConfigError`` naming the images whose relevance has NaN or Inf values."""
     bad = ~torch.isfinite(relevance.flatten(1)).all(dim=1)
@@ -200,6 +223,7 @@ def explain_images(
     sigma: float = 0.15,
     seed: int | None = 0,
     allow_nonfinite: bool = False,
+    fallback: str | None = None,
 ) -> Attribution:
     """Explain ``model``'s logit for ``target`` (default: the predicted class) on images ``x``.
 
@@ -211,11 +235,30 @@ def explain_images(
         composite: LRP rules per layer: a name from ``COMPOSITES`` or a ``Composite``.
         steps, baseline: integrated gradients; samples, sigma, seed: SmoothGrad and random.
         allow_nonfinite: return NaN/Inf relevance instead of raising ``ConfigError``.
+        fallback: a gradient method to use, with a ``HardenedWarning`` that says why, where
+            LRP cannot apply (``lrp_unsupported``: TorchScript, unknown layers); ``None``
+            raises ``ConfigError`` there. The result's params record ``fallback_from``.
 
     The model's mode is restored and its parameters are left untouched.
     """
     key = canonical_method(method)
     x = check_images(x, bounds, allow_empty=True)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"{type(model).__name__} is an outputs-only model: it has no gradients, so neither LRP "
+            "nor gradient explanations apply; load an ONNX file with --backend torch (onnx2torch) "
+            "to explain it"
+        )
+    reason = lrp_unsupported(model, composite) if key == "lrp" else None
+    if reason is not None:
+        if fallback is None:
+            raise ConfigError(f"LRP cannot explain this model: {reason} (or explain it with a gradient "
+                              "method: fallback='gradient-x-input')")
+        key = canonical_method(fallback)
+        if key in ("lrp", "random"):
+            raise ConfigError(f"fallback must be a gradient method, got {fallback!r}")
+        warnings.warn(HardenedWarning(f"LRP cannot explain this model ({reason}); using {key} instead"),
+                      stacklevel=2)
     rules = make_composite(composite) if key == "lrp" else None
     generator = make_generator(seed, x.device)
     n = x.shape[0]
@@ -265,6 +308,8 @@ def explain_images(
         params = {"samples": samples, "sigma": sigma, "seed": seed}
     elif key == "random":
         params = {"seed": seed}
+    if reason is not None:
+        params = {**params, "fallback_from": "lrp", "reason": reason}
     return Attribution(
         relevance=relevance,
         target=goal_all,

@@ -122,3 +122,16 @@ def test_state_mismatch_summary_counts_and_truncates():
     summary = state_mismatch(expected, given, show=3)
     assert summary.startswith("8 missing keys (k0, k1, k2 and 5 more); 1 unexpected keys (extra); ")
     assert summary.endswith("1 shape mismatches (w 4×3 in the file vs 3×4)")
+
+
+def test_resnet18_round_trips_through_safetensors(tmp_path):
+    from hardened.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(width=4, num_classes=3).eval()
+    assert sum(p.numel() for p in resnet18().parameters()) == 11_173_962  # the CIFAR ResNet-18
+    path = save_model(model, tmp_path / "r18.safetensors", arch="resnet18", arch_kwargs={"width": 4, "num_classes": 3})
+    loaded = load_model(path).model
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -62,7 +62,7 @@ _SHARED = ("data", "out", "batch_size", "device", "seed", "data_dir", "download"
 @shared_options(*_SHARED, out=Option(Path("model.safetensors"), "where to write model.safetensors (+ .json)"))
 def train_command(
     common: Common,
-    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet or resnet_small")] = "lenet",
+    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet, resnet_small or resnet18")] = "lenet",
     method: MethodOption = "standard",
     eps: EpsOption = None,
     norm: NormOption = "linf",
@@ -165,7 +165,7 @@ def train_command(
 @shared_options(*_SHARED, out=Path("defend-compare"))
 def compare_command(
     common: Common,
-    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet or resnet_small")] = "lenet",
+    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet, resnet_small or resnet18")] = "lenet",
     methods: Annotated[str, typer.Option("--methods", help="comma-separated training methods")] = ",".join(METHODS),
     eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
     norm: NormOption = "linf",

@@ -126,7 +126,7 @@ def test_image_folder_of_large_rgb_images(tmp_path):
             Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
     data = load_image_folder(tmp_path)
     assert data.x.shape == (4, 3, 224, 224) and data.classes == ("cat", "dog")
-    first = np.asarray(Image.open(tmp_path / "cat" / "0.png"))
+    first = np.array(Image.open(tmp_path / "cat" / "0.png"))
     assert torch.equal((data.x[0] * 255).round().to(torch.uint8), torch.from_numpy(first).permute(2, 0, 1))
 
 
@@ -144,3 +144,28 @@ def test_foolbox_real_cifar10_samples_load_as_an_rgb_folder(tmp_path):
     data = load_image_folder(tmp_path)
     assert data.x.shape == (len(files), 3, 32, 32)
     assert 0.05 < float(data.x.std()) and float(data.x.min()) >= 0 and float(data.x.max()) <= 1
+
+
+def test_cifar_download_checks_sha256_and_then_loads(tmp_path, monkeypatch):
+    """``download=True`` through a local mirror (file:// URL), with the fake archive's digest
+    standing in for the real one: a wrong digest is refused, the right one is stored and read."""
+    import dataclasses
+    import hashlib
+
+    from hardened.data import cifar
+
+    rng = np.random.default_rng(5)
+    files = {f"cifar-10-batches-bin/{name}": _records(rng, 2, 1, 10)[0]
+             for name in [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]}
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    _write_tar(mirror / "cifar-10-binary.tar.gz", files)
+    digest = hashlib.sha256((mirror / "cifar-10-binary.tar.gz").read_bytes()).hexdigest()
+    data_dir = tmp_path / "data"
+    with pytest.raises(DataError, match="sha256"):
+        load_cifar("cifar10", data_dir, download=True, mirrors=(mirror.as_uri() + "/",))
+    source = dataclasses.replace(cifar.CIFAR_SOURCES["cifar10"], sha256={"cifar-10-binary.tar.gz": digest})
+    monkeypatch.setitem(cifar.CIFAR_SOURCES, "cifar10", source)
+    splits = load_cifar("cifar10", data_dir, download=True, mirrors=(mirror.as_uri() + "/",))
+    assert len(splits.train) == 10 and len(splits.test) == 2
+    assert (data_dir / "cifar10" / "cifar-10-binary.tar.gz").is_file()

@@ -48,7 +48,7 @@ def test_cli_explains_a_torchscript_file_with_a_note(tmp_path):
     path = tmp_path / "lenet.pt"
     _scripted().save(str(path))
     result = CliRunner().invoke(app, ["explain", "--model", str(path), "--data", "digits", "--index", "0,1",
-                                      "--out", str(tmp_path / "ex"), "--device", "cpu"])
+                                      "--quality", "4", "--out", str(tmp_path / "ex"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "LRP cannot explain this model" in result.output and "gradient-x-input" in result.output
-    assert (tmp_path / "ex" / "heatmap_0.png").is_file()
+    assert (tmp_path / "ex" / "heatmap_0.png").is_file() and (tmp_path / "ex" / "deletion.png").is_file()

@@ -18,7 +18,7 @@ from hardened.cli._common import Common, out, parse_ints, setup, shared_options
 from hardened.errors import ConfigError, HardenedWarning
 from hardened.explain import COMPOSITES, explain_images, make_composite
 from hardened.explain.attribute import canonical_method
-from hardened.explain.quality import compare_explanations
+from hardened.explain.quality import QUALITY_METHODS, compare_explanations
 from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_heatmap_grid
 
 
@@ -81,7 +81,9 @@ def explain_command(
     written = [f"{len(indices)} heatmap_*.png", "grid.png", "relevance.npz", "explain.json"]
     if quality:
         subset = test.head(quality)
-        curves = compare_explanations(loaded.model, subset.x.to(where), subset.y.to(where), seed=seed, composite=composite)
+        compared = [m for m in QUALITY_METHODS if m != "lrp" or not main.params.get("fallback_from")]
+        curves = compare_explanations(loaded.model, subset.x.to(where), subset.y.to(where), compared,
+                                      seed=seed, composite=composite)
         plot_deletion_curves(curves, out_dir / "deletion.png", title=f"Pixel flipping on {len(subset)} {data} test images")
         summary["pixel_flipping"] = [c.to_dict() for c in curves]
         table = Table(title=f"Pixel flipping on {len(subset)} images (area: lower is better)")

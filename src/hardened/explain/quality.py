@@ -17,7 +17,7 @@ from hardened._util.batching import eval_mode
 from hardened._util.checks import check_images, check_labels
 from hardened.errors import ConfigError, InputError
 
-__all__ = ["DeletionCurve", "deletion_curve", "compare_explanations", "pixel_order"]
+__all__ = ["DeletionCurve", "QUALITY_METHODS", "deletion_curve", "compare_explanations", "pixel_order"]
 
 SCORES = ("probability", "logit")
 
@@ -115,12 +115,15 @@ def deletion_curve(
     )
 
 
+#: the methods ``compare_explanations`` ranks by default
+QUALITY_METHODS = ("lrp", "gradient", "saliency", "gradient-x-input", "integrated-gradients", "smoothgrad", "random")
+
+
 def compare_explanations(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    methods: Sequence[str] = ("lrp", "gradient", "saliency", "gradient-x-input",
-                              "integrated-gradients", "smoothgrad", "random"),
+    methods: Sequence[str] = QUALITY_METHODS,
     *,
     steps: int = 20,
     max_fraction: float = 0.5,

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hardened.attacks import make_attack
-from hardened.errors import ConfigError, InputError, ModelLoadError
+from hardened.errors import ConfigError, HardenedWarning, InputError, ModelLoadError
+from hardened.explain import explain_images
 from hardened.models import lenet, load_model
 from hardened.models.onnx import OnnxRuntimeModel
 
@@ -99,6 +100,9 @@ def test_export_program_is_refused_without_trust_then_matches(tmp_path) -> None:
     loaded = load_model(tmp_path / "lenet.pt2", trust_pickle=True)
     loaded.model.eval()  # the exported graph itself refuses eval(); the wrapper must not
     _check_same_and_attackable(loaded.model, reference, "pgd")
+    with pytest.warns(HardenedWarning, match="torch.export program"):
+        attribution = explain_images(loaded.model, x, method="lrp", fallback="gradient")
+    assert attribution.method == "gradient" and torch.isfinite(attribution.relevance).all()
 
 
 def test_export_program_with_a_fixed_batch_says_how_to_export(tmp_path) -> None:

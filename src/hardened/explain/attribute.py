@@ -29,6 +29,7 @@ from hardened.errors import ConfigError, HardenedWarning
 from hardened.explain import gradients
 from hardened.explain.canonizers import fold_pairs
 from hardened.explain.composites import Composite, make_composite
+from hardened.models.io import ExportedModule
 
 __all__ = [
     "Attribution",
@@ -134,6 +135,8 @@ def lrp_unsupported(model: object, composite: str | Composite = "epsilon-gamma-b
         return f"{type(model).__name__} is an outputs-only model (no layers, no gradients)"
     if isinstance(model, torch.jit.ScriptModule):
         return "a TorchScript module does not take the forward hooks LRP rules need"
+    if isinstance(model, ExportedModule):
+        return "a torch.export program calls operators, not the layers LRP rules are hooked on"
     try:
         make_composite(composite).assign(model, identities=_foldable(model))
     except ConfigError as error:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 
 from hardened.errors import InputError, ModelLoadError
+from hardened.models.blackbox import OnnxTarget
 
 __all__ = ["BACKENDS", "OnnxRuntimeModel", "load_onnx"]
 
@@ -44,12 +43,13 @@ def _require(module: str, why: str) -> ModuleType:
         ) from error
 
 
-class OnnxRuntimeModel:
+class OnnxRuntimeModel(OnnxTarget):
     """An ONNX model run by onnxruntime on the CPU: ``model(x)`` maps float32 images
     N×C×H×W to logits N×K (a tensor on ``x``'s device, without gradients).
 
-    Deliberately not an ``nn.Module``: attacks that need gradients refuse it with a message,
-    and gradient-free ones (Square, HSJA, transfer) accept it as a plain callable.
+    The black-box ``OnnxTarget`` (query counts, answer checks) with load errors as
+    ``ModelLoadError`` and run errors as ``InputError``. Not an ``nn.Module``: attacks that need
+    gradients refuse it with a message, gradient-free ones (Square, HSJA, NES) accept it.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -57,29 +57,24 @@ class OnnxRuntimeModel:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own Fail / InvalidGraph types
             raise ModelLoadError(f"onnxruntime cannot read {path}: {_first_line(error)}") from error
-        inputs = self.session.get_inputs()
+        inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelLoadError(
                 f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
                 "an image classifier takes one input, the images N×C×H×W"
             )
-        self.input_name: str = inputs[0].name
+        super().__init__(session)
         self.source = str(path)
 
-    def __call__(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise InputError(f"the ONNX model takes images N×C×H×W, got {shape}")
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    def _answer(self, x: Tensor) -> Any:
         try:
-            (logits, *_) = self.session.run(None, {self.input_name: array})
+            return super()._answer(x)
         except Exception as error:  # onnxruntime's own error types (shape, type mismatch)
             raise InputError(f"onnxruntime could not run {self.source} on images of shape "
                              f"{tuple(x.shape)}: {_first_line(error)}") from error
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(x.device)
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeModel({self.source!r})"

@@ -11,6 +11,7 @@ Every error the library raises on purpose is a ``HardenedError``::
     ├── NotFittedError    a score, guard or calibrator used before ``fit``
     ├── QueryBudgetExceeded
     │                     a black-box target's hard query budget is spent
+    ├── DistributedError  a rank of a torchrun job died, timed out or could not join
     └── NotReliableClassification
                           a guard refused to predict; carries the prediction and the score
 
@@ -36,6 +37,7 @@ __all__ = [
     "NotFittedError",
     "TargetError",
     "QueryBudgetExceeded",
+    "DistributedError",
     "NotReliableClassification",
     "HardenedWarning",
     "BudgetWarning",
@@ -92,6 +94,10 @@ class QueryBudgetExceeded(HardenedError):
             f"of {self.asked} refused); raise budget= or attack fewer images (finished batches "
             "are in .partial)"
         )
+
+
+class DistributedError(HardenedError):
+    """A ``torch.distributed`` collective failed: a rank died, timed out or could not join."""
 
 
 class NotReliableClassification(HardenedError):

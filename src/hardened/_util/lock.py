@@ -108,8 +108,16 @@ def _tidy(folder: Path, remove_folder: bool) -> None:
         pass
 
 
+def _main_rank() -> bool:
+    """False in ranks 1... of a torchrun job: rank 0 alone holds the job's output folder."""
+    from hardened.distributed import env_world
+
+    return env_world().is_main
+
+
 def locks_output(parameter: str = "out_dir") -> Callable[[F], F]:
-    """Decorate a command so that it holds ``lock_output_dir`` on its keyword ``parameter``;
+    """Decorate a command so that it holds ``lock_output_dir`` on its keyword ``parameter`` (on
+    rank 0 only, in a torchrun job);
     ``"common.out"`` names the attribute ``out`` of the keyword ``common`` (the CLI's shared options)."""
 
     def decorate(command: F) -> F:
@@ -119,7 +127,7 @@ def locks_output(parameter: str = "out_dir") -> Callable[[F], F]:
             folder = kwargs.get(name)
             if attribute and folder is not None:
                 folder = getattr(folder, attribute)
-            if folder is None:
+            if folder is None or not _main_rank():
                 return command(*args, **kwargs)
             with lock_output_dir(folder):
                 return command(*args, **kwargs)

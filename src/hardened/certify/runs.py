@@ -5,6 +5,12 @@ a run killed at any point and restarted with the same settings continues after t
 sample and ends with exactly the results of an uninterrupted run (no sample lost or counted
 twice). The settings (and fingerprints of the model and the data) are kept beside the log in
 ``<log>.settings.json``; a restart with other settings is refused.
+
+Sharded runs (``torchrun``): rank ``r`` of ``w`` certifies its contiguous slice of the indices
+(``shard=(r, w)``) into its own resumable log ``shards/rank<r>-of-<w>/samples.jsonl``, and rank 0
+merges the shards with ``merge_shards`` into the ``samples.jsonl`` and settings file a single
+process writes. Because of the per-sample seeds the merged records equal the single-process
+records field for field except the measured ``seconds``.
 """
 
 from __future__ import annotations
@@ -34,9 +40,18 @@ from hardened.certify.smoothing import (
     certify,
     check_certify_settings,
 )
+from hardened.distributed import merge_by_index, shard_bounds
 from hardened.errors import ConfigError, DataError
 
-__all__ = ["SampleRecord", "CertifyRun", "certify_dataset", "read_records", "settings_path"]
+__all__ = [
+    "SampleRecord",
+    "CertifyRun",
+    "certify_dataset",
+    "merge_shards",
+    "read_records",
+    "settings_path",
+    "shard_log_path",
+]
 
 _FORMAT = 1
 
@@ -166,12 +181,15 @@ def certify_dataset(
     log_path: str | os.PathLike[str] | None = None,
     progress: bool = False,
     bounds: tuple[float, float] = (0.0, 1.0),
+    shard: tuple[int, int] | None = None,
 ) -> CertifyRun:
     """Certify every image of ``x`` (N×C×H×W) with labels ``y`` (N,), sample by sample.
 
     With ``log_path`` each finished sample is appended to that JSON-lines file (flushed and
     fsynced) and a restart with the same arguments resumes after the finished samples. Sample
     ``i`` uses ``mix_seed(seed, i)``, so results do not depend on where a run was resumed.
+    ``shard=(rank, world)`` certifies only that rank's contiguous slice of the indices (its
+    records keep their global index); the settings then record the shard.
     """
     sigma, n0, n, alpha, batch_size = check_certify_settings(sigma, n0, n, alpha, batch_size)
     x = check_images(x, bounds, allow_empty=True)
@@ -198,6 +216,10 @@ def certify_dataset(
         "data_sha256": tensor_digest({"x": x, "y": y}),
         "model_sha256": model_digest(model),
     }
+    first, last = 0, int(x.shape[0])
+    if shard is not None:
+        first, last = shard_bounds(int(x.shape[0]), *shard)
+        settings["shard"] = [int(shard[0]), int(shard[1])]
     # The folder of the log is locked for the run: a second run into it fails at once.
     lock = lock_output_dir(Path(log_path).parent) if log_path is not None else nullcontext()
     with lock:
@@ -215,11 +237,11 @@ def certify_dataset(
             else:
                 write_json(meta, settings)
             for record in read_records(log, repair=True):
-                if record.index >= x.shape[0]:
-                    raise DataError(f"{log} holds sample {record.index} but the data has {x.shape[0]} images")
+                if not first <= record.index < last:
+                    raise DataError(f"{log} holds sample {record.index} outside this run's images {first}..{last - 1}")
                 done.setdefault(record.index, record)
         resumed_from = len(done)
-        todo = [i for i in range(int(x.shape[0])) if i not in done]
+        todo = [i for i in range(first, last) if i not in done]
         with progress_bar(len(todo), f"certify sigma={sigma:g} n={n}", progress) as bar:
             for index in todo:
                 generator = make_generator(mix_seed(seed, index), x.device)
@@ -242,3 +264,46 @@ def certify_dataset(
                 bar.advance(1)
     records = tuple(done[i] for i in sorted(done))
     return CertifyRun(records=records, settings=settings, resumed_from=resumed_from)
+
+
+def shard_log_path(log_path: str | os.PathLike[str], rank: int, world: int) -> Path:
+    """``OUT/samples.jsonl`` -> ``OUT/shards/rank<rank>-of-<world>/samples.jsonl`` (own folder, own lock)."""
+    path = Path(log_path)
+    return path.parent / "shards" / f"rank{rank}-of-{world}" / path.name
+
+
+def merge_shards(log_path: str | os.PathLike[str], world: int) -> CertifyRun:
+    """Merge the ``world`` shard logs of ``log_path`` into ``log_path`` and its settings file.
+
+    The shards must be complete and agree on every setting but the shard; the merged log holds
+    the records in index order, exactly the lines a single process appends, and the settings file
+    equals the single-process one. Both are written atomically, so a failed merge leaves the
+    previous files whole. ``DataError`` names a missing or incomplete shard.
+    """
+    target = Path(log_path)
+    parts: list[list[SampleRecord]] = []
+    common: dict[str, Any] | None = None
+    for rank in range(world):
+        shard_log = shard_log_path(target, rank, world)
+        meta = settings_path(shard_log)
+        if not meta.is_file():
+            raise DataError(f"shard {rank} of {world} has no settings file {meta}; re-launch the run to finish it")
+        settings = read_json_object(meta, DataError, "; delete the shard folder to recompute it")
+        settings = {k: v for k, v in settings.items() if k != "shard"}
+        if common is None:
+            common = settings
+        elif settings != common:
+            raise DataError(f"shard {rank} of {world} ({meta}) was certified with other settings than shard 0")
+        records = read_records(shard_log)
+        first, last = shard_bounds(int(settings["num_samples"]), rank, world)
+        if sorted(r.index for r in records) != list(range(first, last)):
+            raise DataError(
+                f"shard {rank} of {world} ({shard_log}) holds {len(records)} of its {last - first} samples; "
+                "re-launch the run to finish it"
+            )
+        parts.append(records)
+    assert common is not None
+    merged = merge_by_index(parts)
+    write_json(settings_path(target), common)
+    write_text(target, "".join(json.dumps(r.to_dict()) + "\n" for r in merged))
+    return CertifyRun(records=tuple(merged), settings=common)

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
+from hardened._util.digests import model_digest, tensor_digest
 from hardened._util.lock import locks_output
 from hardened.certify import CERTIFIERS
 from hardened.certify.ibp import certify_ibp
@@ -24,10 +25,11 @@ from hardened.certify.report import (
     summarize,
     summary_markdown,
 )
-from hardened.certify.runs import certify_dataset
+from hardened.certify.runs import CertifyRun, certify_dataset, merge_shards, shard_log_path
 from hardened.certify.smoothing import check_certify_settings
 from hardened.cli._common import Common, Option, out, parse_floats, setup, shared_options
 from hardened.data import Dataset
+from hardened.distributed import WorldInfo, barrier, check_same_settings, process_group, world
 from hardened.errors import ConfigError
 from hardened.models import LoadedModel
 from hardened.threat import check_norm
@@ -86,11 +88,14 @@ def _smoothing(
     runs = []
     for spec, loaded, label in zip(specs, loaded_models, labels, strict=True):
         folder = out_dir if len(specs) == 1 else out_dir / label
-        out.print(f"certifying {label} on {len(test)} images (sigma={sigma:g}, n={n}) -> {folder}")
-        run = certify_dataset(
-            loaded.model, test.x.to(target), test.y.to(target), sigma=sigma, n0=n0, n=n, alpha=alpha,
-            seed=seed, batch_size=batch_size, log_path=folder / "samples.jsonl", progress=True,
-        )
+        info = world()
+        if info.is_main:
+            out.print(f"certifying {label} on {len(test)} images (sigma={sigma:g}, n={n}) -> {folder}"
+                      + (f" on {info.size} processes" if info.distributed else ""))
+        run = _certify_sharded(loaded.model, test, target, folder / "samples.jsonl", info, sigma=sigma,
+                               n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size)
+        if run is None:
+            continue
         if run.resumed_from:
             out.print(f"resumed after {run.resumed_from} finished samples")
         settings = {**run.settings, **context, "model": spec}
@@ -115,6 +120,21 @@ def _smoothing(
                                 title=f"sigma={sigma:g}, n={n}, {len(test)} images")
         out.print(comparison_markdown(table))
         out.print(f"wrote {out_dir / 'comparison.json'}, {out_dir / 'comparison.md'}, {out_dir / 'comparison.png'}")
+
+
+def _certify_sharded(model: torch.nn.Module, test: Dataset, target: torch.device, log: Path, info: WorldInfo,
+                     **settings: Any) -> CertifyRun | None:
+    """Certify ``test`` into ``log``: in one process directly; in a torchrun job each rank its
+    shard into its own log, then rank 0 merges them (``None`` on the other ranks)."""
+    x, y = test.x.to(target), test.y.to(target)
+    if not info.distributed:
+        return certify_dataset(model, x, y, log_path=log, progress=True, **settings)
+    check_same_settings({**settings, "model": model_digest(model), "data": tensor_digest({"x": x, "y": y})},
+                        "certify")
+    certify_dataset(model, x, y, log_path=shard_log_path(log, info.rank, info.size),
+                    progress=info.is_main, shard=(info.rank, info.size), **settings)
+    barrier("waiting for every rank to finish its shard")
+    return merge_shards(log, info.size) if info.is_main else None
 
 
 def _ibp(
@@ -198,5 +218,6 @@ def certify_command(
     if key == "ibp":
         _ibp(common.models, models, labels, test, target, out_dir, eps_values, norm, batch_size, context)
         return
-    _smoothing(common.models, models, labels, test, target, out_dir, sigma, n0, n, alpha, seed, batch_size,
-               grid, context)
+    with process_group(backend="gloo"):  # certification only gathers records: CPU collectives
+        _smoothing(common.models, models, labels, test, target, out_dir, sigma, n0, n, alpha, seed, batch_size,
+                   grid, context)

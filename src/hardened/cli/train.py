@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,8 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
-from hardened.cli._common import Common, Option, console, out, setup, shared_options
+from hardened.cli._common import Common, Option, console, out, resolve_device, setup, shared_options
+from hardened.distributed import drop_option, env_world, launch_torchrun, process_group
 from hardened.errors import ConfigError
 from hardened.models import arch_kwargs_for, build_model, load_model, save_model
 from hardened.report.plots import plot_tradeoff
@@ -93,8 +95,31 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="also checkpoint every N steps (0: each epoch only)")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the checkpoint of an interrupted run")] = False,
     amp: AmpOption = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="data-parallel processes on this machine (starts torchrun)")] = 1,
 ) -> None:
-    """Train a reference architecture with a training method; checkpoints and resumes."""
+    """Train a reference architecture with a training method; checkpoints and resumes.
+    Under torchrun (or with --nproc N) the global batch is split over the processes."""
+    if nproc > 1 and not env_world().distributed:
+        argv = sys.argv[1:]
+        if "train" not in argv:
+            raise ConfigError("--nproc works from the hardened command line; from Python, launch with torchrun")
+        launch_torchrun(nproc, ["train", *drop_option(argv[argv.index("train") + 1:], "--nproc")])
+        return
+    with process_group(resolve_device(common.device)):
+        _train(common, arch, method, eps, norm, steps, step_size, random_start, beta, sigma, source_model,
+               unlabeled_fraction, labeler, adversarial_lr_scale, guard, guard_drop, guard_every, eps_warmup,
+               epochs, lr, lr_schedule, optimizer, n_train, eval_n, eval_eps, checkpoint_dir,
+               checkpoint_every, resume, amp)
+
+
+def _train(
+    common: Common, arch: str, method: str, eps: float | None, norm: str, steps: int, step_size: float | None,
+    random_start: bool, beta: float, sigma: float, source_model: list[str] | None,
+    unlabeled_fraction: float | None, labeler: str | None, adversarial_lr_scale: float, guard: str,
+    guard_drop: float, guard_every: int, eps_warmup: float, epochs: int, lr: float, lr_schedule: str,
+    optimizer: str, n_train: int | None, eval_n: int, eval_eps: float | None, checkpoint_dir: Path | None,
+    checkpoint_every: int, resume: bool, amp: bool | None,
+) -> None:
     out_path, data, seed, batch_size = common.out, common.data, common.seed, common.batch_size
     key = method.lower()
     options = method_options(key, MethodSettings(
@@ -117,7 +142,7 @@ def train_command(
     log_path = out_path.with_suffix(".log.jsonl")
     session = setup(common, writes=[(out_path, False), (log_path, False), (folder, True)], load=False)
     target, splits = session.device, session.splits
-    if resume and not (folder / CHECKPOINT_NAME).is_file():
+    if resume and not (folder / CHECKPOINT_NAME).is_file() and env_world().is_main:
         console.print(f"warning: --resume but no checkpoint in {folder}; starting from scratch")
     train_set = splits.train.head(n_train) if n_train else splits.train
     if key == "ensemble":
@@ -141,6 +166,8 @@ def train_command(
         checkpoint_dir=folder, progress=True,
     )
     result = trainer.fit(resume=resume)
+    if not trainer.world.is_main:
+        return
     if result.resumed_from_step is not None:
         out.print(f"resumed from step {result.resumed_from_step} ({folder})")
     for record in result.history:

@@ -6,6 +6,14 @@ method's randomness at global step ``t`` a generator seeded from ``(seed, t)``; 
 resumed from a checkpoint written after step ``t`` repeats exactly the steps ``t+1...`` of the
 uninterrupted run, and ends with the same weights (on the same device and thread count).
 
+Data-parallel training (launched by ``torchrun``, see ``hardened.distributed``): every rank draws
+the same epoch permutation, cuts the same global batch of ``batch_size`` images and trains on its
+contiguous slice; gradients are summed over ranks with weights ``local / global batch`` before
+each optimizer step, so each step is the single-process step up to the order of float additions.
+Rank 0 alone writes the checkpoint and the log; the checkpoint records the world size and a
+resume at another world size is refused. Randomness drawn per batch (random starts, noise) comes
+from per-rank streams, so such methods match the single process in distribution, not bitwise.
+
 Checkpoints are one file, ``checkpoint.ckpt``: a header line with the sha256 of the payload,
 then a ``torch.save`` payload of plain types and tensors, read back only with
 ``torch.load(weights_only=True)`` and only after the checksum matches.
@@ -31,11 +39,21 @@ from torch import nn
 from hardened._util.atomic import append_jsonl, write_bytes, write_text
 from hardened._util.batching import predict_logits
 from hardened._util.device import model_device
-from hardened._util.digests import sha256_hex
+from hardened._util.digests import sha256_hex, tensor_digest
 from hardened._util.lock import lock_output_dir
 from hardened._util.progress import progress_bar
 from hardened._util.seeding import make_generator, mix_seed
 from hardened.data.dataset import Dataset
+from hardened.distributed import (
+    WorldInfo,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_parameters,
+    check_same_settings,
+    is_distributed,
+    shard_bounds,
+    world,
+)
 from hardened.errors import ConfigError, DataError
 from hardened.evaluate.sweeps import robust_accuracy_sweep
 from hardened.train.config import TrainConfig
@@ -206,6 +224,13 @@ class Trainer:
             "cuda", enabled=self.amp and self.device.type == "cuda"
         )
         self.steps_per_epoch = -(-len(train_data) // self.config.batch_size)
+        self.world = world() if is_distributed() else WorldInfo()
+        last_batch = len(train_data) - (self.steps_per_epoch - 1) * self.config.batch_size
+        if last_batch < self.world.size:
+            raise ConfigError(
+                f"the last batch of an epoch holds {last_batch} images, fewer than the {self.world.size} "
+                "ranks: change --batch-size or --n-train so that every rank gets an image"
+            )
         self.total_steps = self.config.epochs * self.steps_per_epoch
         self._eval_threat = self._pick_eval_threat()
         self._reset_state()
@@ -242,6 +267,7 @@ class Trainer:
         """Everything a resumed run needs (plain types and tensors, weights_only-loadable)."""
         return {
             "format": 1,
+            "world_size": self.world.size,
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -281,6 +307,13 @@ class Trainer:
                 f"the {self.config.lr_schedule} lr schedule depends on the number of epochs: "
                 f"resume with --epochs {state.get('epochs')}"
             )
+        written = state.get("world_size", 1)
+        if written != self.world.size:
+            raise ConfigError(
+                f"the checkpoint was written by {written} process(es) and this run has {self.world.size}: "
+                f"resume with the same number of processes (--nproc-per-node {written}), or start over "
+                "in another --checkpoint-dir"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -299,8 +332,8 @@ class Trainer:
         self._stopped = state.get("stopped")
 
     def save(self) -> Path | None:
-        """Write the checkpoint now (atomically); ``None`` without a checkpoint folder."""
-        if self.checkpoint_path is None:
+        """Write the checkpoint now (atomically, rank 0 only); ``None`` without a checkpoint folder."""
+        if self.checkpoint_path is None or not self.world.is_main:
             return None
         return save_checkpoint(self.checkpoint_path, self.state_dict())
 
@@ -310,22 +343,30 @@ class Trainer:
         """Fork the global RNG and seed it from ``(seed, step)`` for the step (dropout etc.)."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            seed = mix_seed(self.config.seed, 2, step)
+            seed = self._seed(2, step)
             torch.random.default_generator.manual_seed(seed)
             if devices:
                 torch.cuda.manual_seed(seed)
             yield
 
+    def _seed(self, stream: int, step: int) -> int:
+        """The seed of ``stream`` at ``step``; ranks other than 0 get their own independent streams."""
+        if self.world.rank == 0:
+            return mix_seed(self.config.seed, stream, step)
+        return mix_seed(self.config.seed, stream, step, self.world.rank)
+
     def _autocast(self) -> Any:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, global_batch: int) -> None:
+        """One optimizer step on this rank's slice ``x``, ``y`` of a global batch of ``global_batch``."""
         step = self.global_step
+        weight = len(x) / global_batch
         base_lr = self.config.lr * lr_factor(self.config.lr_schedule, step, self.total_steps)
         ctx = StepContext(
             epoch=self.epoch, step=step,
-            generator=make_generator(mix_seed(self.config.seed, 1, step), self.device), lr=base_lr,
+            generator=make_generator(self._seed(1, step), self.device), lr=base_lr,
             total_steps=self.total_steps,
         )
         with self._step_rng(step):
@@ -336,19 +377,23 @@ class Trainer:
                     update = next(updates, None)
                 if update is None:
                     break
-                if not torch.isfinite(update.loss.detach()).all():
+                loss = float(update.loss.detach()) * len(x)
+                if self.world.distributed:
+                    loss = all_reduce_sum([loss])[0]
+                if not math.isfinite(loss):
                     raise ConfigError(
-                        f"the {self.method.name} loss became {float(update.loss)} at step {step + 1}; "
+                        f"the {self.method.name} loss became {loss / global_batch} at step {step + 1}; "
                         "lower the learning rate (--lr) or the eps"
                     )
                 for group in self.optimizer.param_groups:
                     group["lr"] = base_lr * update.lr_scale
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(update.loss).backward()
+                average_gradients(self.model, weight)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self._loss_sum += float(update.loss.detach()) * len(x)
-                self._loss_count += len(x)
+                self._loss_sum += loss
+                self._loss_count += global_batch
 
     # ------------------------------------------------------------ evaluation
     def _eval_data(self, n: int) -> Dataset | None:
@@ -442,7 +487,7 @@ class Trainer:
         )
 
     def _rewrite_log(self) -> None:
-        if self.log_path is not None:
+        if self.log_path is not None and self.world.is_main:
             write_text(self.log_path, "".join(json.dumps(asdict(r)) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------- fit
@@ -454,7 +499,7 @@ class Trainer:
         pseudo-labelling) runs before the first step. The checkpoint folder is locked for the
         run (``ConfigError`` at once when another process trains into it).
         """
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.world.is_main:
             return self._fit(resume, max_steps)
         with lock_output_dir(self.checkpoint_dir):
             return self._fit(resume, max_steps)
@@ -469,14 +514,22 @@ class Trainer:
             if self.checkpoint_path.exists():
                 self.load_state_dict(load_checkpoint(self.checkpoint_path, self.device))
                 resumed_from = self.global_step
+        if self.world.distributed:
+            check_same_settings({
+                "config": self._comparable_config(), "epochs": self.config.epochs,
+                "method": self.method.config(), "resume": resume, "resumed_from": resumed_from,
+                "data": tensor_digest({"x": self.train_data.x, "y": self.train_data.y}),
+            }, "training")
+            broadcast_parameters(self.model)
         self.method.prepare(self.model, self.train_data, config=self.config, fit=_fit_standard)
-        if resumed_from is None and self.log_path is not None and self.log_path.exists():
+        main = self.world.is_main
+        if main and resumed_from is None and self.log_path is not None and self.log_path.exists():
             self.log_path.unlink()
         if resumed_from is not None:
             self._rewrite_log()
         done_steps = 0
         spe = self.steps_per_epoch
-        with progress_bar(self.total_steps, f"train {self.method.name}", self.progress) as bar:
+        with progress_bar(self.total_steps, f"train {self.method.name}", self.progress and main) as bar:
             bar.advance(min(self.global_step, self.total_steps))
             while self.epoch < self.config.epochs and self._stopped is None:
                 shuffle = make_generator(mix_seed(self.config.seed, 0, self.epoch))
@@ -486,10 +539,12 @@ class Trainer:
                         self.save()
                         return self._result(start, resumed_from, "max_steps")
                     tick = time.perf_counter()
-                    index = order[self.step_in_epoch * self.config.batch_size:][: self.config.batch_size]
+                    batch = order[self.step_in_epoch * self.config.batch_size:][: self.config.batch_size]
+                    start, stop = shard_bounds(len(batch), self.world.rank, self.world.size)
+                    index = batch[start:stop]
                     x = self.train_data.x[index].to(self.device)
                     y = self.train_data.y[index].to(self.device)
-                    self._train_step(x, y)
+                    self._train_step(x, y, len(batch))
                     self.global_step += 1
                     self.step_in_epoch += 1
                     done_steps += 1
@@ -507,7 +562,7 @@ class Trainer:
                     self._check_guard("epoch")
                 record = self._end_epoch()
                 self.history.append(record)
-                if self.log_path is not None:
+                if self.log_path is not None and main:
                     append_jsonl(self.log_path, asdict(record))
                 bar.describe(
                     f"train {self.method.name} epoch {record.epoch}/{self.config.epochs} "

@@ -40,13 +40,14 @@ from hardened.certify.smoothing import (
     certify,
     check_certify_settings,
 )
-from hardened.distributed import merge_by_index, shard_bounds
+from hardened.distributed import barrier, check_same_settings, merge_by_index, shard_bounds, world
 from hardened.errors import ConfigError, DataError
 
 __all__ = [
     "SampleRecord",
     "CertifyRun",
     "certify_dataset",
+    "certify_sharded",
     "merge_shards",
     "read_records",
     "settings_path",
@@ -280,6 +281,8 @@ def merge_shards(log_path: str | os.PathLike[str], world: int) -> CertifyRun:
     equals the single-process one. Both are written atomically, so a failed merge leaves the
     previous files whole. ``DataError`` names a missing or incomplete shard.
     """
+    if world < 1:
+        raise ConfigError(f"world must be at least 1 process, got {world}")
     target = Path(log_path)
     parts: list[list[SampleRecord]] = []
     common: dict[str, Any] | None = None
@@ -294,7 +297,7 @@ def merge_shards(log_path: str | os.PathLike[str], world: int) -> CertifyRun:
             common = settings
         elif settings != common:
             raise DataError(f"shard {rank} of {world} ({meta}) was certified with other settings than shard 0")
-        records = read_records(shard_log)
+        records = list({r.index: r for r in reversed(read_records(shard_log))}.values())
         first, last = shard_bounds(int(settings["num_samples"]), rank, world)
         if sorted(r.index for r in records) != list(range(first, last)):
             raise DataError(
@@ -302,8 +305,33 @@ def merge_shards(log_path: str | os.PathLike[str], world: int) -> CertifyRun:
                 "re-launch the run to finish it"
             )
         parts.append(records)
-    assert common is not None
     merged = merge_by_index(parts)
-    write_json(settings_path(target), common)
+    meta = settings_path(target)
+    if meta.is_file():
+        _check_settings(meta, common or {}, True)
+    write_json(meta, common or {})
     write_text(target, "".join(json.dumps(r.to_dict()) + "\n" for r in merged))
     return CertifyRun(records=tuple(merged), settings=common)
+
+
+def certify_sharded(
+    model: nn.Module, x: Tensor, y: Tensor, *, log_path: str | os.PathLike[str], progress: bool = False,
+    **settings: Any,
+) -> CertifyRun | None:
+    """``certify_dataset`` into ``log_path``, split over the ranks of a torchrun job.
+
+    In one process this is ``certify_dataset``. In a job every rank first checks that all ranks
+    share the settings, model and data (``check_same_settings``), certifies its shard into its own
+    resumable log, waits for the others, and rank 0 merges the shards into ``log_path``
+    (``merge_shards``); the other ranks return ``None``. ``settings`` are ``certify_dataset``'s.
+    """
+    info = world()
+    if not info.distributed:
+        return certify_dataset(model, x, y, log_path=log_path, progress=progress, **settings)
+    check_same_settings(
+        {**settings, "model": model_digest(model), "data": tensor_digest({"x": x, "y": y})}, "certify"
+    )
+    certify_dataset(model, x, y, log_path=shard_log_path(log_path, info.rank, info.size),
+                    progress=progress and info.is_main, shard=(info.rank, info.size), **settings)
+    barrier("waiting for every rank to finish its certification shard")
+    return merge_shards(log_path, info.size) if info.is_main else None

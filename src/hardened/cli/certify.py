@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
-from hardened._util.digests import model_digest, tensor_digest
 from hardened._util.lock import locks_output
 from hardened.certify import CERTIFIERS
 from hardened.certify.ibp import certify_ibp
@@ -25,11 +24,11 @@ from hardened.certify.report import (
     summarize,
     summary_markdown,
 )
-from hardened.certify.runs import CertifyRun, certify_dataset, merge_shards, shard_log_path
+from hardened.certify.runs import certify_sharded
 from hardened.certify.smoothing import check_certify_settings
 from hardened.cli._common import Common, Option, out, parse_floats, setup, shared_options
 from hardened.data import Dataset
-from hardened.distributed import WorldInfo, barrier, check_same_settings, process_group, world
+from hardened.distributed import process_group, world
 from hardened.errors import ConfigError
 from hardened.models import LoadedModel
 from hardened.threat import check_norm
@@ -92,8 +91,8 @@ def _smoothing(
         if info.is_main:
             out.print(f"certifying {label} on {len(test)} images (sigma={sigma:g}, n={n}) -> {folder}"
                       + (f" on {info.size} processes" if info.distributed else ""))
-        run = _certify_sharded(loaded.model, test, target, folder / "samples.jsonl", info, sigma=sigma,
-                               n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size)
+        run = certify_sharded(loaded.model, test.x.to(target), test.y.to(target), log_path=folder / "samples.jsonl",
+                              sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size, progress=True)
         if run is None:
             continue
         if run.resumed_from:
@@ -120,21 +119,6 @@ def _smoothing(
                                 title=f"sigma={sigma:g}, n={n}, {len(test)} images")
         out.print(comparison_markdown(table))
         out.print(f"wrote {out_dir / 'comparison.json'}, {out_dir / 'comparison.md'}, {out_dir / 'comparison.png'}")
-
-
-def _certify_sharded(model: torch.nn.Module, test: Dataset, target: torch.device, log: Path, info: WorldInfo,
-                     **settings: Any) -> CertifyRun | None:
-    """Certify ``test`` into ``log``: in one process directly; in a torchrun job each rank its
-    shard into its own log, then rank 0 merges them (``None`` on the other ranks)."""
-    x, y = test.x.to(target), test.y.to(target)
-    if not info.distributed:
-        return certify_dataset(model, x, y, log_path=log, progress=True, **settings)
-    check_same_settings({**settings, "model": model_digest(model), "data": tensor_digest({"x": x, "y": y})},
-                        "certify")
-    certify_dataset(model, x, y, log_path=shard_log_path(log, info.rank, info.size),
-                    progress=info.is_main, shard=(info.rank, info.size), **settings)
-    barrier("waiting for every rank to finish its shard")
-    return merge_shards(log, info.size) if info.is_main else None
 
 
 def _ibp(

@@ -1,0 +1,115 @@
+"""Worker processes of the 2-rank gloo tests (``torch.multiprocessing.spawn`` imports this module
+by name in each child, so it holds no test functions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hardened.certify.runs import certify_sharded
+from hardened.data.dataset import Dataset
+from hardened.distributed import process_group
+from hardened.errors import HardenedError
+from hardened.train import TrainConfig, Trainer, make_method
+
+N_TRAIN, BATCH = 90, 32  # 3 steps per epoch; the last global batch (26) splits 13 / 13
+
+
+def toy_data(n: int = N_TRAIN, seed: int = 0) -> Dataset:
+    """``n`` 1×6×6 images in [0, 1] of 3 classes (a class is a brighter band of rows)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 1, 6, 6, generator=g) * 0.5
+    for k in range(3):
+        x[y == k, :, 2 * k : 2 * k + 2, :] += 0.5
+    return Dataset(x=x, y=y, classes=("a", "b", "c"), name="toy")
+
+
+def toy_model(seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def train_toy(method: str, checkpoint_dir: Path | None = None, epochs: int = 2, seed: int = 0) -> nn.Module:
+    """The same training run in whatever world the caller is in (1 process, or a rank of 2)."""
+    model = toy_model()
+    options: dict[str, Any] = {"eps": 0.1, "steps": 3, "random_start": False} if method == "pgd" else {}
+    config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=0.05, optimizer="sgd", momentum=0.9,
+                         seed=seed, eval_n=0)
+    trainer = Trainer(model, toy_data(), method=make_method(method, **options), config=config,
+                      checkpoint_dir=checkpoint_dir)
+    trainer.fit(resume=checkpoint_dir is not None)
+    return model
+
+
+def _setup(rank: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+
+
+def certify_toy(model: nn.Module, out: Path, seed: int = 0) -> Any:
+    """The same certification in whatever world the caller is in."""
+    data = toy_data(10, seed=1)
+    return certify_sharded(model, data.x, data.y, log_path=out / "samples.jsonl", sigma=0.25, n0=8, n=64,
+                           alpha=0.01, seed=seed, batch_size=64)
+
+
+class DiesAfter(nn.Module):
+    """Exits the process (as a kill would) at its ``calls``-th forward pass."""
+
+    def __init__(self, model: nn.Module, calls: int) -> None:
+        super().__init__()
+        self.model, self.calls = model, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls -= 1
+        if self.calls < 0:
+            os._exit(3)
+        return self.model(x)
+
+
+def certified_model(dies_after: int = 10**9) -> nn.Module:
+    return DiesAfter(toy_model(), calls=dies_after)
+
+
+def killed_certify(rank: int, port: int, folder: str) -> None:
+    """Sharded certify in which rank 1 dies (``os._exit``) at its 6th forward pass, after its
+    first finished samples and before the end of its shard."""
+    _setup(rank, port)
+    with process_group():
+        certify_toy(certified_model(1 + 2 * 2 if rank == 1 else 10**9), Path(folder) / "certify")
+
+
+def scenarios(rank: int, port: int, folder: str) -> None:
+    """Train (standard, PGD), resume the killed certification, and a settings mismatch; rank 0
+    writes what it saw to ``folder/result.json``."""
+    _setup(rank, port)
+    root = Path(folder)
+    seen: dict[str, Any] = {}
+    with process_group() as info:
+        seen["world"] = [info.rank, info.size, dist.get_backend()]
+        for method in ("standard", "pgd"):
+            model = train_toy(method, checkpoint_dir=root / f"ckpt-{method}")
+            if rank == 0:
+                torch.save(model.state_dict(), root / f"{method}.pt")
+        run = certify_toy(certified_model(), root / "certify")
+        if run is not None:
+            seen["certify_records"] = len(run.records)
+        try:
+            certify_toy(certified_model(), root / "mismatch", seed=rank)
+            seen["mismatch"] = None
+        except HardenedError as error:
+            seen["mismatch"] = [type(error).__name__, str(error)]
+        except Exception:  # noqa: BLE001 - reported to the test, which fails on it
+            seen["mismatch"] = ["unexpected", traceback.format_exc()]
+    if rank == 0:
+        (root / "result.json").write_text(json.dumps(seen), encoding="utf-8")

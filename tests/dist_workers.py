@@ -17,6 +17,7 @@ from hardened.certify.runs import certify_sharded
 from hardened.data.dataset import Dataset
 from hardened.distributed import process_group
 from hardened.errors import HardenedError
+from hardened.evaluate.cascade import run_cascade
 from hardened.train import TrainConfig, Trainer, make_method
 
 N_TRAIN, BATCH = 90, 32  # 3 steps per epoch; the last global batch (26) splits 13 / 13
@@ -77,6 +78,16 @@ class DiesAfter(nn.Module):
         return self.model(x)
 
 
+CASCADE_PRESET = [("pgd", {"steps": 3}), ("fgsm", {})]
+
+
+def cascade_toy(model: nn.Module, state_dir: Path) -> Any:
+    """The same cascade (3 batches of 4 at the first member) in whatever world the caller is in."""
+    data = toy_data(12, seed=2)
+    return run_cascade(model, data.x, data.y, eps=0.3, preset=CASCADE_PRESET, batch_size=4, masking="off",
+                       state_dir=state_dir)
+
+
 def certified_model(dies_after: int = 10**9) -> nn.Module:
     return DiesAfter(toy_model(), calls=dies_after)
 
@@ -101,6 +112,11 @@ def scenarios(rank: int, port: int, folder: str) -> None:
             model = train_toy(method, checkpoint_dir=root / f"ckpt-{method}")
             if rank == 0:
                 torch.save(model.state_dict(), root / f"{method}.pt")
+        result = cascade_toy(train_toy("standard"), root / "cascade")
+        if rank == 0:
+            torch.save({"x_adv": result.x_adv, "robust": result.robust, "margin": result.margin}, root / "cascade.pt")
+            seen["cascade"] = {"broken_by": list(result.broken_by), "resumed": result.resumed,
+                               "contributions": [c.to_dict() for c in result.contributions]}
         run = certify_toy(certified_model(), root / "certify")
         if run is not None:
             seen["certify_records"] = len(run.records)

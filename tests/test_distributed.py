@@ -3,7 +3,8 @@
 Tolerance of the training equality: the ranks' gradients are summed with weights
 ``local / global batch`` in float32, a different order of additions than one process; the
 weights are therefore equal within ``1e-5`` (absolute, after 6 SGD steps; measured ~1e-7), not
-bit for bit. Certification merged from 2 shards equals one process record for record (all fields
+bit for bit. The sharded cascade equals one process exactly (adversarials, margins, per-sample
+verdicts, contributions but their seconds). Certification merged from 2 shards equals one process record for record (all fields
 but the measured ``seconds``) and the settings file byte for byte.
 """
 
@@ -20,7 +21,17 @@ import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dist_workers import certified_model, certify_toy, killed_certify, scenarios, train_toy
+from dist_workers import (
+    BATCH,
+    cascade_toy,
+    certified_model,
+    certify_toy,
+    killed_certify,
+    scenarios,
+    toy_data,
+    toy_model,
+    train_toy,
+)
 from hardened.certify.runs import SampleRecord, merge_shards, read_records, shard_log_path
 from hardened.distributed import (
     check_same_settings,
@@ -137,7 +148,7 @@ def test_two_rank_training_equals_one_process_with_the_same_global_batch(two_ran
 
 
 def test_resume_with_another_world_size_is_refused(two_rank_run: Path) -> None:
-    from dist_workers import BATCH, toy_data, toy_model
+    from dist_workers import toy_model
     from hardened.train import TrainConfig
 
     trainer = Trainer(toy_model(), toy_data(), config=TrainConfig(epochs=2, batch_size=BATCH, lr=0.05,
@@ -170,3 +181,21 @@ def test_ranks_with_different_settings_are_refused(two_rank_run: Path) -> None:
     assert kind == "ConfigError", message
     assert "disagree on the certify settings" in message
     assert not (two_rank_run / "mismatch" / "samples.jsonl").exists()
+
+
+def test_sharded_cascade_equals_one_process(two_rank_run: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model = toy_model()  # the weights the ranks trained and attacked
+    model.load_state_dict(torch.load(two_rank_run / "standard.pt", weights_only=True))
+    single = cascade_toy(model, tmp_path / "cascade")
+    ranked = torch.load(two_rank_run / "cascade.pt", weights_only=True)
+    seen = _result(two_rank_run)["cascade"]
+    assert torch.equal(ranked["x_adv"], single.x_adv)
+    assert torch.equal(ranked["robust"], single.robust)
+    assert torch.equal(ranked["margin"], single.margin)
+    assert seen["broken_by"] == list(single.broken_by)  # type: ignore[index]
+    strip = [{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in single.contributions]
+    assert [{k: v for k, v in c.items() if k != "seconds"} for c in seen["contributions"]] == strip  # type: ignore[index]
+    assert seen["resumed"] == 0  # type: ignore[index]
+    assert sorted(p.name for p in (two_rank_run / "cascade").glob("*.pt")) == sorted(
+        p.name for p in (tmp_path / "cascade").glob("*.pt"))

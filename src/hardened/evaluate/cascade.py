@@ -18,6 +18,12 @@ Long runs resume: with ``state_dir`` every (attack, batch) record is written ato
 restart with the same settings (checked by a digest of model, data and settings) reuses them.
 Records of attack ``i`` cover the points still robust after attacks ``0..i-1``, batched in order,
 so a resumed run computes exactly what an uninterrupted one does.
+
+Sharded (``torchrun``, a ``state_dir`` on a filesystem every rank sees): at each member, batch
+``j`` of the still-robust points is attacked by rank ``j mod world``, which writes the batch's
+record file exactly as one process would; after a barrier every rank folds all records of the
+member in batch order. The batches, records and results are those of one process (only the
+timings differ), and a killed rank's batches are recomputed on re-launch, the others reused.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +48,8 @@ from hardened._util.lock import lock_output_dir
 from hardened._util.progress import progress_bar
 from hardened.attacks import make_attack
 from hardened.attacks.losses import logit_margin
-from hardened.errors import ConfigError, DataError
+from hardened.distributed import WorldInfo, barrier, check_same_settings, is_distributed, world
+from hardened.errors import ConfigError, DataError, DistributedError
 from hardened.evaluate.counting import CountingModel
 from hardened.evaluate.masking import (
     MaskingFinding,
@@ -244,8 +251,9 @@ class CascadeResult:
 class _State:
     """The per-(attack, batch) records of one run, in memory and optionally on disk."""
 
-    def __init__(self, folder: Path | None, settings: dict[str, Any]) -> None:
+    def __init__(self, folder: Path | None, settings: dict[str, Any], main: bool = True) -> None:
         self.folder = folder
+        self.main = main
         self.reused = 0
         if folder is None:
             return
@@ -259,19 +267,20 @@ class _State:
                     f"{folder} holds a cascade run with other settings (differing: {', '.join(differ)}); "
                     "resume with the same model, data and settings, or use another folder"
                 )
-        else:
+        elif main:
             write_json(meta, settings)
 
     def locked(self) -> AbstractContextManager[Any]:
         """Refuse a second run on the same folder while this one runs (``lock_output_dir``: an
-        OS lock, released if the process is killed, so a resume after a kill is never blocked)."""
-        return nullcontext() if self.folder is None else lock_output_dir(self.folder)
+        OS lock, released if the process is killed, so a resume after a kill is never blocked);
+        in a sharded run rank 0 holds it for all ranks."""
+        return nullcontext() if self.folder is None or not self.main else lock_output_dir(self.folder)
 
     def _path(self, attack: int, batch: int) -> Path:
         assert self.folder is not None
         return self.folder / f"attack{attack:02d}-batch{batch:05d}.pt"
 
-    def load(self, attack: int, batch: int, index: Tensor) -> dict[str, Any] | None:
+    def load(self, attack: int, batch: int, index: Tensor, *, count: bool = True) -> dict[str, Any] | None:
         if self.folder is None or not self._path(attack, batch).is_file():
             return None
         path = self._path(attack, batch)
@@ -281,7 +290,7 @@ class _State:
             raise DataError(f"{path} is unreadable ({error}); delete it to recompute that batch") from error
         if not torch.equal(record["index"].to(index.device), index):
             raise DataError(f"{path} covers other points than this run expects; delete {self.folder} to start over")
-        self.reused += 1
+        self.reused += int(count)
         return record
 
     def save(self, attack: int, batch: int, record: dict[str, Any]) -> None:
@@ -358,31 +367,34 @@ def run_cascade(
                  "fired": [f.name for f in plan.findings if f.fired]}
     config = {"eps": threat.eps, "norm": threat.norm, "bounds": list(threat.bounds), "batch_size": int(batch_size),
               "seed": seed, "masking": masking, "countermeasures": decisions}
-    state = _State(None if state_dir is None else Path(state_dir), _settings(model, x, y, steps, config))
+    info = world() if is_distributed() else WorldInfo()
+    settings = _settings(model, x, y, steps, config)
+    if info.distributed:
+        if state_dir is None:
+            raise ConfigError("a sharded cascade needs a state_dir on a filesystem every rank can read")
+        check_same_settings(settings["digest"], "cascade")
+    state = _State(None if state_dir is None else Path(state_dir), settings, info.is_main)
 
     x_adv = x.detach().clone()
     margin = logit_margin(clean_logits, y)
     robust = clean_correct.clone()
     broken_by: list[str | None] = [None] * len(x)
     contributions: list[AttackContribution] = []
-    with state.locked(), progress_bar(len(steps) * len(x), "cascade", progress) as bar:
+    with state.locked(), progress_bar(len(steps) * len(x), "cascade", progress and info.is_main) as bar:
         for i, (step, attack) in enumerate(zip(steps, attacks, strict=True)):
             gradient = _is_gradient_attack(attack)
             target = _attacked_model(plan, model, gradient) if plan.active else counter
             todo = robust.nonzero().squeeze(1)
             total = dict.fromkeys(("broken", "forwards", "backwards", "queries"), 0) | {"seconds": 0.0}
-            for j, s in enumerate(batch_slices(len(todo), batch_size)):
-                index = todo[s]
-                record = state.load(i, j, index)
-                if record is None:
-                    record = _attack_batch(attack, target, counter, x[index], y[index]) | {"index": index}
-                    state.save(i, j, record)
+            slices = list(batch_slices(len(todo), batch_size))
+            work = (attack, target, counter, x, y)
+            for j, record in _member_records(state, info, i, step.label, todo, slices, work):
                 _merge(record, x_adv, margin, robust, broken_by, step.label)
                 for key in total:
                     total[key] += int(record[key].sum()) if key == "broken" else record[key]
                 if callback is not None:
                     callback(i, j, record)
-                bar.advance(len(index))
+                bar.advance(len(record["index"]))
             bar.advance(len(x) - len(todo))
             contributions.append(AttackContribution(
                 attack=step.attack, label=step.label, options=dict(step.options), attacked=len(todo),
@@ -400,6 +412,35 @@ def run_cascade(
         backwards=setup_backwards + sum(c.backwards for c in contributions),
         queries=sum(c.queries for c in contributions), seconds=time.perf_counter() - start, resumed=state.reused,
     )
+
+
+def _member_records(
+    state: _State, info: WorldInfo, member: int, label: str, todo: Tensor, slices: Sequence[slice],
+    work: tuple[Any, nn.Module, CountingModel, Tensor, Tensor],
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(batch, record)`` of one member in batch order: reused from the state or computed (and
+    saved) as they come in one process; in a sharded run this rank's batches first, then, after
+    every rank finished, all records read back from the shared state folder."""
+    attack, target, counter, x, y = work
+    for j, s in enumerate(slices):
+        if j % info.size != info.rank:
+            continue
+        index = todo[s]
+        record = state.load(member, j, index)
+        if record is None:
+            record = _attack_batch(attack, target, counter, x[index], y[index]) | {"index": index}
+            state.save(member, j, record)
+        if not info.distributed:
+            yield j, record
+    if not info.distributed:
+        return
+    barrier(f"waiting for every rank to finish member {member + 1} ({label}) of the cascade")
+    for j, s in enumerate(slices):
+        shared = state.load(member, j, todo[s], count=False)
+        if shared is None:
+            raise DistributedError(f"the record of batch {j} of member {label} is missing after every rank "
+                                   "finished: is the state folder on a filesystem every rank sees?")
+        yield j, shared
 
 
 def _attacked_model(plan: MaskingPlan, model: nn.Module, gradient: bool) -> nn.Module:

@@ -23,6 +23,7 @@ from hardened.cli._common import (
     setup,
     shared_options,
 )
+from hardened.distributed import process_group
 from hardened.evaluate import robust_accuracy_sweep, save_result
 from hardened.evaluate.cascade import cascade_sweep, resolve_steps
 from hardened.evaluate.masking import check_masking_mode
@@ -86,11 +87,14 @@ def evaluate_command(
         out.print(f"wrote {out_dir / 'transfer.json'}")
         return
     if attack == CASCADE:
-        result = cascade_sweep(
-            loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values, norm=norm,
-            preset=preset, step_options={"steps": steps}, batch_size=batch_size, seed=common.seed,
-            masking=masking, eot_samples=eot, bpda=bpda, state_dir=out_dir / "cascade-state", progress=True,
-        )
+        with process_group(backend="gloo") as info:  # under torchrun: batches split over the ranks
+            result = cascade_sweep(
+                loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values, norm=norm,
+                preset=preset, step_options={"steps": steps}, batch_size=batch_size, seed=common.seed,
+                masking=masking, eot_samples=eot, bpda=bpda, state_dir=out_dir / "cascade-state", progress=True,
+            )
+        if not info.is_main:
+            return
         print_cascade(result, f"cascade {preset} ({norm}) on {len(test)} {data} test images")
         save_result(result.sweep, out_dir / "sweep.json")
         write_json(out_dir / "cascade.json", result.to_dict())

@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hardened._util.digests import model_digest
 from hardened.certify.runs import certify_sharded
 from hardened.data.dataset import Dataset
-from hardened.distributed import process_group
+from hardened.distributed import all_gather_objects, process_group
 from hardened.errors import HardenedError
 from hardened.evaluate.cascade import run_cascade
 from hardened.train import TrainConfig, Trainer, make_method
@@ -39,10 +40,30 @@ def toy_model(seed: int = 0) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "standard": {},
+    "pgd": {"eps": 0.1, "steps": 3, "random_start": False},
+    "fgsm": {"eps": 0.1},
+    "trades": {"eps": 0.1, "steps": 2},
+    "noise": {"sigma": 0.2},
+    "ensemble": {"eps": 0.1},
+    "semi-supervised": {"eps": 0.1, "steps": 2, "labeler_epochs": 1},
+}
+
+
+def method_options(method: str) -> dict[str, Any]:
+    options = dict(METHOD_OPTIONS[method])
+    if method == "ensemble":
+        options["sources"] = [toy_model(seed=1)]
+    if method == "semi-supervised":
+        options["pool"] = toy_data(30, seed=3).x
+    return options
+
+
 def train_toy(method: str, checkpoint_dir: Path | None = None, epochs: int = 2, seed: int = 0) -> nn.Module:
     """The same training run in whatever world the caller is in (1 process, or a rank of 2)."""
     model = toy_model()
-    options: dict[str, Any] = {"eps": 0.1, "steps": 3, "random_start": False} if method == "pgd" else {}
+    options = method_options(method)
     config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=0.05, optimizer="sgd", momentum=0.9,
                          seed=seed, eval_n=0)
     trainer = Trainer(model, toy_data(), method=make_method(method, **options), config=config,
@@ -112,6 +133,10 @@ def scenarios(rank: int, port: int, folder: str) -> None:
             model = train_toy(method, checkpoint_dir=root / f"ckpt-{method}")
             if rank == 0:
                 torch.save(model.state_dict(), root / f"{method}.pt")
+        seen["methods"] = {}
+        for method in ("fgsm", "trades", "noise", "ensemble", "semi-supervised"):
+            digests = all_gather_objects(model_digest(train_toy(method, epochs=1)))
+            seen["methods"][method] = digests
         result = cascade_toy(train_toy("standard"), root / "cascade")
         if rank == 0:
             torch.save({"x_adv": result.x_adv, "robust": result.robust, "margin": result.margin}, root / "cascade.pt")

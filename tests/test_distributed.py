@@ -32,6 +32,7 @@ from dist_workers import (
     toy_model,
     train_toy,
 )
+from hardened._util.digests import model_digest
 from hardened.certify.runs import SampleRecord, merge_shards, read_records, shard_log_path
 from hardened.distributed import (
     check_same_settings,
@@ -199,3 +200,10 @@ def test_sharded_cascade_equals_one_process(two_rank_run: Path, tmp_path: Path) 
     assert seen["resumed"] == 0  # type: ignore[index]
     assert sorted(p.name for p in (two_rank_run / "cascade").glob("*.pt")) == sorted(
         p.name for p in (tmp_path / "cascade").glob("*.pt"))
+
+
+@pytest.mark.parametrize("method", ["fgsm", "trades", "noise", "ensemble", "semi-supervised"])
+def test_every_method_trains_on_two_ranks_and_the_ranks_stay_in_step(two_rank_run: Path, method: str) -> None:
+    digests = _result(two_rank_run)["methods"][method]  # type: ignore[index]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert digests[0] != model_digest(toy_model())  # it trained

@@ -198,15 +198,15 @@ def average_gradients(module: torch.nn.Module, weight: float) -> None:
         if dist.get_backend() == "nccl":
             have = have.cuda()
         dist.all_reduce(have, op=dist.ReduceOp.MIN)
-        grads = [p.grad for p, ok in zip(params, have.tolist(), strict=True) if ok]
+        grads = [p.grad for p, ok in zip(params, have.tolist(), strict=True) if ok and p.grad is not None]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads]) * weight  # type: ignore[union-attr]
+        flat = torch.cat([g.reshape(-1) for g in grads]) * weight
         dist.all_reduce(flat)
         offset = 0
         for g in grads:
-            n = g.numel()  # type: ignore[union-attr]
-            g.copy_(flat[offset:offset + n].view_as(g))  # type: ignore[union-attr]
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
 
 

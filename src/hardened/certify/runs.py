@@ -311,7 +311,7 @@ def merge_shards(log_path: str | os.PathLike[str], world: int) -> CertifyRun:
         _check_settings(meta, common or {}, True)
     write_json(meta, common or {})
     write_text(target, "".join(json.dumps(r.to_dict()) + "\n" for r in merged))
-    return CertifyRun(records=tuple(merged), settings=common)
+    return CertifyRun(records=tuple(merged), settings=common or {})
 
 
 def certify_sharded(

@@ -88,17 +88,17 @@ def evaluate_command(
         return
     if attack == CASCADE:
         with process_group(backend="gloo") as info:  # under torchrun: batches split over the ranks
-            result = cascade_sweep(
+            cascade = cascade_sweep(
                 loaded.model, test.x.to(target), test.y.to(target), eps_values=eps_values, norm=norm,
                 preset=preset, step_options={"steps": steps}, batch_size=batch_size, seed=common.seed,
                 masking=masking, eot_samples=eot, bpda=bpda, state_dir=out_dir / "cascade-state", progress=True,
             )
         if not info.is_main:
             return
-        print_cascade(result, f"cascade {preset} ({norm}) on {len(test)} {data} test images")
-        save_result(result.sweep, out_dir / "sweep.json")
-        write_json(out_dir / "cascade.json", result.to_dict())
-        plot_sweeps([result.sweep], out_dir / "sweep.png")
+        print_cascade(cascade, f"cascade {preset} ({norm}) on {len(test)} {data} test images")
+        save_result(cascade.sweep, out_dir / "sweep.json")
+        write_json(out_dir / "cascade.json", cascade.to_dict())
+        plot_sweeps([cascade.sweep], out_dir / "sweep.png")
         out.print(f"wrote {out_dir / 'sweep.json'}, {out_dir / 'cascade.json'} and {out_dir / 'sweep.png'}")
         return
     sweep = robust_accuracy_sweep(

@@ -60,15 +60,17 @@ def method_options(method: str) -> dict[str, Any]:
     return options
 
 
-def train_toy(method: str, checkpoint_dir: Path | None = None, epochs: int = 2, seed: int = 0) -> nn.Module:
-    """The same training run in whatever world the caller is in (1 process, or a rank of 2)."""
+def train_toy(method: str, checkpoint_dir: Path | None = None, epochs: int = 2, seed: int = 0,
+              max_steps: int | None = None) -> nn.Module:
+    """The same training run in whatever world the caller is in (1 process, or a rank of 2);
+    ``max_steps`` stops it there (checkpointed), a later call with the same folder resumes."""
     model = toy_model()
     options = method_options(method)
     config = TrainConfig(epochs=epochs, batch_size=BATCH, lr=0.05, optimizer="sgd", momentum=0.9,
                          seed=seed, eval_n=0)
     trainer = Trainer(model, toy_data(), method=make_method(method, **options), config=config,
                       checkpoint_dir=checkpoint_dir)
-    trainer.fit(resume=checkpoint_dir is not None)
+    trainer.fit(resume=checkpoint_dir is not None, max_steps=max_steps)
     return model
 
 
@@ -133,6 +135,10 @@ def scenarios(rank: int, port: int, folder: str) -> None:
             model = train_toy(method, checkpoint_dir=root / f"ckpt-{method}")
             if rank == 0:
                 torch.save(model.state_dict(), root / f"{method}.pt")
+        train_toy("pgd", checkpoint_dir=root / "ckpt-sliced", max_steps=4)  # stops inside epoch 2
+        resumed = train_toy("pgd", checkpoint_dir=root / "ckpt-sliced")
+        if rank == 0:
+            torch.save(resumed.state_dict(), root / "pgd-resumed.pt")
         seen["methods"] = {}
         for method in ("fgsm", "trades", "noise", "ensemble", "semi-supervised"):
             digests = all_gather_objects(model_digest(train_toy(method, epochs=1)))

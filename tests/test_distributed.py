@@ -207,3 +207,10 @@ def test_every_method_trains_on_two_ranks_and_the_ranks_stay_in_step(two_rank_ru
     digests = _result(two_rank_run)["methods"][method]  # type: ignore[index]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert digests[0] != model_digest(toy_model())  # it trained
+
+
+def test_two_rank_training_resumed_at_the_same_world_size_equals_the_uninterrupted_run(two_rank_run: Path) -> None:
+    whole = torch.load(two_rank_run / "pgd.pt", weights_only=True)
+    resumed = torch.load(two_rank_run / "pgd-resumed.pt", weights_only=True)
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key  # same world, same order of sums: bit for bit

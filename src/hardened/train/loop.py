@@ -48,6 +48,7 @@ from hardened.distributed import (
     WorldInfo,
     all_reduce_sum,
     average_gradients,
+    barrier,
     broadcast_parameters,
     check_same_settings,
     is_distributed,
@@ -332,10 +333,14 @@ class Trainer:
         self._stopped = state.get("stopped")
 
     def save(self) -> Path | None:
-        """Write the checkpoint now (atomically, rank 0 only); ``None`` without a checkpoint folder."""
-        if self.checkpoint_path is None or not self.world.is_main:
+        """Write the checkpoint now (atomically, rank 0 only; the other ranks wait until it is
+        written, so a run that follows at once finds it); ``None`` without a checkpoint folder."""
+        if self.checkpoint_path is None:
             return None
-        return save_checkpoint(self.checkpoint_path, self.state_dict())
+        path = save_checkpoint(self.checkpoint_path, self.state_dict()) if self.world.is_main else None
+        if self.world.distributed:
+            barrier("waiting for rank 0 to write the checkpoint")
+        return path
 
     # ------------------------------------------------------------------ steps
     @contextmanager

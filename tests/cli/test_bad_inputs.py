@@ -314,7 +314,7 @@ def no_long_work(monkeypatch):
     """Replace every entry into long work by ``_long_work``."""
     for module, name in ((cli_attack, "attack_in_batches"), (cli_evaluate, "robust_accuracy_sweep"),
                          (cli_evaluate, "transfer_sweep"), (cli_explain, "explain_images"),
-                         (cli_explain, "compare_explanations"), (cli_certify, "certify_dataset"),
+                         (cli_explain, "compare_explanations"), (cli_certify, "certify_sharded"),
                          (cli_certify, "certify_ibp"), (cli_train, "compare_methods"),
                          (cli_audit, "run_audit"), (cli_audit, "default_model"), (cli_bench, "compare_attacks"),
                          (hardened.guard.evaluation, "evaluate_guard"), (hardened.guard.adaptive, "attack_guard")):

@@ -107,16 +107,17 @@ def train_command(
         return
     with process_group(resolve_device(common.device)):
         _train(common, arch, method, eps, norm, steps, step_size, random_start, beta, sigma, source_model,
-               unlabeled_fraction, labeler, adversarial_lr_scale, guard, guard_drop, guard_every, eps_warmup,
-               epochs, lr, lr_schedule, optimizer, n_train, eval_n, eval_eps, checkpoint_dir,
-               checkpoint_every, resume, amp)
+               unlabeled_fraction, labeler, adversarial_lr_scale, guard, guard_drop, guard_every, guard_gap,
+               nfgsm_noise, grad_align, eps_warmup, epochs, lr, lr_schedule, optimizer, n_train, eval_n,
+               eval_eps, checkpoint_dir, checkpoint_every, resume, amp)
 
 
 def _train(
     common: Common, arch: str, method: str, eps: float | None, norm: str, steps: int, step_size: float | None,
     random_start: bool, beta: float, sigma: float, source_model: list[str] | None,
     unlabeled_fraction: float | None, labeler: str | None, adversarial_lr_scale: float, guard: str,
-    guard_drop: float, guard_every: int, eps_warmup: float, epochs: int, lr: float, lr_schedule: str,
+    guard_drop: float, guard_every: int, guard_gap: float, nfgsm_noise: float | None, grad_align: float,
+    eps_warmup: float, epochs: int, lr: float, lr_schedule: str | None,
     optimizer: str, n_train: int | None, eval_n: int, eval_eps: float | None, checkpoint_dir: Path | None,
     checkpoint_every: int, resume: bool, amp: bool | None,
 ) -> None:

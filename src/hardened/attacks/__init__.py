@@ -14,13 +14,15 @@ from hardened.attacks.base import ATTACKS, Attack, AttackResult, Oracle, attack_
 from hardened.attacks.fgsm import FGM, FGSM
 from hardened.attacks.guided import LRPFlip, LRPGrad, LRPMean
 from hardened.attacks.hsja import HopSkipJump
+from hardened.attacks.minimal import CW, FMN
 from hardened.attacks.nes import NES
+from hardened.attacks.onepixel import OnePixel
 from hardened.attacks.pgd import BIM, MIFGSM, PGD
 from hardened.attacks.square import Square
 
 __all__ = ["Attack", "AttackResult", "Oracle", "attack_in_batches", "FGSM", "FGM", "PGD", "BIM", "MIFGSM",
            "LRPFlip", "LRPMean", "LRPGrad", "APGD", "APGDDLR", "APGDT", "Square", "NES", "HopSkipJump",
-           "ATTACKS", "make_attack"]
+           "CW", "FMN", "OnePixel", "ATTACKS", "make_attack"]
 
 
 def make_attack(name: str, **kwargs: Any) -> Attack:

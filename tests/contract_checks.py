@@ -24,9 +24,11 @@ from hardened.train import TrainConfig, make_method, train
 from hardened.train.methods import METHODS
 from helpers import blob_data, tiny_cnn
 
-#: radii of the ball per norm for 8×8 images in [0, 1]; the L0 budget in pixels
+#: radii of the ball per norm for 8×8 images in [0, 1]; the L0 budget in pixels; the
+#: transformation set of the ``"spatial"`` norm (rotations and translations, not a ball)
 EPS = {"linf": 0.1, "l2": 0.5, "l1": 2.0}
 PIXELS = 6
+SPATIAL = {"rotation": 20.0, "translation": 1.0}
 
 
 def tiny_batch(n: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -52,9 +54,12 @@ def attack_cases() -> list[tuple[str, str]]:
 
 
 def build_attack(name: str, norm: str, **options: Any) -> Attack:
-    """By the attack convention: ball attacks take ``eps`` and ``norm``, L0 ones ``max_pixels``."""
+    """By the attack convention: ball attacks take ``eps`` and ``norm``, L0 ones ``max_pixels``,
+    spatial ones the ranges of their transformation set."""
     if norm == "l0":
         return ATTACKS.make(name, max_pixels=PIXELS, **options)
+    if norm == "spatial":
+        return ATTACKS.make(name, **SPATIAL, **options)
     return ATTACKS.make(name, eps=EPS[norm], norm=norm, **options)
 
 
@@ -79,6 +84,10 @@ def check_attack(name: str, norm: str, model: nn.Module, x: Tensor, y: Tensor) -
     if norm == "l0":
         changed = (delta.abs().amax(dim=1) > 0).flatten(1).sum(dim=1)
         assert int(changed.max()) <= PIXELS, f"{int(changed.max())} pixels changed > {PIXELS}"
+    elif norm == "spatial":  # the image is a transformation of x by parameters inside the set
+        params = attack.worst_transforms(model, x, y)  # type: ignore[attr-defined]
+        assert bool(attack.transforms.contains(params).all()), "parameters outside the set"  # type: ignore[attr-defined]
+        torch.testing.assert_close(attack.transforms.apply(x, params), x_adv)  # type: ignore[attr-defined]
     else:
         assert float(result.norms[norm].max()) <= EPS[norm] * (1 + 1e-4) + 1e-6, "outside the ball"
     with torch.no_grad():

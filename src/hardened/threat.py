@@ -17,7 +17,7 @@ from torch import Tensor
 from hardened._util.validate import check_real
 from hardened.errors import ConfigError
 
-__all__ = ["NORMS", "Norm", "ThreatModel", "norms_of", "normalize_direction", "project_ball"]
+__all__ = ["NORMS", "Norm", "ThreatModel", "TransformSet", "TRANSFORM_PARAMETERS", "norms_of", "normalize_direction", "project_ball"]
 
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
@@ -228,3 +228,106 @@ class ThreatModel:
             dim=1
         )
         return in_ball & in_box
+
+
+# -- transformation sets (Engstrom et al. 2019) ----------------------------------------------
+
+TRANSFORM_PARAMETERS = ("angle", "dx", "dy", "scale", "brightness")
+
+
+@dataclass(frozen=True)
+class TransformSet:
+    """A set of spatial (and photometric) transformations, defined like an Lp ball.
+
+    Engstrom, Tran, Tsipras, Schmidt & Madry 2019, "Exploring the landscape of spatial
+    robustness" (ICML). A transformation is a parameter vector ``(angle, dx, dy, scale,
+    brightness)`` inside the box ``|angle| <= rotation`` (degrees), ``|dx|, |dy| <= translation``
+    (pixels), ``scale`` in ``scale_range`` and an additive ``brightness`` in
+    ``[-brightness, brightness]``; the identity ``(0, 0, 0, 1, 0)`` is always inside. Images are
+    resampled bilinearly with zero padding (``affine_grid`` / ``grid_sample``), then brightened and
+    clipped to ``bounds``.
+    """
+
+    rotation: float = 30.0
+    translation: float = 3.0
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    brightness: float = 0.0
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rotation", check_real(self.rotation, "rotation", minimum=0.0, maximum=180.0))
+        object.__setattr__(self, "translation", check_real(self.translation, "translation", minimum=0.0))
+        object.__setattr__(self, "brightness", check_real(self.brightness, "brightness", minimum=0.0))
+        try:
+            low, high = (check_real(s, "a scale", minimum=0.0, open_below=True) for s in self.scale_range)
+        except (ConfigError, TypeError, ValueError):
+            low, high = math.nan, math.nan
+        if not low <= 1.0 <= high:
+            raise ConfigError(f"scale_range must be two numbers 0 < low <= 1 <= high, got {self.scale_range!r}")
+        object.__setattr__(self, "scale_range", (low, high))
+        object.__setattr__(self, "bounds", ThreatModel("linf", 0.0, self.bounds).bounds)
+
+    @property
+    def low(self) -> tuple[float, ...]:
+        """The lower corner of the parameter box, in ``TRANSFORM_PARAMETERS`` order."""
+        return (-self.rotation, -self.translation, -self.translation, self.scale_range[0], -self.brightness)
+
+    @property
+    def high(self) -> tuple[float, ...]:
+        """The upper corner of the parameter box."""
+        return (self.rotation, self.translation, self.translation, self.scale_range[1], self.brightness)
+
+    def identity(self, n: int, like: Tensor) -> Tensor:
+        """``n`` identity parameter vectors (n×5) on ``like``'s device and dtype."""
+        return torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0], dtype=like.dtype, device=like.device).repeat(n, 1)
+
+    def clamp(self, params: Tensor) -> Tensor:
+        """Project parameter vectors (N×5) onto the box (the set's ``project``)."""
+        low = torch.tensor(self.low, dtype=params.dtype, device=params.device)
+        high = torch.tensor(self.high, dtype=params.dtype, device=params.device)
+        return torch.maximum(torch.minimum(params, high), low)
+
+    def contains(self, params: Tensor, tol: float = 1e-6) -> Tensor:
+        """Per-vector boolean: inside the box up to ``tol``."""
+        low = torch.tensor(self.low, dtype=params.dtype, device=params.device)
+        high = torch.tensor(self.high, dtype=params.dtype, device=params.device)
+        return ((params >= low - tol) & (params <= high + tol)).all(dim=1)
+
+    def random(self, n: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` parameter vectors drawn uniformly from the box."""
+        u = torch.rand((n, 5), generator=generator, device=like.device, dtype=like.dtype)
+        low = torch.tensor(self.low, dtype=like.dtype, device=like.device)
+        high = torch.tensor(self.high, dtype=like.dtype, device=like.device)
+        return low + u * (high - low)
+
+    def grid(self, points: int, like: Tensor) -> Tensor:
+        """The G×5 grid of ``points`` values per free parameter (ends included; one value for a
+        parameter whose range is a point), as in Engstrom et al.'s exhaustive search."""
+        axes = []
+        for low, high in zip(self.low, self.high, strict=True):
+            count = points if high > low else 1
+            axes.append(torch.linspace(low, high, count, dtype=like.dtype, device=like.device))
+        return torch.cartesian_prod(*axes).reshape(-1, 5)
+
+    def apply(self, x: Tensor, params: Tensor) -> Tensor:
+        """Transform images ``x`` (N×C×H×W) by ``params`` (N×5), differentiably in both.
+
+        Rotation by ``angle`` degrees about the centre, scaling by ``scale``, shift by ``(dx, dy)``
+        pixels (right, down), zero padding outside, then ``+ brightness`` and clipping to bounds.
+        """
+        n, _, h, w = x.shape
+        params = params.to(dtype=x.dtype, device=x.device)
+        angle = params[:, 0] * (math.pi / 180.0)
+        cos, sin, scale = torch.cos(angle), torch.sin(angle), params[:, 3]
+        # output -> input sampling map in normalised coordinates (align_corners=False)
+        theta = torch.stack(
+            [
+                torch.stack([cos / scale, -sin / scale * h / w, -2 * params[:, 1] / w], dim=1),
+                torch.stack([sin / scale * w / h, cos / scale, -2 * params[:, 2] / h], dim=1),
+            ],
+            dim=1,
+        )
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        moved = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved = moved + params[:, 4].view(n, 1, 1, 1)
+        return moved.clamp(*self.bounds)

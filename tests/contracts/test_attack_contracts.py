@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from contract_checks import EPS, PIXELS, attack_cases, check_attack, tiny_batch
+from contract_checks import EPS, PIXELS, SPATIAL, attack_cases, check_attack, tiny_batch
 from hardened.attacks import ATTACKS
 from hardened.errors import ConfigError
 from helpers import tiny_cnn
@@ -28,6 +28,8 @@ def test_attack_keeps_the_contract(name: str, norm: str) -> None:
 
 def _base_options(name: str) -> dict[str, Any]:
     norm = ATTACKS.get(name).norms[0]
+    if norm == "spatial":
+        return dict(SPATIAL)
     return {"max_pixels": PIXELS} if norm == "l0" else {"eps": EPS[norm], "norm": norm}
 
 

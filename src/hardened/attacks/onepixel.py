@@ -3,7 +3,8 @@
 Su, Vargas & Sakurai 2019, "One pixel attack for fooling deep neural networks" (IEEE TEVC). Each
 candidate sets ``k`` pixels ``(row, col)`` to the colours ``(v_1..v_C)`` it carries; the search is
 ``scipy.optimize.differential_evolution`` (vectorised, deferred updating, no polishing) on the
-logit margin ``z_y - max_{j != y} z_j`` (targeted: ``max_{j != t} z_j - z_t``), stopped as soon as
+logit margin ``z_y - max_{j != y} z_j`` (targeted: ``max_{j != t} z_j - z_t``), run for ``maxiter``
+generations (no convergence test: a flat margin is common, not convergence) or stopped as soon as
 the best candidate is adversarial.
 
 Batched over images: one scipy solver per image runs in its own thread, and each generation the
@@ -126,7 +127,7 @@ class OnePixel(Attack):
             try:
                 result = differential_evolution(
                     lockstep.objective(i), limits * k, popsize=self.popsize, maxiter=self.maxiter,
-                    mutation=self.mutation, recombination=self.recombination, polish=False, tol=0.0,
+                    mutation=self.mutation, recombination=self.recombination, polish=False, tol=0.0, atol=-1.0,
                     init="random", vectorized=True, updating="deferred",
                     rng=np.random.default_rng(None if self.seed is None else mix_seed(base, i)),
                     callback=lambda intermediate_result: bool(intermediate_result.fun < 0),

@@ -237,6 +237,8 @@ class Attack(ABC):
         scores_only: needs only the model's outputs (logits), no gradients.
         labels_only: needs only the model's predicted labels.
         seeded: draws random numbers from its ``seed`` (the same seed gives the same result).
+        minimal: a minimal-norm attack: it searches the smallest adversarial perturbation, so
+            ``eps`` is an optional bound (``None``: unbounded) and ``norms`` are per-sample minima.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -251,6 +253,7 @@ class Attack(ABC):
     scores_only: ClassVar[bool] = False
     labels_only: ClassVar[bool] = False
     seeded: ClassVar[bool] = False
+    minimal: ClassVar[bool] = False
 
     threat: ThreatModel | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
@@ -348,7 +351,7 @@ ATTACKS: Registry[Attack] = Registry(
     "attack",
     group="hardened.attacks",
     base=Attack,
-    capabilities=("norms", "targeted", "needs_gradients", "scores_only", "labels_only", "seeded"),
+    capabilities=("norms", "targeted", "needs_gradients", "scores_only", "labels_only", "seeded", "minimal"),
 )
 
 

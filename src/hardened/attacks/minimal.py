@@ -83,6 +83,7 @@ class CW(Attack):
     name = "cw"
     norms = ("l2",)
     targeted = True
+    minimal = True
 
     def __init__(
         self,
@@ -156,6 +157,7 @@ class FMN(Attack):
     name = "fmn"
     norms = ("linf", "l2", "l1")
     targeted = True
+    minimal = True
 
     def __init__(
         self,

@@ -21,14 +21,50 @@ from hardened.report.plots import plot_adversarial_grid
 _STARTS = {"uniform": True, "radial": "radial", "none": False}
 
 
+def _budget_options(
+    attack: str, norm: str | None, eps: float | None, pixels: int | None, rotation: float | None, translation: float | None
+) -> dict[str, object]:
+    """The attack's budget options by its declared norms: a pixel count for L0 attacks,
+    transformation ranges for spatial ones, an optional bound for minimal-norm ones, else a ball."""
+    cls = ATTACKS.get(attack)
+    given = {"--pixels": pixels, "--rotation": rotation, "--translation": translation}
+    if "l0" in cls.norms:
+        allowed = {"--pixels"}
+        options: dict[str, object] = {} if pixels is None else {"max_pixels": pixels}
+    elif "spatial" in cls.norms:
+        allowed = {"--rotation", "--translation"}
+        options = {k: v for k, v in (("rotation", rotation), ("translation", translation)) if v is not None}
+    else:
+        allowed = set()
+        options = {} if norm is None and cls.minimal else {"norm": norm or "linf"}
+        if eps is not None or not cls.minimal:
+            options["eps"] = 0.3 if eps is None else eps
+    if "eps" not in options and eps is not None:
+        raise ConfigError(f"--eps does not apply to the {cls.name} attack: use {' or '.join(sorted(allowed))}")
+    misplaced = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+    if misplaced:
+        raise ConfigError(f"{', '.join(misplaced)} does not apply to the {cls.name} attack")
+    return options
+
+
+def _describe(options: dict[str, object]) -> str:
+    """The budget in words for the progress bar and the summary line."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed",
                 "data_dir", "download", out=Path("attack-results"), batch_size=250,
                 model=Option(None, "model file or pkg.module:factory (or attack --target-url)", optional=True))
 def attack_command(
     common: Common,
     attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",
-    norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
-    eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
+    norm: Annotated[str | None, typer.Option("--norm", help="linf, l2 or l1 (default linf; cw, fmn: l2)")] = None,
+    eps: Annotated[float | None, typer.Option(
+        "--eps", help="radius of the threat model (default 0.3; minimal-norm attacks cw, fmn: an optional bound)")] = None,
+    pixels: Annotated[int | None, typer.Option("--pixels", min=1, help="pixels changed by L0 attacks (onepixel, lrp-flip)")] = None,
+    rotation: Annotated[float | None, typer.Option("--rotation", help="largest rotation in degrees (spatial attacks)")] = None,
+    translation: Annotated[float | None, typer.Option(
+        "--translation", help="largest shift in pixels (spatial attacks)")] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="iterations (iterative attacks)")] = None,
     restarts: Annotated[int | None, typer.Option("--restarts", min=1, help="random restarts (pgd)")] = None,
     start: Annotated[str | None, typer.Option(
@@ -49,7 +85,7 @@ def attack_command(
     if target_url is not None and ATTACKS.get(attack).needs_gradients:
         raise ConfigError(f"--target-url needs a black-box attack; {attack} needs gradients: use "
                           f"{', '.join(ATTACKS.select(needs_gradients=False))}")
-    options: dict[str, object] = {"eps": eps, "norm": norm}
+    options = _budget_options(attack, norm, eps, pixels, rotation, translation)
     if queries is not None:
         options["queries"] = queries
     if loss is not None:
@@ -71,7 +107,8 @@ def attack_command(
     x, y = test.x.to(session.device), test.y.to(session.device)
     target = None if target_url is None else HttpTarget(target_url, budget=query_budget,
                                                          num_classes=test.num_classes)
-    with progress_bar(len(x), f"{attack} {norm} eps={eps:g}", True) as bar:
+    budget = _describe(options)
+    with progress_bar(len(x), f"{attack} {budget}", True) as bar:
         if target is None:
             result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)
         else:
@@ -104,8 +141,12 @@ def attack_command(
         written.append(out_dir / "grid.png")
     queried = "" if target is None else f", {target.queries} images sent to {target_url}"
     out.print(
-        f"{instance.name} {norm} eps={eps:g} on {len(x)} images: clean accuracy "
+        f"{instance.name} {budget} on {len(x)} images: clean accuracy "
         f"{result.clean_accuracy:.3f}, robust accuracy {result.robust_accuracy:.3f}, "
         f"success rate {result.success_rate:.3f} ({result.seconds:.1f}s{queried})"
     )
+    if ATTACKS.get(attack).minimal:
+        medians = summary["median_norms_of_successes"]
+        measured = str(instance.params()["norm"])
+        out.print(f"median minimal {measured} norm of the successes: {medians[measured]}")
     out.print(f"wrote {', '.join(map(str, written))}")

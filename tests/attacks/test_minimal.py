@@ -12,7 +12,7 @@ from torch import nn
 from hardened.attacks import CW, FMN
 from hardened.attacks.minimal import minimal_norms
 from hardened.errors import ConfigError
-from hardened.evaluate import minimal_eps, success_curve
+from hardened.evaluate import minimal_eps, minimal_norm, success_curve
 from hardened.train import TrainConfig, train
 from helpers import blob_data, tiny_cnn
 
@@ -78,7 +78,9 @@ def test_fmn_is_not_larger_than_the_pgd_bisection_by_more_than_a_margin(
     data = blob_data(n=24, seed=7)
     steps = 8
     bisection = torch.tensor(minimal_eps(trained, data.x, data.y, eps_max=eps_max, norm=norm, steps=steps).eps)
-    found = minimal_norms(FMN(norm=norm)(trained, data.x, data.y), norm)
+    one_run = minimal_norm(trained, data.x, data.y, attack="fmn", norm=norm)
+    found = torch.tensor(one_run.eps, dtype=torch.float64)
+    assert one_run.norm == norm and one_run.eps_max == float(found.max()) and one_run.steps == 0
     assert bool(torch.isfinite(bisection).all()) and bool(torch.isfinite(found).all())
     assert bool((found <= factor * bisection + eps_max / 2**steps).all())
     assert float(found.median()) <= 1.02 * float(bisection.median())
@@ -92,6 +94,14 @@ def test_minimal_norms_feed_the_success_curve(trained: nn.Module) -> None:
     assert torch.equal(norms[result.success], result.norms["l2"][result.success].double())
     curve = success_curve(norms, result.success, [0.0, math.inf], norm="l2")
     assert curve.success_rate[-1] == pytest.approx(result.success_rate)
+
+
+def test_minimal_norm_gives_zero_to_misclassified_samples_and_refuses_ball_attacks(trained: nn.Module) -> None:
+    data = blob_data(n=6, seed=10)
+    wrong = (data.y + 1) % 3
+    assert minimal_norm(trained, data.x, wrong, attack="cw", steps=5, binary_steps=1).eps == [0.0] * 6
+    with pytest.raises(ConfigError, match="not a minimal-norm attack"):
+        minimal_norm(trained, data.x, data.y, attack="pgd")
 
 
 @pytest.mark.parametrize("attack", [CW(eps=0.3, steps=20, binary_steps=3), FMN(eps=0.3, norm="l2", steps=20)])

@@ -20,11 +20,12 @@ from hardened.attacks.onepixel import OnePixel
 from hardened.attacks.pgd import BIM, MIFGSM, PGD
 from hardened.attacks.spatial import SpatialGrid, SpatialPGD, SpatialRandom
 from hardened.attacks.square import Square
+from hardened.attacks.transferable import DiverseInputs, LogitEnsemble, TransferMIFGSM
 
 __all__ = ["Attack", "AttackResult", "Oracle", "attack_in_batches", "FGSM", "FGM", "PGD", "BIM", "MIFGSM",
            "LRPFlip", "LRPMean", "LRPGrad", "APGD", "APGDDLR", "APGDT", "Square", "NES", "HopSkipJump",
            "CW", "FMN", "OnePixel", "SpatialGrid", "SpatialRandom", "SpatialPGD",
-           "ATTACKS", "make_attack"]
+           "TransferMIFGSM", "LogitEnsemble", "DiverseInputs", "ATTACKS", "make_attack"]
 
 
 def make_attack(name: str, **kwargs: Any) -> Attack:

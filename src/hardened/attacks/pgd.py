@@ -123,6 +123,12 @@ class PGD(Attack):
             best.update(run, is_success(logits, y[index], sub_targets), loss, index)
         return best.x
 
+    def _direction(self, x: Tensor) -> Direction:
+        """The step direction hook of one run: momentum (MI-FGSM) or the steepest ascent."""
+        assert self.threat is not None
+        norm = self.threat.norm
+        return Momentum(x, self.momentum, norm) if self.momentum > 0 else steepest(norm)
+
     def _run(
         self,
         oracle: Oracle,
@@ -135,16 +141,13 @@ class PGD(Attack):
         """One run of the kernel from a (random) start; returns the final iterate per sample."""
         assert self.threat is not None
         threat = self.threat
-        direction: Direction = (
-            Momentum(x, self.momentum, threat.norm) if self.momentum > 0 else steepest(threat.norm)
-        )
         return iterate(
             oracle, x, start_point(threat, x, self.random_start, generator),
             threat=threat,
             steps=self.steps,
             step_size=step_schedule(self.step_size, self.steps, self.schedule),
             objective=attack_objective(self.loss, goal, targets is not None),
-            direction=direction,
+            direction=self._direction(x),
             stop=success_stop(labels, targets) if self.early_stop else None,
         )
 

@@ -39,9 +39,11 @@ from hardened.evaluate.sweeps import (
     success_curve,
 )
 from hardened.evaluate.transfer import (
+    TransferMatrix,
     TransferResult,
     craft_transfer,
     transfer_accuracy,
+    transfer_matrix,
     transfer_sweep,
 )
 
@@ -77,6 +79,8 @@ __all__ = [
     "robust_accuracy_sweep",
     "save_result",
     "success_curve",
+    "TransferMatrix",
     "transfer_accuracy",
+    "transfer_matrix",
     "transfer_sweep",
 ]

@@ -8,18 +8,21 @@ evaluation that ensemble adversarial training, Tramèr et al. 2018, is designed 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import predict_logits
+from hardened._util.batching import batch_slices, predict_logits
 from hardened._util.progress import progress_bar
 from hardened.attacks import attack_in_batches, make_attack
+from hardened.errors import ConfigError
 from hardened.evaluate.sweeps import _check_eps_values
 from hardened.threat import check_norm
 
-__all__ = ["TransferResult", "craft_transfer", "transfer_accuracy", "transfer_sweep"]
+__all__ = ["TransferMatrix", "TransferResult", "craft_transfer", "transfer_accuracy", "transfer_matrix", "transfer_sweep"]
 
 
 @dataclass(frozen=True)
@@ -112,4 +115,75 @@ def transfer_sweep(
         attack=attack, norm=norm, eps=values, source_accuracy=source_acc,
         target_accuracy=target_acc, n=int(len(x)), seconds=time.perf_counter() - start,
         source=source_name, target=target_name, params=params,
+    )
+
+
+@dataclass(frozen=True)
+class TransferMatrix:
+    """Transfer success rates, sources × targets, at one eps.
+
+    ``success[i][j]``: the fraction of the images target ``j`` classifies correctly whose
+    example crafted on source ``i`` it misclassifies (the transfer rate); the diagonal of a
+    source that is also a target is its white-box success rate. ``clean_accuracy[j]`` is the
+    target's accuracy on the clean images.
+    """
+
+    attack: str
+    norm: str
+    eps: float
+    sources: list[str]
+    targets: list[str]
+    success: list[list[float]]
+    clean_accuracy: list[float]
+    n: int
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+    kind: str = "transfer_matrix"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def transfer_matrix(
+    sources: Mapping[str, nn.Module],
+    targets: Mapping[str, nn.Module | Any],
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    attack: str = "mifgsm-di-ti",
+    norm: str = "linf",
+    batch_size: int = 256,
+    **attack_kwargs: Any,
+) -> TransferMatrix:
+    """Craft on every source (a ``LogitEnsemble`` is one source) and measure every target.
+
+    Targets need only outputs (any ``x -> logits`` callable, e.g. a black-box endpoint).
+    """
+    if not sources or not targets:
+        raise ConfigError("transfer_matrix needs at least one source and one target")
+    norm = check_norm(norm)
+    start = time.perf_counter()
+
+    def predictions(model: Any, images: Tensor) -> Tensor:
+        if isinstance(model, nn.Module):
+            return predict_logits(model, images, batch_size).argmax(1).cpu()
+        with torch.no_grad():
+            return torch.cat([model(images[s]).argmax(1).cpu() for s in batch_slices(len(images), batch_size)])
+
+    labels = y.cpu()
+    correct = {name: predictions(model, x) == labels for name, model in targets.items()}
+    rows = []
+    for source in sources.values():
+        x_adv = craft_transfer(source, x, y, eps=eps, attack=attack, norm=norm, batch_size=batch_size, **attack_kwargs)
+        row = []
+        for name, model in targets.items():
+            fooled = (predictions(model, x_adv) != labels) & correct[name]
+            row.append(float(fooled.sum()) / max(int(correct[name].sum()), 1))
+        rows.append(row)
+    params = make_attack(attack, eps=eps, norm=norm, **attack_kwargs).params()
+    return TransferMatrix(
+        attack=attack, norm=norm, eps=float(eps), sources=list(sources), targets=list(targets), success=rows,
+        clean_accuracy=[float(c.float().mean()) for c in correct.values()], n=int(len(x)),
+        seconds=time.perf_counter() - start, params=params,
     )

@@ -64,7 +64,8 @@ def main() -> None:
     measure("grid rotation ±30° / translation ±3 px (7 values each)", "spatial-grid", rotation=30.0, translation=3.0, points=7)
     measure("worst-of-10 rotation ±30° / translation ±3 px", "spatial-random", rotation=30.0, translation=3.0, k=10)
     measure("first-order rotation ±30° / translation ±3 px, 20 steps", "spatial-pgd", rotation=30.0, translation=3.0)
-    measure("C&W L2 (9 × 100 steps)", "cw")
+    measure("C&W L2 (9 × 100 steps, lr 0.01)", "cw")
+    measure("C&W L2 (9 × 100 steps, lr 0.1)", "cw", lr=0.1)
     measure("FMN L2 (100 steps)", "fmn", norm="l2")
     measure("FMN Linf (100 steps)", "fmn", norm="linf")
     for k in (1, 3, 5):

@@ -78,6 +78,7 @@ def main() -> None:
     measure("FMN Linf (100 steps)", "fmn", norm="linf")
     for k in (1, 3, 5):
         measure(f"one-pixel k={k}", "onepixel", n=args.n_onepixel, max_pixels=k, maxiter=args.maxiter)
+    write_json(args.out, report)  # the rows kept by --only after the last one measured
 
 
 if __name__ == "__main__":

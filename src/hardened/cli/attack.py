@@ -86,6 +86,7 @@ def attack_command(
         raise ConfigError(f"--target-url needs a black-box attack; {attack} needs gradients: use "
                           f"{', '.join(ATTACKS.select(needs_gradients=False))}")
     options = _budget_options(attack, norm, eps, pixels, rotation, translation)
+    budget = _describe(options)
     if queries is not None:
         options["queries"] = queries
     if loss is not None:
@@ -107,7 +108,6 @@ def attack_command(
     x, y = test.x.to(session.device), test.y.to(session.device)
     target = None if target_url is None else HttpTarget(target_url, budget=query_budget,
                                                          num_classes=test.num_classes)
-    budget = _describe(options)
     with progress_bar(len(x), f"{attack} {budget}", True) as bar:
         if target is None:
             result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)

@@ -166,6 +166,21 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """The README's markdown table: one line per (row, method)."""
+    lines = ["| model, threat, images | method | robust | seconds | × reference time | forwards | backwards | queries |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows.values():
+        ref = row["methods"].get("reference", {}).get("seconds")
+        first = f"{row['model']}, {row['norm']} {row['eps']:g}, {row['n']}"
+        for method, m in row["methods"].items():
+            ratio = f"{m['seconds'] / ref:.2f}" if ref else "–"
+            lines.append(f"| {first} | {method} | {100 * m['robust_accuracy']:.1f}% | {m['seconds']:.1f} | {ratio} | "
+                         f"{m['forwards']:,} | {m['backwards']:,} | {m['queries']:,} |")
+            first = ""
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="images per Linf row")
@@ -179,7 +194,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="keep the entries already in --out")
     parser.add_argument("--out", type=Path, default=RESULTS / "strong_eval.json")
+    parser.add_argument("--table", type=Path, nargs="*", help="print the markdown table of these JSON files and exit")
     args = parser.parse_args()
+    if args.table:
+        import json
+
+        rows = {k: v for f in args.table for k, v in json.loads(f.read_text(encoding="utf-8"))["rows"].items()}
+        print(table(rows))
+        return
     torch.set_num_threads(1)
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     models = load_models(args)

@@ -67,9 +67,17 @@ def test_registering_a_second_stage_of_the_same_name_is_refused():
 def test_summary_sentences():
     assert CleanSummary(0.958, 0.026).sentence() == (
         "The model classifies 95.8% of the test images correctly (expected calibration error 2.6%).")
-    assert RobustnessSummary(0.1, 0.67, 0.3, 0.0, 1.0, 0.775, 0.1236).sentence() == (
-        "Under PGD attack its accuracy falls to 67.0% at Linf eps=0.1, 0.0% at eps=0.3, and 77.5% at L2 eps=1; "
-        "half of the images are fooled by a Linf change of 0.124 or less.")
+    assert RobustnessSummary(0.1, 0.67, 0.3, 0.0, 1.0, 0.775, 0.1236, "quick", (), ()).sentence() == (
+        "Under the quick attack cascade at most 67.0% of the images stay correct at Linf eps=0.1, 0.0% at "
+        "eps=0.3 and 77.5% at L2 eps=1; half of the images are fooled by a Linf change of 0.124 or less. "
+        "These are upper bounds: the points these attacks did not break.")
+    masked = RobustnessSummary(0.1, 0.9, 0.3, 0.05, 1.0, 0.8, 0.2, "quick", ("zero-gradients",),
+                               ("BPDA through 1 leading input module(s)",)).sentence()
+    assert "at most 5.0% of the images" not in masked  # the flag sits beside every number
+    assert "90.0% of the images stay correct at Linf eps=0.1 (masking check fired: zero-gradients)" in masked
+    assert "5.0% at eps=0.3 (masking check fired: zero-gradients)" in masked
+    assert masked.endswith("The model masks gradients (zero-gradients), so its true robust accuracy may be lower "
+                           "still. The attacks used BPDA through 1 leading input module(s).")
     assert ExplainAttacksSummary(0.23, None, 1.0, 2.54).sentence() == (
         "Explanation-guided LRP-grad fools 23% of the correctly classified images against 100% for I-FGSM "
         "(median L2 2.54).")

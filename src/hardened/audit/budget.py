@@ -43,6 +43,7 @@ class AuditBudget:
     n_guard_eval: int
     strong_steps_factor: int
     strong_restarts: int
+    cascade_preset: str  # hardened.evaluate.cascade.PRESETS: the robustness stage's attacks
 
 
 BUDGETS: dict[str, AuditBudget] = {
@@ -52,6 +53,7 @@ BUDGETS: dict[str, AuditBudget] = {
         headline_linf=0.1, headline_l2=1.0, n_minimal=64, bisection_steps=7, n_gallery=6,
         n_guided=64, n_certify=40, smoothing_n=1_000, smoothing_sigma=0.25, ibp_eps=0.01,
         n_guard_fit=3_000, guard_epochs=3, n_guard_eval=300, strong_steps_factor=3, strong_restarts=2,
+        cascade_preset="quick",
     ),
     "standard": AuditBudget(
         name="standard", n_eval=1_000, pgd_steps=40,
@@ -59,6 +61,7 @@ BUDGETS: dict[str, AuditBudget] = {
         headline_linf=0.1, headline_l2=1.0, n_minimal=200, bisection_steps=8, n_gallery=8,
         n_guided=200, n_certify=100, smoothing_n=10_000, smoothing_sigma=0.25, ibp_eps=0.01,
         n_guard_fit=4_000, guard_epochs=8, n_guard_eval=1_000, strong_steps_factor=5, strong_restarts=3,
+        cascade_preset="standard",
     ),
     "thorough": AuditBudget(
         name="thorough", n_eval=10_000, pgd_steps=100,
@@ -66,6 +69,7 @@ BUDGETS: dict[str, AuditBudget] = {
         headline_linf=0.1, headline_l2=1.0, n_minimal=1_000, bisection_steps=10, n_gallery=10,
         n_guided=1_000, n_certify=500, smoothing_n=100_000, smoothing_sigma=0.25, ibp_eps=0.01,
         n_guard_fit=20_000, guard_epochs=20, n_guard_eval=5_000, strong_steps_factor=10, strong_restarts=5,
+        cascade_preset="thorough",
     ),
 }
 

@@ -9,6 +9,7 @@ interrupted audit resumes where it stopped and a re-run with the same seed gives
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -130,10 +131,13 @@ def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudge
             if cached is not None:
                 results[stage.name] = cached
             else:
+                work_dir = stage_dir / f"{stage.name}-{keys[stage.name]}"
                 ctx = StageContext(model, splits, on_device, share, seed, figures_dir, device,
-                                   {r: results[r] for r in stage.requires if r in results})
+                                   {r: results[r] for r in stage.requires if r in results}, work_dir)
                 results[stage.name] = _run_stage(stage, ctx)
                 cache.store(path, keys[stage.name], results[stage.name])
+                if results[stage.name].status == "ok":
+                    shutil.rmtree(work_dir, ignore_errors=True)
             bar.advance(stage.weight)
     return AuditResult(
         schema_version=AUDIT_SCHEMA_VERSION, model=model_name, data=splits.test.name, budget=plan.name,

@@ -88,7 +88,9 @@ class StageOutput:
 @dataclass(frozen=True)
 class StageContext(Generic[B]):
     """What a stage may use: the model, the data (test split on the model's device), its budget
-    slice, the seed, where figures go, and the results of the stages before it."""
+    slice, the seed, where figures go, the results of the stages before it, and ``work_dir``: a
+    folder for resumable intermediate state, kept while the stage is unfinished (a killed or
+    failed stage resumes from it) and removed once its result is cached."""
 
     model: nn.Module
     splits: Splits
@@ -98,6 +100,7 @@ class StageContext(Generic[B]):
     figures_dir: Path
     device: torch.device
     earlier: Mapping[str, StageResult] = field(default_factory=dict)
+    work_dir: Path | None = None
 
     def figure(self, name: str) -> Path:
         """Where the figure ``name`` is written: ``figures_dir/name.png``."""

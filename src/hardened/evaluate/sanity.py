@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,10 +20,11 @@ from hardened._util.batching import predict_logits
 from hardened._util.seeding import make_generator
 from hardened.attacks import PGD, attack_in_batches
 from hardened.errors import BudgetWarning
+from hardened.evaluate.masking import MaskingFinding
 from hardened.evaluate.sweeps import SweepResult
 from hardened.threat import ThreatModel
 
-__all__ = ["SanityCheck", "monotone_check", "unbounded_check", "stronger_attack_check", "noise_check", "run_sanity_checks"]
+__all__ = ["SanityCheck", "masking_check", "monotone_check", "unbounded_check", "stronger_attack_check", "noise_check", "run_sanity_checks"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,15 @@ def noise_check(
     return SanityCheck(f"random noise ({norm})", passed, text, {
         "eps": eps, "noise_accuracy": accuracy, "gradient_accuracy": gradient_accuracy, "samples": samples,
     })
+
+
+def masking_check(finding: MaskingFinding, where: Sequence[str] = ()) -> SanityCheck:
+    """A gradient-masking check of ``hardened.evaluate.masking`` (run by the cascade) as a sanity
+    check: it passes when it did not fire; ``where`` names the settings it fired at."""
+    at = f" (fired at {', '.join(where)})" if finding.fired and where else ""
+    answer = f" Answered with: {finding.answer}." if finding.fired and finding.answer else ""
+    return SanityCheck(f"masking: {finding.name}", not finding.fired, f"{finding.meaning}{at}{answer}",
+                       {**finding.numbers, "fired_at": list(where)})
 
 
 def run_sanity_checks(

@@ -1,25 +1,39 @@
-"""Robustness against gradient attacks: FGSM/FGM and PGD sweeps over Linf and L2 eps, and the
-minimal Linf perturbation per image by bisection (Madry et al. 2018, arXiv:1706.06083)."""
+"""Robustness against attacks: a one-step curve and the cascade evaluator's curve per norm
+(APGD-CE, APGD-T, Square on the points still robust; Croce & Hein 2020, arXiv:2003.01690), the
+gradient-masking checks and their answers (BPDA, EOT; Athalye et al. 2018, arXiv:1802.00420),
+and the minimal Linf perturbation per image by bisection (Madry et al. 2018, arXiv:1706.06083).
+
+Every robust accuracy here is an upper bound: the share of points none of these attacks broke.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from torch import Tensor, nn
+
+from hardened._util.batching import predict_logits
 from hardened.audit.result import StageResult
 from hardened.audit.stage import Stage, StageContext, StageOutput, Summary, register_stage
 from hardened.audit.tables import Table, pct
+from hardened.evaluate.cascade import CascadeSweep, cascade_sweep, resolve_steps
+from hardened.evaluate.masking import plan_countermeasures
 from hardened.evaluate.sweeps import SweepResult, minimal_eps, robust_accuracy_sweep
 from hardened.report.audit_plots import plot_minimal_eps
 from hardened.report.plots import plot_sweeps
 
-__all__ = ["RobustnessBudget", "RobustnessStage", "RobustnessSummary", "pgd_sweeps"]
+__all__ = ["RobustnessBudget", "RobustnessStage", "RobustnessSummary", "cascade_sweeps", "masking_findings"]
+
+PROBE = 64  # correctly classified images the bisection's masking checks look at
 
 
 @dataclass(frozen=True)
 class RobustnessBudget:
     n_eval: int
-    pgd_steps: int
+    cascade_preset: str
     eps_linf: tuple[float, ...]
     eps_l2: tuple[float, ...]
     headline_linf: float
@@ -30,6 +44,9 @@ class RobustnessBudget:
 
 @dataclass(frozen=True)
 class RobustnessSummary(Summary):
+    """The cascade's figures (upper bounds) at the headline eps of each norm and the largest
+    Linf eps; ``masking_fired``: the checks that fired; ``countermeasures``: their answers."""
+
     linf_eps: float
     linf_accuracy: float
     linf_max_eps: float
@@ -37,38 +54,83 @@ class RobustnessSummary(Summary):
     l2_eps: float
     l2_accuracy: float
     minimal_linf_median: float
+    preset: str
+    masking_fired: tuple[str, ...]
+    countermeasures: tuple[str, ...]
 
     def sentence(self) -> str:
-        return (
-            f"Under PGD attack its accuracy falls to {100 * self.linf_accuracy:.1f}% at Linf eps={self.linf_eps:g}, "
-            f"{100 * self.linf_max_accuracy:.1f}% at eps={self.linf_max_eps:g}, and {100 * self.l2_accuracy:.1f}% at "
-            f"L2 eps={self.l2_eps:g}; half of the images are fooled by a Linf change of "
-            f"{self.minimal_linf_median:.3g} or less."
+        flag = f" (masking check fired: {', '.join(self.masking_fired)})" if self.masking_fired else ""
+        text = (
+            f"Under the {self.preset} attack cascade at most {100 * self.linf_accuracy:.1f}% of the images stay "
+            f"correct at Linf eps={self.linf_eps:g}{flag}, {100 * self.linf_max_accuracy:.1f}% at "
+            f"eps={self.linf_max_eps:g}{flag} and {100 * self.l2_accuracy:.1f}% at L2 eps={self.l2_eps:g}{flag}; "
+            f"half of the images are fooled by a Linf change of {self.minimal_linf_median:.3g} or less. "
+            "These are upper bounds: the points these attacks did not break."
         )
+        if self.masking_fired:
+            answered = f" The attacks used {', '.join(self.countermeasures)}." if self.countermeasures else ""
+            text += (f" The model masks gradients ({', '.join(self.masking_fired)}), so its true robust accuracy "
+                     f"may be lower still.{answered}")
+        return text
 
 
-def pgd_sweeps(result: StageResult) -> dict[str, SweepResult]:
-    """The PGD sweeps of a robustness result, by norm (``"linf"``, ``"l2"``), for later stages."""
+def cascade_sweeps(result: StageResult) -> dict[str, SweepResult]:
+    """The cascade's sweeps of a robustness result, by norm (``"linf"``, ``"l2"``), for later stages."""
     sweeps = (SweepResult.from_dict(s) for s in result.data["sweeps"])
-    return {s.norm: s for s in sweeps if s.attack == "pgd"}
+    return {s.norm: s for s in sweeps if s.attack.startswith("cascade")}
 
 
-def _sweeps(ctx: StageContext[RobustnessBudget], norm: str, eps: tuple[float, ...]) -> list[SweepResult]:
-    x, y = ctx.test.x[: ctx.budget.n_eval], ctx.test.y[: ctx.budget.n_eval]
-    one_step = "fgsm" if norm == "linf" else "fgm"
+def masking_findings(result: StageResult) -> list[dict[str, Any]]:
+    """The gradient-masking checks of a robustness result: ``name``, ``fired``, ``fired_at``
+    (``"linf 0.3"``...), ``answer``, ``meaning`` and ``numbers`` (of a fired instance where one fired)."""
+    return list(result.data["masking"])
+
+
+def _merge_findings(cascades: dict[str, CascadeSweep]) -> list[dict[str, Any]]:
+    """One row per check over every (norm, eps) cascade: fired anywhere, and where."""
+    merged: dict[str, dict[str, Any]] = {}
+    for norm, sweep in cascades.items():
+        for run in sweep.results:
+            for finding in run.findings:
+                row = merged.setdefault(finding.name, {"name": finding.name, "fired": False, "fired_at": [],
+                                                       "answer": finding.answer, "meaning": finding.meaning,
+                                                       "numbers": finding.numbers})
+                if finding.fired:
+                    if not row["fired"]:
+                        row.update(fired=True, answer=finding.answer, meaning=finding.meaning, numbers=finding.numbers)
+                    row["fired_at"].append(f"{norm} {run.eps:g}")
+    return list(merged.values())
+
+
+def _contribution_rows(sweep: CascadeSweep) -> list[list[Any]]:
     return [
-        robust_accuracy_sweep(ctx.model, x, y, eps_values=eps, attack=one_step, norm=norm),
-        robust_accuracy_sweep(ctx.model, x, y, eps_values=eps, attack="pgd", norm=norm,
-                              steps=ctx.budget.pgd_steps, seed=ctx.seed),
+        [f"{run.eps:g}", pct(run.robust_accuracy), c.label, c.attacked, c.broken, c.forwards, c.backwards, c.queries,
+         f"{c.seconds:.1f}"]
+        for run in sweep.results for c in run.contributions
     ]
+
+
+def _bisection_model(model: nn.Module, x: Tensor, y: Tensor) -> tuple[nn.Module, list[str]]:
+    """The model the bisection's PGD attacks: through the masking answers the checks choose on a
+    probe of correctly classified points (BPDA, EOT, log-outputs), so it is not fooled either."""
+    correct = predict_logits(model, x[:PROBE]).argmax(1).to(y.device) == y[:PROBE]
+    probe = correct.nonzero().squeeze(1)
+    if not probe.numel():
+        return model, []
+    plan = plan_countermeasures(model, x[probe], y[probe])
+    return (plan.wrap(model), plan.describe()) if plan.active else (model, [])
+
+
+def _state(ctx: StageContext[RobustnessBudget], norm: str) -> Path | None:
+    return None if ctx.work_dir is None else ctx.work_dir / "cascade" / norm
 
 
 @register_stage
 class RobustnessStage(Stage[RobustnessBudget]):
-    """One-step and PGD accuracy curves per norm, and the per-image minimal Linf eps."""
+    """One-step and cascade accuracy curves per norm, masking checks, and the minimal Linf eps."""
 
     name = "robustness"
-    title = "Robustness against gradient attacks"
+    title = "Robustness against attacks"
     position = 20
     budget_type = RobustnessBudget
     summary_type = RobustnessSummary
@@ -76,41 +138,97 @@ class RobustnessStage(Stage[RobustnessBudget]):
 
     def run(self, ctx: StageContext[RobustnessBudget]) -> StageOutput:
         budget = ctx.budget
-        linf = _sweeps(ctx, "linf", budget.eps_linf)
-        l2 = _sweeps(ctx, "l2", budget.eps_l2)
-        x, y = ctx.test.x[: budget.n_minimal], ctx.test.y[: budget.n_minimal]
+        members = [s.label for s in resolve_steps(budget.cascade_preset)]
+        x, y = ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval]
+        cascades: dict[str, CascadeSweep] = {}
+        sweeps: dict[str, list[SweepResult]] = {}
+        for norm, eps in (("linf", budget.eps_linf), ("l2", budget.eps_l2)):
+            one_step = robust_accuracy_sweep(ctx.model, x, y, eps_values=eps, attack="fgsm" if norm == "linf" else "fgm",
+                                             norm=norm)
+            cascades[norm] = cascade_sweep(ctx.model, x, y, eps_values=eps, norm=norm, preset=budget.cascade_preset,
+                                           seed=ctx.seed, state_dir=_state(ctx, norm))
+            sweeps[norm] = [one_step, cascades[norm].sweep]
+        masking = _merge_findings(cascades)
+        fired = tuple(m["name"] for m in masking if m["fired"])
+        answers = tuple(dict.fromkeys(a for c in cascades.values() for r in c.results for a in r.countermeasures))
+
+        xm, ym = ctx.test.x[: budget.n_minimal], ctx.test.y[: budget.n_minimal]
         eps_max = max(budget.eps_linf) * 2
-        minimal = minimal_eps(ctx.model, x, y, eps_max=eps_max, attack="pgd", norm="linf",
+        target, bisection_answers = _bisection_model(ctx.model, xm, ym)
+        minimal = minimal_eps(target, xm, ym, eps_max=eps_max, attack="pgd", norm="linf",
                               steps=budget.bisection_steps, seed=ctx.seed)
+        fooled = len([e for e in minimal.eps if math.isfinite(e)]) / max(len(minimal.eps), 1)
+
+        strength = f"{budget.cascade_preset} preset: {' then '.join(members)}"
         figures = {
-            "Robust accuracy, Linf": plot_sweeps(linf, ctx.figure("robust_linf"), "Robust accuracy against Linf eps"),
-            "Robust accuracy, L2": plot_sweeps(l2, ctx.figure("robust_l2"), "Robust accuracy against L2 eps"),
+            "Robust accuracy, Linf (upper bounds)": plot_sweeps(sweeps["linf"], ctx.figure("robust_linf"),
+                                                                "Robust accuracy against Linf eps"),
+            "Robust accuracy, L2 (upper bounds)": plot_sweeps(sweeps["l2"], ctx.figure("robust_l2"),
+                                                              "Robust accuracy against L2 eps"),
             "Minimal Linf perturbations": plot_minimal_eps(minimal.eps, "linf", ctx.figure("minimal_linf"), eps_max,
                                                            minimal.median()),
         }
-        fooled = len([e for e in minimal.eps if math.isfinite(e)]) / max(len(minimal.eps), 1)
         tables = [
-            Table.of(f"Accuracy under attack, {norm} ({len(sweeps[0].eps) and sweeps[0].n} images, PGD-{budget.pgd_steps})",
-                     ["eps", *[s.attack.upper() for s in sweeps]],
-                     [[f"{e:g}", *[pct(s.robust_accuracy[i]) for s in sweeps]] for i, e in enumerate(sweeps[0].eps)])
-            for norm, sweeps in (("Linf", linf), ("L2", l2))
+            Table.of(f"Accuracy under attack, {label} ({len(x)} images; upper bounds; cascade = {strength})",
+                     ["eps", *[s.attack.upper() for s in sweeps[norm]]],
+                     [[f"{e:g}", *[pct(s.robust_accuracy[i]) for s in sweeps[norm]]]
+                      for i, e in enumerate(sweeps[norm][0].eps)])
+            for norm, label in (("linf", "Linf"), ("l2", "L2"))
+        ]
+        tables += [
+            Table.of(f"Which attack broke the points, {label}: each member attacks only the points still robust "
+                     "(broke = its marginal contribution; passes are images through the model)",
+                     ["eps", "robust (upper bound)", "attack", "attacked", "broke", "forward passes",
+                      "backward passes", "queries", "seconds"], _contribution_rows(cascades[norm]))
+            for norm, label in (("linf", "Linf"), ("l2", "L2"))
         ]
         tables.append(Table.of(
-            f"Minimal Linf perturbation ({len(minimal.eps)} images, bisection to {eps_max / 2**budget.bisection_steps:.2g})",
+            "Gradient-masking checks of the cascade (a fired check means the gradients mislead the attack)",
+            ["check", "result", "fired at", "answer", "what it means"],
+            [[m["name"], "fired" if m["fired"] else "pass", ", ".join(m["fired_at"]) or "-", m["answer"] or "-",
+              m["meaning"]] for m in masking],
+        ))
+        through = f", PGD through {', '.join(bisection_answers)}" if bisection_answers else ""
+        tables.append(Table.of(
+            f"Minimal Linf perturbation ({len(minimal.eps)} images, bisection to "
+            f"{eps_max / 2**budget.bisection_steps:.2g}{through})",
             ["median", "fooled within eps ≤ " + f"{eps_max:g}"],
             [[f"{minimal.median():.3g}", pct(fooled)]],
         ))
+        notes = [
+            f"Every robust accuracy above is an upper bound: the share of points that the {strength} did not "
+            "break. A stronger attack can only lower it.",
+            *([f"Gradient masking detected ({', '.join(fired)}): the attacks used {', '.join(answers) or 'no answer'}; "
+               "treat every figure as optimistic."] if fired else []),
+            *(["The quick preset has no score-based member, so the check that Square finds points the gradient "
+               "attacks miss did not run; the standard and thorough budgets run it."]
+              if not any("score-attack" == m["name"] for m in masking) else []),
+        ]
         summary = RobustnessSummary(
             linf_eps=budget.headline_linf,
-            linf_accuracy=dict(zip(linf[1].eps, linf[1].robust_accuracy, strict=True))[budget.headline_linf],
+            linf_accuracy=_at(sweeps["linf"][1], budget.headline_linf),
             linf_max_eps=max(budget.eps_linf),
-            linf_max_accuracy=linf[1].robust_accuracy[-1],
+            linf_max_accuracy=_at(sweeps["linf"][1], max(budget.eps_linf)),
             l2_eps=budget.headline_l2,
-            l2_accuracy=dict(zip(l2[1].eps, l2[1].robust_accuracy, strict=True))[budget.headline_l2],
+            l2_accuracy=_at(sweeps["l2"][1], budget.headline_l2),
             minimal_linf_median=minimal.median(),
+            preset=budget.cascade_preset,
+            masking_fired=fired,
+            countermeasures=answers,
         )
-        return StageOutput(summary=summary, tables=tuple(tables), figures=figures, data={
-            "sweeps": [s.to_dict() for s in linf + l2],
+        return StageOutput(summary=summary, tables=tuple(tables), figures=figures, notes=tuple(notes), data={
+            "sweeps": [s.to_dict() for s in sweeps["linf"] + sweeps["l2"]],
+            "preset": budget.cascade_preset,
+            "members": members,
+            "cascades": {norm: [r.to_dict() for r in c.results] for norm, c in cascades.items()},
+            "masking": masking,
+            "countermeasures": list(answers),
+            "resumed": sum(r.resumed for c in cascades.values() for r in c.results),
             "minimal_linf": minimal.to_dict(),
+            "minimal_linf_attack_answers": bisection_answers,
             "minimal_linf_fooled_fraction": fooled,
         })
+
+
+def _at(sweep: SweepResult, eps: float) -> float:
+    return dict(zip(sweep.eps, sweep.robust_accuracy, strict=True))[eps]

@@ -1,15 +1,18 @@
 """Sanity checks for gradient masking (Athalye et al. 2018, arXiv:1802.00420; Carlini et al.
 2019, arXiv:1902.06705): accuracy monotone in eps, an unbounded attack reaches ~0%, more steps
-and restarts are not markedly stronger, random noise is not stronger than the gradient."""
+and restarts are not markedly stronger, random noise is not stronger than the gradient; and the
+cascade's own masking checks (randomness, probability outputs, zero gradients, Square finding
+points the gradient attacks miss), read from the robustness stage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from hardened.audit.stage import Stage, StageContext, StageOutput, Summary, register_stage
-from hardened.audit.stages.robustness import pgd_sweeps
+from hardened.audit.stages.robustness import cascade_sweeps, masking_findings
 from hardened.audit.tables import Table
-from hardened.evaluate.sanity import run_sanity_checks
+from hardened.evaluate.masking import MaskingFinding
+from hardened.evaluate.sanity import masking_check, run_sanity_checks
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class SanitySummary(Summary):
 
 @register_stage
 class SanityStage(Stage[SanityBudget]):
-    """The masking checks at the headline eps of each norm, against the robustness stage's PGD."""
+    """The masking checks at the headline eps of each norm, against the robustness stage's
+    cascade, followed by the cascade's own masking checks."""
 
     name = "sanity"
     title = "Sanity checks for gradient masking"
@@ -48,7 +52,8 @@ class SanityStage(Stage[SanityBudget]):
 
     def run(self, ctx: StageContext[SanityBudget]) -> StageOutput:
         budget = ctx.budget
-        sweeps = pgd_sweeps(ctx.requirement("robustness"))
+        robustness = ctx.requirement("robustness")
+        sweeps = cascade_sweeps(robustness)
         x, y = ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval]
         checks = []
         for norm, headline in (("linf", budget.headline_linf), ("l2", budget.headline_l2)):
@@ -57,6 +62,8 @@ class SanityStage(Stage[SanityBudget]):
                 strong_steps_factor=budget.strong_steps_factor, strong_restarts=budget.strong_restarts,
                 unbounded_steps=2 * budget.pgd_steps,
             )
+        checks += [masking_check(MaskingFinding(m["name"], m["fired"], m["meaning"], m["answer"], m["numbers"]),
+                                 m["fired_at"]) for m in masking_findings(robustness)]
         table = Table.of("Gradient-masking checks", ["check", "result", "what it means"],
                          [[c.name, "pass" if c.passed else "flagged", c.explanation] for c in checks])
         summary = SanitySummary(len(checks), tuple(c.name for c in checks if not c.passed))

@@ -40,6 +40,8 @@ def run_once(budget: str, cache: Path, folder: Path) -> dict[str, Any]:
         "seconds_end_to_end": seconds,
         "audit_seconds": report.get("seconds"),
         "stages": {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in report.get("stages", [])},
+        "verdict": report.get("verdict"),
+        "load_average": os.getloadavg(),
         "stderr_tail": done.stderr[-500:] if done.returncode else "",
     }
 

@@ -108,3 +108,19 @@ def test_the_stage_is_cached_and_resumes_after_a_failure(digits, net, tmp_path, 
     monkeypatch.setattr(cascade_module, "_attack_batch", must_not_run)
     again = _audit(net, digits, folder).stage("robustness")
     assert again.status == "ok" and again.summary == reference.summary
+
+
+def test_masking_check_passes_exactly_when_the_finding_did_not_fire():
+    from hardened.evaluate.masking import MaskingFinding, gradient_check
+    from hardened.evaluate.sanity import masking_check
+
+    fired = masking_check(MaskingFinding("zero-gradients", True, "flat.", "bpda", {"share": 0.9}), ["linf 0.3"])
+    assert not fired.passed and fired.name == "masking: zero-gradients"
+    assert fired.explanation == "flat. (fired at linf 0.3) Answered with: bpda."
+    assert fired.numbers == {"share": 0.9, "fired_at": ["linf 0.3"]}
+    x = torch.rand(8, 1, 8, 8)
+    flat = nn.Sequential(Quantise(4), nn.Flatten(), nn.Linear(64, 3))
+    smooth = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    y = torch.zeros(8, dtype=torch.long)
+    assert not masking_check(gradient_check(flat, x, y)).passed
+    assert masking_check(gradient_check(smooth, x, y)).passed

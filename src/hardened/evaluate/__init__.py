@@ -26,7 +26,7 @@ from hardened.evaluate.masking import (
     MaskingPlan,
     plan_countermeasures,
 )
-from hardened.evaluate.sanity import SanityCheck, run_sanity_checks
+from hardened.evaluate.sanity import SanityCheck, masking_check, run_sanity_checks
 from hardened.evaluate.sweeps import (
     MinimalPerturbation,
     SuccessCurve,
@@ -66,6 +66,7 @@ __all__ = [
     "TraceStep",
     "compare_attacks",
     "default_attack_suite",
+    "masking_check",
     "run_sanity_checks",
     "trace_attack",
     "MinimalPerturbation",

@@ -104,8 +104,7 @@ def _merge_findings(cascades: dict[str, CascadeSweep]) -> list[dict[str, Any]]:
 
 def _contribution_rows(sweep: CascadeSweep) -> list[list[Any]]:
     return [
-        [f"{run.eps:g}", pct(run.robust_accuracy), c.label, c.attacked, c.broken, c.forwards, c.backwards, c.queries,
-         f"{c.seconds:.1f}"]
+        [f"{run.eps:g}", pct(run.robust_accuracy), c.label, c.attacked, c.broken, c.forwards, c.backwards, c.queries]
         for run in sweep.results for c in run.contributions
     ]
 
@@ -179,7 +178,7 @@ class RobustnessStage(Stage[RobustnessBudget]):
             Table.of(f"Which attack broke the points, {label}: each member attacks only the points still robust "
                      "(broke = its marginal contribution; passes are images through the model)",
                      ["eps", "robust (upper bound)", "attack", "attacked", "broke", "forward passes",
-                      "backward passes", "queries", "seconds"], _contribution_rows(cascades[norm]))
+                      "backward passes", "queries"], _contribution_rows(cascades[norm]))
             for norm, label in (("linf", "Linf"), ("l2", "L2"))
         ]
         tables.append(Table.of(

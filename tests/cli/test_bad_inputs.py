@@ -372,3 +372,41 @@ def test_every_row_is_reachable_as_written():
     used = {field for param in ROWS for a in param.values[0]  # type: ignore[attr-defined]
             for _, field, _, _ in string.Formatter().parse(a) if field}
     assert used <= names, used - names
+
+
+_HOLD = (
+    "import sys, time\n"
+    "from hardened._util.lock import lock_output_dir\n"
+    "with lock_output_dir(sys.argv[1]):\n"
+    "    print('locked', flush=True)\n"
+    "    time.sleep(60)\n"
+)
+LOCKED_COMMANDS = ("attack", "explain", "guard evaluate", "evaluate", "certify", "audit")
+
+
+@pytest.mark.parametrize("name", LOCKED_COMMANDS)
+def test_a_second_run_on_a_folder_in_use_is_refused_first(name, shared, tmp_path, monkeypatch, no_long_work):
+    """Another process holds ``--out`` (as a running job would): the command refuses in one line,
+    exit 2, before any long work, and writes nothing into the holder's folder."""
+    import os
+    import subprocess
+    import sys
+
+    import hardened
+
+    paths = _prepare(tmp_path, shared)
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(hardened.__file__))}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, paths["out"]], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = _files(tmp_path)
+        result = runner.invoke(app, [a.format(**paths) for a in SEED_COMMANDS[name]])
+        assert not isinstance(result.exception, LongWork), result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2, result.output
+        assert len(lines) == 1 and f"in use by another hardened run (process {holder.pid})" in lines[0], result.output
+        assert _files(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()

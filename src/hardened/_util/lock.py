@@ -66,6 +66,7 @@ def lock_output_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
         return
     lock_file = key / LOCK_NAME
     created_file = not lock_file.exists()
+    entries_before = _entries(key)
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
@@ -90,16 +91,21 @@ def lock_output_dir(folder: str | os.PathLike[str]) -> Iterator[Path]:
             with _guard:
                 del _held[key]
             if created_file:
-                _tidy(key, created_folder)
+                _tidy(key, entries_before, created_folder)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _tidy(folder: Path, remove_folder: bool) -> None:
-    """A job that wrote nothing leaves nothing: drop the lock file (still held) it created, and
-    the folder too when the job created it."""
+def _entries(folder: Path) -> set[str]:
+    """The names directly inside ``folder``."""
+    return {entry.name for entry in os.scandir(folder)}
+
+
+def _tidy(folder: Path, before: set[str], remove_folder: bool) -> None:
+    """A job that wrote nothing leaves nothing: drop the lock file (still held) it created when the
+    folder holds just what it held before, and the folder too when the job created it."""
     try:
-        if [entry.name for entry in os.scandir(folder)] != [LOCK_NAME]:
+        if _entries(folder) != before | {LOCK_NAME}:
             return
         os.unlink(folder / LOCK_NAME)
         if remove_folder:

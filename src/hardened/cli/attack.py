@@ -11,6 +11,7 @@ import typer
 
 from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
+from hardened._util.lock import locks_output
 from hardened._util.progress import progress_bar
 from hardened.attacks import ATTACKS, attack_in_batches, make_attack
 from hardened.cli._common import Common, Option, console, out, setup, shared_options
@@ -55,6 +56,7 @@ def _describe(options: dict[str, object]) -> str:
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed",
                 "data_dir", "download", out=Path("attack-results"), batch_size=250,
                 model=Option(None, "model file or pkg.module:factory (or attack --target-url)", optional=True))
+@locks_output("common.out")
 def attack_command(
     common: Common,
     attack: Annotated[str, typer.Option("--attack", help=f"attack: {', '.join(ATTACKS)}")] = "pgd",

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from hardened._util.lock import locks_output
 from hardened.audit import check_budget, check_output_dir, default_model, run_audit
 from hardened.cli._common import Common, Option, check_fit, console, out, setup, shared_options
 from hardened.models import LoadedModel, ModelInfo
@@ -16,6 +17,7 @@ from hardened.models import LoadedModel, ModelInfo
                 model=Option(None, "model file or pkg.module:factory; default: a lenet trained on mnist-5k (cached)",
                              optional=True),
                 out=Option(Path("audit-report"), "report folder (new, empty, or a previous audit)"))
+@locks_output("common.out")  # before the default model is trained
 def audit_command(
     common: Common,
     budget: Annotated[str, typer.Option("--budget", help="quick, standard or thorough")] = "quick",

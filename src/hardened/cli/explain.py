@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import write_bytes, write_json
+from hardened._util.lock import locks_output
 from hardened.cli._common import Common, out, parse_ints, setup, shared_options
 from hardened.errors import ConfigError, HardenedWarning
 from hardened.explain import COMPOSITES, explain_images, make_composite
@@ -24,6 +25,7 @@ from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_he
 
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "device", "seed", "data_dir", "download",
                 out=Path("explain-results"))
+@locks_output("common.out")
 def explain_command(
     common: Common,
     index: Annotated[str, typer.Option("--index", help="comma-separated test-image indices")] = "0,1,2",

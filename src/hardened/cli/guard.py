@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from hardened._util.atomic import check_writable, write_json
+from hardened._util.lock import locks_output
 from hardened._util.seeding import make_generator
 from hardened.cli._common import (
     Common,
@@ -91,6 +92,7 @@ def fit_command(
 @guard_app.command("evaluate")
 @shared_options("out", "data", "seed", "data_dir", "download", out=Path("guard-evaluation"),
                 data=Option(None, "in-distribution data (default: the one the guard was fitted on)", optional=True))
+@locks_output("common.out")
 def evaluate_command(
     common: Common,
     guard_dir: GuardOption,

@@ -212,7 +212,103 @@ row(_with(SEED_COMMANDS["attack"], "--model", "{sidecar_arch_kwargs}"), "#11 arc
 row(_with(SEED_COMMANDS["attack"], "--model", "{sidecar_shape}"), "#11 input_shape a string")
 row(_with(SEED_COMMANDS["train"], "--data", "{bigy}"), "#6 a label far above the class count")
 
-assert len(ROWS) >= 100, len(ROWS)
+# ---- the newer commands and options (serve, predict, attack --target-url, evaluate --preset, train --guard*)
+SERVE = ["serve", "--model", "{model}"]
+for argv, why in ((["serve"], "neither --guard nor --model"),
+                  (["serve", "--guard", "{guard}", "--model", "{model}"], "both --guard and --model"),
+                  (["serve", "--guard", "{tmp}/nope"], "missing guard folder"),
+                  (["serve", "--guard", "{tmp}"], "a folder that is not a guard"),
+                  (["serve", "--guard", "{afile}"], "a file as --guard"),
+                  (["serve", "--guard", "{guard_threshold_abc}"], "guard.json threshold abc"),
+                  (["serve", "--guard", "{guard}", "--smooth", "0.25"], "--smooth with --guard"),
+                  (["serve", "--model", "{tmp}/missing.safetensors"], "missing model"),
+                  (["serve", "--model", "{corrupt}"], "corrupt model file"),
+                  (["serve", "--model", "json:dumps"], "factory that is not a model"),
+                  (["serve", "--model", "{sidecar_list}"], "sidecar is a JSON list"),
+                  (["serve", "--model", "{sidecar_shape}"], "sidecar input_shape a string"),
+                  (SERVE + ["--smooth", "0"], "--smooth 0"), (SERVE + ["--smooth", "-1"], "--smooth negative"),
+                  (SERVE + ["--smooth", "nan"], "--smooth nan"), (SERVE + ["--smooth", "abc"], "--smooth not a number"),
+                  (SERVE + ["--smooth", "0.25", "--alpha", "2"], "--alpha above 1"),
+                  (SERVE + ["--smooth", "0.25", "--alpha", "0"], "--alpha 0"),
+                  (SERVE + ["--smooth", "0.25", "--n", "0"], "--n 0"), (SERVE + ["--smooth", "0.25", "--n0", "0"], "--n0 0"),
+                  (SERVE + ["--port", "0"], "--port 0"), (SERVE + ["--port", "70000"], "--port above 65535"),
+                  (SERVE + ["--port", "abc"], "--port not a number"), (SERVE + ["--max-batch", "0"], "--max-batch 0"),
+                  (SERVE + ["--max-wait-ms", "-1"], "--max-wait-ms negative"), (SERVE + ["--max-queue", "0"], "--max-queue 0"),
+                  (SERVE + ["--max-images", "0"], "--max-images 0"), (SERVE + ["--max-body-mb", "0"], "--max-body-mb 0"),
+                  (SERVE + ["--input-shape", "a,b,c"], "--input-shape not integers"),
+                  (SERVE + ["--input-shape", "1,8"], "--input-shape two numbers"),
+                  (SERVE + ["--input-shape", "0,8,8"], "--input-shape zero"),
+                  (SERVE + ["--device", "cuda:7"], "no such device"), (SERVE + ["--device", "tpu"], "unknown device"),
+                  (SERVE + ["--seed", "-1"], "seed negative"), (SERVE + ["--no-such-option"], "unknown option")):
+    row(argv, f"serve: {why}")
+PREDICT = ["predict", "{png}", "--url", "http://127.0.0.1:1"]
+for argv, why in ((["predict", "{tmp}/missing.png", "--url", "http://127.0.0.1:1"], "missing file"),
+                  (["predict", "{folder}", "--url", "http://127.0.0.1:1"], "a folder"),
+                  (["predict", "--url", "http://127.0.0.1:1"], "no files"),
+                  (["predict", "{png}"], "no --url"),
+                  (_with(PREDICT, "--url", "notaurl"), "url without a scheme"),
+                  (_with(PREDICT, "--url", "ftp://127.0.0.1:1"), "url of another scheme"),
+                  (PREDICT, "nothing listening at --url"),
+                  (PREDICT + ["--timeout", "0"], "--timeout 0"), (PREDICT + ["--timeout", "abc"], "--timeout not a number"),
+                  (PREDICT + ["--no-such-option"], "unknown option")):
+    row(argv, f"predict: {why}")
+REMOTE = ["attack", "--target-url", "http://127.0.0.1:1", "--attack", "square", "--data", "digits", "--out", "{out}"]
+for argv, why in ((REMOTE + ["--model", "{model}"], "both --model and --target-url"),
+                  (_with(REMOTE, "--attack", "pgd"), "a gradient attack on a remote target"),
+                  (_with(REMOTE, "--target-url", "notaurl"), "url without a scheme"),
+                  (_with(REMOTE, "--target-url", "ftp://127.0.0.1:1"), "url of another scheme"),
+                  (REMOTE + ["--query-budget", "0"], "--query-budget 0"),
+                  (REMOTE + ["--query-budget", "-3"], "--query-budget negative"),
+                  (REMOTE + ["--seed", "-1"], "seed negative"),
+                  (_with(REMOTE, "--data", "{empty}"), "empty data"),
+                  (_with(REMOTE, "--out", "{afile}"), "--out is a file"),
+                  (["attack", "--data", "digits", "--out", "{out}"], "neither --model nor --target-url")):
+    row(argv, f"attack --target-url: {why}")
+EVALUATE = SEED_COMMANDS["evaluate"]
+for option, value in (("--preset", "huge"), ("--preset", ""), ("--masking", "maybe"), ("--eot", "-1"),
+                      ("--eps", "-0.1,0.2"), ("--eps", "0.1,nan"), ("--eps", ""), ("--n", "-1"),
+                      ("--transfer-from", "{corrupt}"), ("--steps", "-2"), ("--batch-size", "-1")):
+    row(_with(EVALUATE, option, value), "evaluate option")
+row(EVALUATE + ["--attack", "pgd", "--preset", "thorough"], "evaluate --preset without the cascade")
+row(EVALUATE + ["--attack", "pgd", "--masking", "off"], "evaluate --masking without the cascade")
+FGSM = SEED_COMMANDS["train"] + ["--method", "fgsm", "--eps", "0.1"]
+for option, value in (("--guard-drop", "-1"), ("--guard-drop", "2"), ("--guard-drop", "nan"), ("--guard-gap", "-1"),
+                      ("--guard-gap", "2"), ("--guard-every", "-1"), ("--guard-every", "abc"),
+                      ("--nfgsm-noise", "-1"), ("--grad-align", "-1"), ("--eps-warmup", "2"), ("--eps-warmup", "-0.1"),
+                      ("--eps", "nan"), ("--eps", "-0.1"), ("--step-size", "-1"), ("--lr", "0"), ("--lr", "-1"),
+                      ("--lr", "nan"), ("--n-train", "0"), ("--eval-n", "-1"), ("--eval-eps", "-1"),
+                      ("--checkpoint-every", "-1")):
+    row(_with(FGSM, option, value), "train option")
+row(FGSM + ["--guard", ""], "train --guard empty")
+row(SEED_COMMANDS["train"] + ["--method", "trades", "--eps", "0.1", "--beta", "-1"], "train trades --beta negative")
+row(SEED_COMMANDS["train"] + ["--method", "noise", "--sigma", "-1"], "train noise --sigma negative")
+row(SEED_COMMANDS["train"] + ["--method", "semi-supervised", "--eps", "0.1", "--unlabeled-fraction", "1.5"],
+    "train --unlabeled-fraction above 1")
+row(SEED_COMMANDS["train"] + ["--method", "semi-supervised", "--eps", "0.1", "--unlabeled-fraction", "0.5",
+                              "--labeler", "{tmp}/missing.safetensors"], "train --labeler missing")
+row(SEED_COMMANDS["train"] + ["--method", "ensemble", "--eps", "0.1", "--source-model", "{tmp}/missing.safetensors"],
+    "train ensemble source missing")
+row(SEED_COMMANDS["train"] + ["--method", "ensemble", "--eps", "0.1", "--source-model", "{corrupt}"],
+    "train ensemble source corrupt")
+for name, option, value in (("explain", "--index", "-1"), ("explain", "--index", "a"), ("certify", "--images", "-1"),
+                            ("certify", "--sigma", "nan"), ("guard fit", "--fpr", "0"), ("guard fit", "--fpr", "-0.1"),
+                            ("guard fit", "--calibration-n", "0"), ("guard fit", "--data", "{noxnpz}"),
+                            ("guard fit", "--data", "{objnpz}"), ("guard evaluate", "--attack-eps", "-1"),
+                            ("guard evaluate", "--attack-eps", "nan"), ("guard evaluate", "--n", "-1"),
+                            ("guard evaluate", "--ood", ""), ("guard evaluate", "--guard", "{afile}"),
+                            ("guard evaluate", "--data", "{empty}"), ("audit", "--data", "{randnpz}"),
+                            ("audit", "--data", "{objnpz}"), ("audit", "--model", "{corrupt}"),
+                            ("audit", "--model", "json:dumps"), ("benchmark-attacks", "--eps", "-1"),
+                            ("benchmark-attacks", "--norm", "l9"), ("benchmark-attacks", "--n", "-1"),
+                            ("defend-compare", "--eps", "-1"), ("defend-compare", "--epochs", "-1"),
+                            ("attack", "--data", "{noxnpz}"), ("attack", "--data", "{objnpz}"),
+                            ("evaluate", "--data", "{randnpz}"), ("explain", "--data", "{randnpz}"),
+                            ("certify", "--data", "{randnpz}"), ("attack", "--model", "{sidecar_arch_kwargs}")):
+    row(_with(SEED_COMMANDS[name], option, value), "more bad values")
+row(["guard", "predict", "{afile}", "--guard", "{guard}"], "guard predict on a text file")
+row(["guard", "predict", "{png}", "--guard", "{afile}"], "guard predict --guard is a file")
+
+assert len(ROWS) >= 303, len(ROWS)
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------
@@ -320,6 +416,9 @@ def no_long_work(monkeypatch):
                          (hardened.guard.evaluation, "evaluate_guard"), (hardened.guard.adaptive, "attack_guard")):
         monkeypatch.setattr(module, name, _long_work)
     monkeypatch.setattr(Trainer, "fit", _long_work)
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", _long_work)  # hardened serve: starting to serve is the long work
     real = cli_guard.make_score
 
     def make_score(*args: object, **kwargs: object) -> object:

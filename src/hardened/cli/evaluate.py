@@ -24,6 +24,7 @@ from hardened.cli._common import (
     shared_options,
 )
 from hardened.distributed import process_group
+from hardened.errors import ConfigError
 from hardened.evaluate import robust_accuracy_sweep, save_result
 from hardened.evaluate.cascade import cascade_sweep, resolve_steps
 from hardened.evaluate.masking import check_masking_mode
@@ -41,8 +42,8 @@ DEFAULT_ATTACK = CASCADE
 def evaluate_command(
     common: Common,
     attack: Annotated[str, typer.Option("--attack", help=f"cascade (default), or one attack: {', '.join(ATTACKS)}")] = DEFAULT_ATTACK,
-    preset: Annotated[str, typer.Option("--preset", help="cascade preset: quick, standard or thorough")] = "standard",
-    masking: Annotated[str, typer.Option("--masking", help="cascade: auto (check for gradient masking, answer it) or off")] = "auto",
+    preset: Annotated[str | None, typer.Option("--preset", help="cascade preset: quick, standard (default) or thorough")] = None,
+    masking: Annotated[str | None, typer.Option("--masking", help="cascade: auto (default: check for gradient masking, answer it) or off")] = None,
     eot: Annotated[int | None, typer.Option("--eot", min=0, help="cascade: EOT samples (0 off; default: when randomness is found)")] = None,
     bpda: Annotated[bool | None, typer.Option("--bpda/--no-bpda", help="cascade: BPDA through the input stage (default: when gradients vanish)")] = None,
     norm: Annotated[str, typer.Option("--norm", help="linf, l2 or l1")] = "linf",
@@ -56,6 +57,14 @@ def evaluate_command(
 ) -> None:
     """Robust accuracy against eps; prints a table, writes sweep.json and sweep.png."""
     eps_values = parse_floats(eps, "--eps")
+    cascade_only = [name for name, value in (("--preset", preset), ("--masking", masking), ("--eot", eot),
+                                             ("--bpda", bpda)) if value is not None]
+    if cascade_only and (attack != CASCADE or transfer_from is not None):
+        raise ConfigError(f"{', '.join(cascade_only)} set the cascade, which this run does not use (--attack "
+                          f"{attack}{', --transfer-from' if transfer_from is not None else ''}); drop them, or "
+                          "evaluate with the cascade (the default --attack, without --transfer-from)")
+    preset = "standard" if preset is None else preset
+    masking = "auto" if masking is None else masking
     if attack == CASCADE:
         resolve_steps(preset)
         check_masking_mode(masking)

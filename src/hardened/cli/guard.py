@@ -12,6 +12,7 @@ from rich.table import Table
 from hardened._util.atomic import check_writable, write_json
 from hardened._util.lock import locks_output
 from hardened._util.seeding import make_generator
+from hardened._util.validate import check_real
 from hardened.cli._common import (
     Common,
     Option,
@@ -111,6 +112,11 @@ def evaluate_command(
     from hardened.report.plots import plot_score_histograms
 
     seed, data_dir, out_dir = common.seed, common.data_dir, common.out
+    probes = [t.strip() for t in ood.split(",") if t.strip()]
+    if not probes:
+        raise ConfigError("--ood names no OOD set; give noise, inverted, natural or a dataset, comma-separated")
+    if attack_eps is not None:
+        check_real(attack_eps, "--attack-eps", minimum=0.0, maximum=1.0, open_below=True)
     seed_everything(seed)
     check_writable(out_dir, folder=True, what="--out")
     record = read_guard_record(guard_dir)
@@ -127,7 +133,7 @@ def evaluate_command(
         heldout = splits.test
     heldout = heldout.head(n)
     sets = {}
-    for name in [t.strip() for t in ood.split(",") if t.strip()]:
+    for name in probes:
         sets[name] = load_probe(name, heldout.x, n, seed=seed, data_dir=data_dir, natural_folder=natural_folder)
     result = evaluate_guard(guard, heldout.x, sets, id_name=spec)
     table = Table(title=f"{result.score} guard, threshold {result.threshold:.4g}: ID {spec} "

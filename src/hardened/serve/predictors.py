@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from hardened._util.batching import predict_logits
 from hardened._util.device import model_device
-from hardened.certify.smoothing import SmoothedClassifier
+from hardened.certify.smoothing import SmoothedClassifier, check_certify_settings
 from hardened.errors import ConfigError
 from hardened.guard import GuardedClassifier
 
@@ -103,9 +103,10 @@ class SmoothedPredictor:
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], sigma: float, *,
                  n0: int = 100, n: int = 1000, alpha: float = 0.001, seed: int = 0,
                  classes: tuple[str, ...] | None = None, batch_size: int | None = None) -> None:
+        # refuse bad settings now, not at the first request after the service started
+        _, self.n0, self.n, self.alpha, _ = check_certify_settings(sigma, n0, n, alpha)
         self.smoothed = SmoothedClassifier(model, sigma, seed=seed, batch_size=batch_size)
         self.input_shape, self.classes = input_shape, classes
-        self.n0, self.n, self.alpha = n0, n, alpha
 
     def predict(self, x: Tensor) -> list[Answer]:
         answers = []

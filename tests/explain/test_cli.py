@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from hardened._util.lock import LOCK_NAME
 from hardened.cli.main import app
 from hardened.models import build_model, save_model
 
@@ -34,7 +35,7 @@ def test_explain_writes_heatmaps_grid_json(model_file, tmp_path) -> None:
          "--compare", "gradient", "--quality", "3", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)  # the (released) output-folder lock stays
     assert names == ["deletion.png", "explain.json", "grid.png", "heatmap_3.png", "relevance.npz"]
     summary = json.loads((out / "explain.json").read_text())
     assert set(summary["methods"]) == {"lrp", "gradient"}

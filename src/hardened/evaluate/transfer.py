@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from hardened._util.batching import batch_slices, predict_logits
+from hardened._util.batching import predict_logits
 from hardened._util.progress import progress_bar
 from hardened.attacks import attack_in_batches, make_attack
 from hardened.errors import ConfigError
@@ -166,10 +165,7 @@ def transfer_matrix(
     start = time.perf_counter()
 
     def predictions(model: Any, images: Tensor) -> Tensor:
-        if isinstance(model, nn.Module):
-            return predict_logits(model, images, batch_size).argmax(1).cpu()
-        with torch.no_grad():
-            return torch.cat([model(images[s]).argmax(1).cpu() for s in batch_slices(len(images), batch_size)])
+        return predict_logits(model, images, batch_size).argmax(1).cpu()  # modules and plain callables
 
     labels = y.cpu()
     correct = {name: predictions(model, x) == labels for name, model in targets.items()}

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from hardened._util.atomic import check_writable
 from hardened._util.checks import check_model_output
+from hardened._util.validate import SEED_MAX, check_seed
 from hardened.data import Dataset, Splits, load_splits
 from hardened.errors import ConfigError, InputError
 from hardened.models import LoadedModel, load_model
@@ -38,7 +39,6 @@ __all__ = [
 console = Console(stderr=True)
 out = Console()
 
-SEED_MAX = 2**63 - 1  # torch.manual_seed's range, less headroom for derived seeds (seed + k)
 _NO_DEFAULT = inspect.Parameter.empty
 
 
@@ -183,8 +183,7 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """The CLI (never the library) seeds the global generators."""
-    if not 0 <= seed <= SEED_MAX:
-        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {seed}")
+    check_seed(seed, "--seed")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hardened._util.batching import eval_mode
+from hardened._util.device import model_device
 from hardened.attacks.losses import logit_margin
 from hardened.errors import ConfigError
 from hardened.evaluate.counting import CountingModel
@@ -269,13 +270,8 @@ def _children(model: nn.Module) -> list[nn.Module]:
         buffer = io.BytesIO()
         torch.jit.save(model, buffer)
         buffer.seek(0)
-        model = torch.jit.load(buffer, map_location=_device_of(model))
+        model = torch.jit.load(buffer, map_location=model_device(model))
     return list(model.children())
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def bpda_model(model: nn.Module, stage: int) -> BPDA:

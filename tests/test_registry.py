@@ -340,3 +340,32 @@ def test_import_hardened_loads_no_plugin(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_builtins_module_is_imported_on_first_lookup(tmp_path, monkeypatch):
+    """A family whose components load lazily (the audit's stages) lists them on the first
+    lookup, without its caller importing their module first."""
+    import sys
+
+    (tmp_path / "lazy_family_mod.py").write_text(
+        "from tests_lazy_registry import REG\n@REG.register('one')\nclass One:\n    pass\n"
+    )
+    (tmp_path / "tests_lazy_registry.py").write_text(
+        "from hardened.registry import Registry\nREG = Registry('thing', builtins='lazy_family_mod')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tests_lazy_registry
+
+    assert "lazy_family_mod" not in sys.modules
+    assert tests_lazy_registry.REG.names() == ("one",)
+    assert "lazy_family_mod" in sys.modules
+
+
+def test_audit_stages_are_listed_without_running_an_audit():
+    import subprocess
+    import sys
+
+    code = "from hardened.audit import AUDIT_STAGES; print(','.join(AUDIT_STAGES.names()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert set(out.strip().split(",")) == {"clean", "robustness", "explain-attacks", "gallery", "certify",
+                                           "guard", "sanity"}

@@ -71,6 +71,8 @@ class Registry(Generic[T]):
             return an instance of it).
         capabilities: the class attributes every component must declare; ``select`` accepts
             only these keywords. Empty means "any attribute, none required".
+        builtins: a module whose import registers the family's own components, imported on
+            the first lookup when the family loads them lazily (the audit's stages).
     """
 
     def __init__(
@@ -80,16 +82,18 @@ class Registry(Generic[T]):
         group: str | None = None,
         base: type | None = None,
         capabilities: Iterable[str] = (),
+        builtins: str | None = None,
     ) -> None:
         self.kind = kind
         self.group = group
+        self.builtins = builtins
         self.base = base
         self.capabilities: tuple[str, ...] = tuple(capabilities)
         self._classes: dict[str, type[T]] = {}
         self._aliases: dict[str, str] = {}
         self._broken: dict[str, str] = {}
         self._seen: set[tuple[str, str]] = set()
-        self._plugins_loaded = group is None
+        self._plugins_loaded = group is None and builtins is None
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, group={self.group!r}, names={list(self._classes)})"
@@ -147,8 +151,11 @@ class Registry(Generic[T]):
     # -- plugins ------------------------------------------------------------------------
 
     def load_plugins(self) -> None:
-        """Load the entry-point group now (lookups do it once, on first use)."""
+        """Import the built-in components' module, then load the entry-point group, now
+        (lookups do it once, on first use; built-ins first, so they keep their names)."""
         self._plugins_loaded = True
+        if self.builtins is not None:
+            importlib.import_module(self.builtins)
         if self.group is None:
             return
         for point in importlib.metadata.entry_points(group=self.group):

@@ -135,6 +135,7 @@ class Stage(ABC, Generic[B]):
 AUDIT_STAGES: Registry[Stage[Any]] = Registry(
     "audit stage", group="hardened.audit_stages", base=Stage,
     capabilities=("name", "title", "position", "requires", "budget_type", "summary_type"),
+    builtins="hardened.audit.stages",  # its modules register themselves, on first lookup
 )
 
 
@@ -146,6 +147,4 @@ def register_stage(stage: S) -> S:
 
 def registered_stages() -> tuple[type[Stage[Any]], ...]:
     """The registered stage classes (built-in and plugins), in report order."""
-    import hardened.audit.stages  # noqa: F401  (its modules register themselves)
-
     return tuple(sorted((AUDIT_STAGES.get(n) for n in AUDIT_STAGES.names()), key=lambda s: s.position))

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import tiny_cnn
 from hardened.errors import ConfigError
 from hardened.evaluate import (
     load_result,
@@ -16,6 +15,7 @@ from hardened.evaluate import (
     success_curve,
 )
 from hardened.report.plots import plot_success_curves, plot_sweeps
+from helpers import tiny_cnn
 
 
 def _linear(w: torch.Tensor) -> nn.Module:

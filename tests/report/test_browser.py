@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 CHROMIUM = os.environ.get("HARDENED_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.browser

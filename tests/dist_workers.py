@@ -3,6 +3,7 @@ by name in each child, so it holds no test functions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import traceback
@@ -14,9 +15,13 @@ import torch.distributed as dist
 from torch import nn
 
 from hardened._util.digests import model_digest
+from hardened.audit import BUDGETS, AuditResult, run_audit
+from hardened.audit.stages.certify import CertifyStage
+from hardened.audit.stages.clean import CleanStage
+from hardened.audit.stages.robustness import RobustnessStage
 from hardened.certify.runs import certify_sharded
-from hardened.data.dataset import Dataset
-from hardened.distributed import all_gather_objects, process_group
+from hardened.data.dataset import Dataset, Splits
+from hardened.distributed import process_group
 from hardened.errors import HardenedError
 from hardened.evaluate.cascade import run_cascade
 from hardened.train import TrainConfig, Trainer, make_method
@@ -42,7 +47,7 @@ def toy_model(seed: int = 0) -> nn.Module:
 
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "standard": {},
-    "pgd": {"eps": 0.1, "steps": 3, "random_start": False},
+    "pgd": {"eps": 0.1, "steps": 3},  # random starts: per image
     "fgsm": {"eps": 0.1},
     "trades": {"eps": 0.1, "steps": 2},
     "noise": {"sigma": 0.2},
@@ -74,9 +79,11 @@ def train_toy(method: str, checkpoint_dir: Path | None = None, epochs: int = 2, 
     return model
 
 
-def _setup(rank: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+TRAINED = tuple(METHOD_OPTIONS)
+
+
+def _setup(rank: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
 
 
@@ -115,34 +122,41 @@ def certified_model(dies_after: int = 10**9) -> nn.Module:
     return DiesAfter(toy_model(), calls=dies_after)
 
 
-def killed_certify(rank: int, port: int, folder: str) -> None:
+def killed_certify(rank: int, store: str, folder: str) -> None:
     """Sharded certify in which rank 1 dies (``os._exit``) at its 6th forward pass, after its
-    first finished samples and before the end of its shard."""
-    _setup(rank, port)
-    with process_group():
-        certify_toy(certified_model(1 + 2 * 2 if rank == 1 else 10**9), Path(folder) / "certify")
+    first finished samples and before the end of its shard; rank 0 writes the error it got to
+    ``folder/rank0-error.json``."""
+    _setup(rank)
+    with process_group(init_method=store):
+        try:
+            certify_toy(certified_model(1 + 2 * 2 if rank == 1 else 10**9), Path(folder) / "certify")
+            seen = None
+        except HardenedError as error:
+            seen = [type(error).__name__, str(error)]
+    if rank == 0:
+        (Path(folder) / "rank0-error.json").write_text(json.dumps(seen), encoding="utf-8")
 
 
-def scenarios(rank: int, port: int, folder: str) -> None:
-    """Train (standard, PGD), resume the killed certification, and a settings mismatch; rank 0
-    writes what it saw to ``folder/result.json``."""
-    _setup(rank, port)
+def scenarios(rank: int, store: str, folder: str) -> None:
+    """Train every method (two with checkpoints), resume a sliced run and the killed
+    certification, a cascade and a settings mismatch; rank 0 writes the weights and what it saw
+    to ``folder``; each rank writes the digest of every model it trained to ``digests-<rank>.json``."""
+    _setup(rank)
     root = Path(folder)
     seen: dict[str, Any] = {}
-    with process_group() as info:
+    digests: dict[str, str] = {}
+    with process_group(init_method=store) as info:
         seen["world"] = [info.rank, info.size, dist.get_backend()]
-        for method in ("standard", "pgd"):
-            model = train_toy(method, checkpoint_dir=root / f"ckpt-{method}")
+        for method in TRAINED:
+            checkpoints = root / f"ckpt-{method}" if method in ("standard", "pgd") else None
+            model = train_toy(method, checkpoint_dir=checkpoints, epochs=2 if checkpoints else 1)
+            digests[method] = model_digest(model)
             if rank == 0:
                 torch.save(model.state_dict(), root / f"{method}.pt")
         train_toy("pgd", checkpoint_dir=root / "ckpt-sliced", max_steps=4)  # stops inside epoch 2
         resumed = train_toy("pgd", checkpoint_dir=root / "ckpt-sliced")
         if rank == 0:
             torch.save(resumed.state_dict(), root / "pgd-resumed.pt")
-        seen["methods"] = {}
-        for method in ("fgsm", "trades", "noise", "ensemble", "semi-supervised"):
-            digests = all_gather_objects(model_digest(train_toy(method, epochs=1)))
-            seen["methods"][method] = digests
         result = cascade_toy(train_toy("standard"), root / "cascade")
         if rank == 0:
             torch.save({"x_adv": result.x_adv, "robust": result.robust, "margin": result.margin}, root / "cascade.pt")
@@ -158,5 +172,34 @@ def scenarios(rank: int, port: int, folder: str) -> None:
             seen["mismatch"] = [type(error).__name__, str(error)]
         except Exception:  # noqa: BLE001 - reported to the test, which fails on it
             seen["mismatch"] = ["unexpected", traceback.format_exc()]
+    (root / f"digests-{rank}.json").write_text(json.dumps(digests), encoding="utf-8")
     if rank == 0:
         (root / "result.json").write_text(json.dumps(seen), encoding="utf-8")
+
+
+def audit_splits() -> Splits:
+    return Splits(train=toy_data(60, seed=5), test=toy_data(150, seed=6))
+
+
+# a quick audit cut to the toy: 150 images = 3 cascade batches of 64 (rank 0 attacks batches 0
+# and 2, rank 1 batch 1), certificates of 6 images (3 per rank)
+AUDIT_BUDGET = dataclasses.replace(
+    BUDGETS["quick"], name="toy", n_eval=150, eps_linf=(0.0, 0.1, 0.2), eps_l2=(0.0, 0.5), headline_linf=0.1,
+    headline_l2=0.5, n_minimal=4, bisection_steps=3, n_certify=6, smoothing_n=64,
+)
+
+
+def audit_toy(model: nn.Module, out: Path) -> AuditResult:
+    """The same audit (clean, robustness, certify) in whatever world the caller is in."""
+    stages = [CleanStage(), RobustnessStage(), CertifyStage()]
+    return run_audit(model, audit_splits(), out_dir=out, budget=AUDIT_BUDGET, seed=0, stages=stages)
+
+
+def audited(rank: int, store: str, folder: str) -> None:
+    """The toy audit of the model in ``folder/model.pt`` on 2 ranks, into ``folder/audit``."""
+    _setup(rank)
+    model = toy_model()
+    model.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
+    with process_group(init_method=store):
+        result = audit_toy(model, Path(folder) / "audit")
+    (Path(folder) / f"verdict-{rank}.txt").write_text(result.verdict, encoding="utf-8")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,10 +38,12 @@ __all__ = [
     "check_same_settings",
     "drop_option",
     "env_world",
+    "from_rank0",
     "is_distributed",
     "launch_torchrun",
     "merge_by_index",
     "process_group",
+    "relaunch_with_torchrun",
     "settings_digest",
     "shard",
     "shard_bounds",
@@ -100,13 +103,16 @@ def world() -> WorldInfo:
 
 @contextmanager
 def process_group(
-    device: torch.device | str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None
+    device: torch.device | str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None,
+    init_method: str | None = None,
 ) -> Iterator[WorldInfo]:
     """Join the launcher's process group for the block (gloo on CPU, NCCL on CUDA, or ``backend``)
     and leave it; with NCCL each process uses the GPU of its ``LOCAL_RANK``.
 
-    Without a launcher (``WORLD_SIZE`` unset or 1) nothing is started and the block runs as rank
-    0 of 1; an already initialised group is used as it is and left alone.
+    The ranks meet through ``MASTER_ADDR:MASTER_PORT`` (``env://``, what torchrun sets up), or
+    through ``init_method`` (e.g. ``file:///shared/folder/store``: a file every rank sees, no
+    port to pick). Without a launcher (``WORLD_SIZE`` unset or 1) nothing is started and the
+    block runs as rank 0 of 1; an already initialised group is used as it is and left alone.
     """
     info = env_world()
     if not info.distributed or dist.is_initialized():
@@ -116,7 +122,8 @@ def process_group(
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), init_method=init_method,
+                                **({} if init_method is None else {"rank": info.rank, "world_size": info.size}))
     except (RuntimeError, ValueError) as error:
         raise DistributedError(
             f"cannot join the process group as rank {info.rank} of {info.size} ({error}); "
@@ -159,6 +166,16 @@ def all_gather_objects(value: Any, what: str = "all-gather") -> list[Any]:
     with _collective(what):
         dist.all_gather_object(gathered, value)
     return gathered
+
+
+def from_rank0(value: Any, what: str = "broadcast") -> Any:
+    """Rank 0's ``value`` on every rank (the others' ``value`` is ignored; ``value`` in one process).
+
+    The other ranks wait for rank 0 up to the process group's timeout; a rank that dies instead
+    is a ``DistributedError`` naming ``what``."""
+    if not is_distributed():
+        return value
+    return all_gather_objects(value if dist.get_rank() == 0 else None, what)[0]
 
 
 def all_reduce_sum(values: Sequence[float], what: str = "metric reduction") -> list[float]:
@@ -275,18 +292,35 @@ def drop_option(args: Sequence[str], name: str) -> list[str]:
     return kept
 
 
-def launch_torchrun(nproc: int, command: Sequence[str]) -> None:
+def relaunch_with_torchrun(nproc: int, command: str, argv: Sequence[str] | None = None,
+                           passthrough: Sequence[int] = ()) -> int:
+    """Re-run this ``hardened COMMAND ...`` command line (``argv``, default ``sys.argv[1:]``)
+    without ``--nproc`` in ``nproc`` processes (``launch_torchrun``): what ``--nproc N`` does."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if command not in args:
+        raise ConfigError("--nproc works from the hardened command line; from Python, launch with torchrun")
+    return launch_torchrun(nproc, [command, *drop_option(args[args.index(command) + 1:], "--nproc")],
+                           passthrough=passthrough)
+
+
+def launch_torchrun(nproc: int, command: Sequence[str], passthrough: Sequence[int] = ()) -> int:
     """Run ``hardened COMMAND...`` in ``nproc`` local processes through torchrun's launcher
-    (``torch.distributed.run --standalone``: a free local port, one node); ``DistributedError``
-    when a process fails (torchrun stops the others and names the failed rank)."""
+    (``torch.distributed.run --standalone``: a free local port, one node) and return 0;
+    ``DistributedError`` when a process fails (torchrun stops the others and names the failed
+    rank), except when every failed rank exited with the same code of ``passthrough`` (a
+    command's own "done, but..." code, e.g. the audit's 3): that code is returned."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
         torchrun(["--standalone", "--nproc-per-node", str(int(nproc)), "-m", "hardened.cli.main", "--", *command])
     except ChildFailedError as error:
+        codes = {f.exitcode for f in error.failures.values()}
+        if len(codes) == 1 and next(iter(codes)) in passthrough:
+            return int(next(iter(codes)))
         failures = "; ".join(f"rank {rank}: exit code {f.exitcode}" for rank, f in sorted(error.failures.items()))
         raise DistributedError(
             f"the {nproc}-process run failed ({failures}); the failed rank printed the reason above. "
             "Finished work is kept: re-run the same command to resume"
         ) from None
+    return 0

@@ -44,6 +44,9 @@ class AuditBudget:
     strong_steps_factor: int
     strong_restarts: int
     cascade_preset: str  # hardened.evaluate.cascade.PRESETS: the robustness stage's attacks
+    # images per cascade batch: the unit a torchrun audit splits over its ranks (fixed, not
+    # derived from the number of ranks, so the figures do not depend on it)
+    cascade_batch: int = 64
 
 
 BUDGETS: dict[str, AuditBudget] = {

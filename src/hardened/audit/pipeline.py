@@ -4,6 +4,13 @@
 cannot apply (``StageSkipped``: "skipped") or breaks (any other exception: "failed", traceback
 kept) does not lose the rest. Results are cached under ``out_dir/stages/`` (see ``cache``), so an
 interrupted audit resumes where it stopped and a re-run with the same seed gives the same numbers.
+
+Under ``torchrun`` (``hardened audit --nproc N``) rank 0 reads the cache, runs the stages that
+are not ``sharded`` and writes every file, while the other ranks wait; a ``sharded`` stage
+(robustness, certification) runs on every rank and splits its per-image work through the
+sharded cascade and certification, whose merged results equal one process's. Each stage's
+result is rank 0's, broadcast to the others (later stages read it), so ``audit.json`` equals a
+single-process audit but for the measured seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,8 @@ from hardened.audit.result import AUDIT_SCHEMA_VERSION, AuditResult, StageResult
 from hardened.audit.stage import Stage, StageContext, StageSkipped, registered_stages
 from hardened.audit.verdict import verdict
 from hardened.data.dataset import Splits
-from hardened.errors import ConfigError, InputError
+from hardened.distributed import WorldInfo, check_same_settings, from_rank0, is_distributed, world
+from hardened.errors import ConfigError, DistributedError, InputError
 
 __all__ = ["all_stages", "check_output_dir", "order_stages", "run_audit"]
 
@@ -90,31 +99,39 @@ def run_audit(
     ``stages`` defaults to every registered stage. The model is never modified; its train/eval
     mode is restored after every stage. ``out_dir`` is locked while the audit runs: a second
     audit on the same folder (another process) is refused at once with a ``ConfigError``.
+    In a torchrun job every rank calls this with the same arguments (checked: ``ConfigError``
+    when they differ) and gets the same result; only rank 0 writes (see the module docstring).
     """
     plan = check_budget(budget)
     folder = check_output_dir(out_dir)
     if len(splits.test) == 0:
         raise InputError(f"{splits.test.name} has no test images to audit")
     chosen = order_stages(all_stages() if stages is None else stages)
-    with lock_output_dir(folder):
-        result = _run_stages(model, splits, folder, plan, seed, chosen, progress, model_name)
-        from hardened.report.html import render_audit_html
+    info = world() if is_distributed() else WorldInfo()
+    digests = {"model": model_digest(model), "data": cache.data_digest(splits)}
+    if info.distributed:
+        check_same_settings({"budget": plan, "seed": seed, "stages": [s.name for s in chosen], **digests}, "audit")
+    with lock_output_dir(folder) if info.is_main else nullcontext():
+        result = _run_stages(model, splits, folder, plan, seed, chosen, progress and info.is_main, model_name,
+                             digests, info)
+        if info.is_main:
+            from hardened.report.html import render_audit_html
 
-        write_json(folder / "audit.json", result.to_dict())
-        write_text(folder / "index.html", render_audit_html(result, folder / "figures"))
+            write_json(folder / "audit.json", result.to_dict())
+            write_text(folder / "index.html", render_audit_html(result, folder / "figures"))
     return result
 
 
 def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudget, seed: int,
-                chosen: Sequence[Stage[Any]], progress: bool, model_name: str) -> AuditResult:
-    """Run or reuse each stage in ``chosen`` order (the caller holds the folder's lock)."""
+                chosen: Sequence[Stage[Any]], progress: bool, model_name: str, digests: dict[str, str],
+                info: WorldInfo) -> AuditResult:
+    """Run or reuse each stage in ``chosen`` order (rank 0 holds the folder's lock)."""
     device = model_device(model)
     figures_dir = folder / "figures"
     stage_dir = folder / "stages"
     figures_dir.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     on_device = splits.test.to(device)
-    digests = {"model": model_digest(model), "data": cache.data_digest(splits)}
     results: dict[str, StageResult] = {}
     keys: dict[str, str] = {}
     start = time.perf_counter()
@@ -127,23 +144,38 @@ def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudge
                 **digests,
             )
             path = stage_dir / f"{stage.name}.json"
-            cached = cache.load_cached(path, keys[stage.name], stage.summary_type, figures_dir)
+            cached = cache.load_cached(path, keys[stage.name], stage.summary_type, figures_dir) if info.is_main else None
+            cached = from_rank0(cached, f"the audit's cache check of the {stage.name} stage")
             if cached is not None:
                 results[stage.name] = cached
             else:
                 work_dir = stage_dir / f"{stage.name}-{keys[stage.name]}"
-                ctx = StageContext(model, splits, on_device, share, seed, figures_dir, device,
-                                   {r: results[r] for r in stage.requires if r in results}, work_dir)
-                results[stage.name] = _run_stage(stage, ctx)
-                cache.store(path, keys[stage.name], results[stage.name])
-                if results[stage.name].status == "ok":
-                    shutil.rmtree(work_dir, ignore_errors=True)
+                result = None
+                if info.is_main or stage.sharded:
+                    ctx = StageContext(model, splits, on_device, share, seed, _figures(figures_dir, work_dir, info),
+                                       device, {r: results[r] for r in stage.requires if r in results}, work_dir)
+                    result = _run_stage(stage, ctx)
+                results[stage.name] = from_rank0(result, f"waiting for rank 0 to finish the {stage.name} stage")
+                if info.is_main:
+                    cache.store(path, keys[stage.name], results[stage.name])
+                    if results[stage.name].status == "ok":
+                        shutil.rmtree(work_dir, ignore_errors=True)
             bar.advance(stage.weight)
     return AuditResult(
         schema_version=AUDIT_SCHEMA_VERSION, model=model_name, data=splits.test.name, budget=plan.name,
         seed=seed, verdict=verdict(results.values()), stages=tuple(results.values()),
         seconds=time.perf_counter() - start,
     )
+
+
+def _figures(figures_dir: Path, work_dir: Path, info: WorldInfo) -> Path:
+    """Where a stage draws its figures: the report's folder on rank 0; on another rank (whose
+    output is discarded) a folder of its own inside the stage's work folder."""
+    if info.is_main:
+        return figures_dir
+    own = work_dir / f"rank{info.rank}-figures"
+    own.mkdir(parents=True, exist_ok=True)
+    return own
 
 
 def _missing_requirement(stage: Stage[Any], ctx: StageContext[Any]) -> None:
@@ -176,6 +208,8 @@ def _run_stage(stage: Stage[Any], ctx: StageContext[Any]) -> StageResult:
         )
     except StageSkipped as error:
         result = StageResult(stage.name, stage.title, "skipped", 0.0, message=str(error))
+    except DistributedError:  # a rank died: the job cannot go on, and rank 0 says so
+        raise
     except Exception as error:  # a bug in one stage must not lose the rest of the audit
         last = traceback.extract_tb(error.__traceback__)[-1]
         result = StageResult(

@@ -3,7 +3,8 @@
 A stage is a class with ``name``, ``title``, ``position`` (its place in the report),
 ``requires`` (earlier stages whose results it reads), ``budget_type`` (its slice of the
 ``AuditBudget``), ``summary_type`` (the typed summary the verdict reads) and
-``run(ctx) -> StageOutput``. Decorating it with ``@register_stage`` adds it to ``AUDIT_STAGES``
+``run(ctx) -> StageOutput``; ``sharded`` stages split their per-image work over the ranks of
+a torchrun job (every rank runs them; the others run on rank 0 alone). Decorating it with ``@register_stage`` adds it to ``AUDIT_STAGES``
 and so to every audit: adding a stage is one new module in ``hardened/audit/stages/``. Other
 packages add stages through the entry-point group ``hardened.audit_stages``.
 
@@ -123,6 +124,9 @@ class Stage(ABC, Generic[B]):
     budget_type: ClassVar[type[Any]] = NoBudget
     summary_type: ClassVar[type[Summary] | None] = None
     weight: ClassVar[float] = 1.0  # share of the progress bar
+    # True: run() splits its per-image work over the ranks of a torchrun job (the sharded
+    # cascade, the sharded certification), so every rank runs it and rank 0's output is kept
+    sharded: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, ctx: StageContext[B]) -> StageOutput:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,8 @@ from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
 from hardened.cli._common import Common, Option, console, out, resolve_device, setup, shared_options
-from hardened.distributed import drop_option, env_world, launch_torchrun, process_group
+from hardened.cli._launch import relaunches
+from hardened.distributed import env_world, process_group
 from hardened.errors import ConfigError
 from hardened.models import arch_kwargs_for, build_model, load_model, save_model
 from hardened.report.plots import plot_tradeoff
@@ -62,6 +62,7 @@ _SHARED = ("data", "out", "batch_size", "device", "seed", "data_dir", "download"
 
 
 @shared_options(*_SHARED, out=Option(Path("model.safetensors"), "where to write model.safetensors (+ .json)"))
+@relaunches("train")
 def train_command(
     common: Common,
     arch: Annotated[str, typer.Option("--arch", help="mlp, lenet, resnet_small or resnet18")] = "lenet",
@@ -99,12 +100,6 @@ def train_command(
 ) -> None:
     """Train a reference architecture with a training method; checkpoints and resumes.
     Under torchrun (or with --nproc N) the global batch is split over the processes."""
-    if nproc > 1 and not env_world().distributed:
-        argv = sys.argv[1:]
-        if "train" not in argv:
-            raise ConfigError("--nproc works from the hardened command line; from Python, launch with torchrun")
-        launch_torchrun(nproc, ["train", *drop_option(argv[argv.index("train") + 1:], "--nproc")])
-        return
     with process_group(resolve_device(common.device)):
         _train(common, arch, method, eps, norm, steps, step_size, random_start, beta, sigma, source_model,
                unlabeled_fraction, labeler, adversarial_lr_scale, guard, guard_drop, guard_every, guard_gap,

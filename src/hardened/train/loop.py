@@ -1,8 +1,10 @@
 """The training loop: ``Trainer`` (epochs, metrics log, atomic checkpoints, exact resume).
 
 Reproducibility: the shuffling of epoch ``e`` uses a generator seeded from ``(seed, e)``; the
-method's randomness at global step ``t`` a generator seeded from ``(seed, t)``; the global RNG
-(dropout) is forked and seeded from ``(seed, t)`` for the step and restored afterwards. So a run
+built-in methods' randomness (random starts, noise, pool picks) per-image streams seeded from
+``(seed, e, image index)``, a custom method's a generator seeded from ``(seed, t)`` at global
+step ``t``; the global RNG (dropout) is forked and seeded from ``(seed, t)`` for the step and
+restored afterwards. So a run
 resumed from a checkpoint written after step ``t`` repeats exactly the steps ``t+1...`` of the
 uninterrupted run, and ends with the same weights (on the same device and thread count).
 
@@ -11,8 +13,10 @@ the same epoch permutation, cuts the same global batch of ``batch_size`` images 
 contiguous slice; gradients are summed over ranks with weights ``local / global batch`` before
 each optimizer step, so each step is the single-process step up to the order of float additions.
 Rank 0 alone writes the checkpoint and the log; the checkpoint records the world size and a
-resume at another world size is refused. Randomness drawn per batch (random starts, noise) comes
-from per-rank streams, so such methods match the single process in distribution, not bitwise.
+resume at another world size is refused. Each image draws from its own stream wherever it is
+trained, so every built-in method equals the single process within float tolerance; what still
+comes from per-rank streams (dropout's global RNG, a custom method's step generator) and the
+batch statistics of BatchNorm (per rank: no SyncBatchNorm) match it in distribution only.
 
 Checkpoints are one file, ``checkpoint.ckpt``: a header line with the sha256 of the payload,
 then a ``torch.save`` payload of plain types and tensors, read back only with
@@ -42,7 +46,7 @@ from hardened._util.device import model_device
 from hardened._util.digests import sha256_hex, tensor_digest
 from hardened._util.lock import lock_output_dir
 from hardened._util.progress import progress_bar
-from hardened._util.seeding import make_generator, mix_seed
+from hardened._util.seeding import ImageStreams, make_generator, mix_seed
 from hardened.data.dataset import Dataset
 from hardened.distributed import (
     WorldInfo,
@@ -364,15 +368,19 @@ class Trainer:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, global_batch: int) -> None:
-        """One optimizer step on this rank's slice ``x``, ``y`` of a global batch of ``global_batch``."""
+    def _train_step(self, index: torch.Tensor, offset: int, global_batch: int) -> None:
+        """One optimizer step on this rank's images ``index`` (of the training set), which start at
+        ``offset`` in a global batch of ``global_batch``."""
+        x = self.train_data.x[index].to(self.device)
+        y = self.train_data.y[index].to(self.device)
         step = self.global_step
         weight = len(x) / global_batch
         base_lr = self.config.lr * lr_factor(self.config.lr_schedule, step, self.total_steps)
         ctx = StepContext(
             epoch=self.epoch, step=step,
             generator=make_generator(self._seed(1, step), self.device), lr=base_lr,
-            total_steps=self.total_steps,
+            total_steps=self.total_steps, offset=offset, global_batch=global_batch,
+            streams=ImageStreams(self.config.seed, (3, self.epoch), index, self.device),
         )
         with self._step_rng(step):
             self.model.train()
@@ -546,10 +554,7 @@ class Trainer:
                     tick = time.perf_counter()
                     batch = order[self.step_in_epoch * self.config.batch_size:][: self.config.batch_size]
                     start, stop = shard_bounds(len(batch), self.world.rank, self.world.size)
-                    index = batch[start:stop]
-                    x = self.train_data.x[index].to(self.device)
-                    y = self.train_data.y[index].to(self.device)
-                    self._train_step(x, y, len(batch))
+                    self._train_step(batch[start:stop], start, len(batch))
                     self.global_step += 1
                     self.step_in_epoch += 1
                     done_steps += 1

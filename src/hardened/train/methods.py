@@ -4,7 +4,10 @@ A method turns a clean batch ``(x, y)`` into one or more optimiser updates (``St
 loss to minimise and a learning-rate factor. Methods that craft adversarial examples use the
 library's attack kernel (``hardened.attacks.kernel``) and ``ThreatModel`` geometry; their randomness
 comes only from the step generator the trainer passes in (a pure function of seed and step), so
-a resumed run repeats the uninterrupted one exactly.
+a resumed run repeats the uninterrupted one exactly. The built-in methods draw every random number
+(random starts, noise, pool picks) from per-image streams seeded by (seed, epoch, image index)
+(``StepContext.streams``), so a rank that trains on a slice of the global batch draws for its
+images what one process draws for them.
 
 ==================  ===========================================================================
 ``standard``        cross-entropy on clean inputs
@@ -38,6 +41,7 @@ from torch import Tensor, nn
 
 from hardened._util.batching import eval_mode, predict_logits
 from hardened._util.device import model_device
+from hardened._util.seeding import ImageStreams, draw_per_image
 from hardened._util.validate import check_int, check_real
 from hardened.attacks.base import Oracle
 from hardened.attacks.kernel import attack_objective, iterate, rows, start_point, steepest
@@ -88,7 +92,10 @@ class TrainingMethod(Protocol):
 class StepContext:
     """What the trainer tells a method about the current step.
 
-    ``step`` is the 0-based global step; ``generator`` is seeded from ``(seed, step)`` only.
+    ``step`` is the 0-based global step; ``generator`` is seeded from ``(seed, step)`` (and the
+    rank, on ranks other than 0); ``streams`` holds one stream per image of ``x``, seeded from
+    ``(seed, epoch, image index)``. ``offset`` is the place of ``x``'s first image in the global
+    batch of ``global_batch`` images (0 and ``None`` = ``len(x)`` in one process).
     """
 
     epoch: int
@@ -96,6 +103,13 @@ class StepContext:
     generator: torch.Generator
     lr: float
     total_steps: int = 0
+    streams: ImageStreams | None = None
+    offset: int = 0
+    global_batch: int | None = None
+
+    def randomness(self, per_image: bool) -> torch.Generator | ImageStreams:
+        """The per-image ``streams`` when asked for and given, else the step ``generator``."""
+        return self.streams if per_image and self.streams is not None else self.generator
 
 
 @dataclass(frozen=True)
@@ -165,11 +179,13 @@ class Method:
     ``counters`` record what a method consumed (adversarial examples per source, pool samples),
     so tests and reports can check that extra inputs are really used. A method registers with
     ``@METHODS.register(name, aliases=...)``; its capability ``adversarial`` says whether it
-    trains on crafted adversarial examples.
+    trains on crafted adversarial examples. ``per_image`` (the built-ins): ``batch_loss`` gets the
+    per-image ``ImageStreams`` (draw with ``draw_per_image``) instead of the step's generator.
     """
 
     name: ClassVar[str] = "method"
     adversarial: ClassVar[bool] = False
+    per_image: ClassVar[bool] = False
     threat: ThreatModel | None = None
     guard: CollapseGuard | None = None
 
@@ -193,7 +209,7 @@ class Method:
 
     def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
         """The optimiser updates of one step; each is applied before the next is computed."""
-        yield StepLoss(self.batch_loss(model, x, y, ctx.generator))
+        yield StepLoss(self.batch_loss(model, x, y, ctx.randomness(self.per_image)))
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -282,19 +298,21 @@ def craft(
     steps: int,
     step_size: float,
     random_start: bool,
-    generator: torch.Generator,
+    generator: torch.Generator | ImageStreams,
 ) -> tuple[Tensor, int]:
     """Training-time PGD examples: the attack kernel, all ``steps`` run, model in eval mode.
 
     Cross-entropy ascent with the norm's steepest direction (PGD without early stopping).
-    Returns ``(x_adv, gradient evaluations)``. Randomness comes only from ``generator``; no
+    Returns ``(x_adv, gradient evaluations)``. Randomness comes only from ``generator`` (one,
+    or ``ImageStreams``: each image's start from its own stream); no
     input check or extra measurement forward passes (the trainer calls this every batch).
     """
     oracle = Oracle(model, 0)
     x = x.detach()
+    start = draw_per_image(lambda rows, g: start_point(threat, rows, random_start, g), x, generator)
     with eval_mode(model):
         x_adv = iterate(
-            oracle, x, start_point(threat, x, random_start, generator), threat=threat, steps=steps,
+            oracle, x, start, threat=threat, steps=steps,
             step_size=step_size, objective=attack_objective("ce", y), direction=steepest(threat.norm),
         )
     return x_adv.detach(), oracle.gradient_count
@@ -305,6 +323,7 @@ class Standard(Method):
     """Plain cross-entropy on clean inputs."""
 
     name = "standard"
+    per_image = True
 
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
         return F.cross_entropy(model(x), y)
@@ -314,6 +333,7 @@ class _Adversarial(Method):
     """Shared settings of the PGD-based methods."""
 
     adversarial = True
+    per_image = True
 
     def __init__(
         self, *, eps: float, norm: str, steps: int, step_size: float | None, random_start: bool,
@@ -370,7 +390,7 @@ class _Adversarial(Method):
         self._begin(ctx)
         yield from super().updates(model, x, y, ctx)
 
-    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | ImageStreams) -> Tensor:
         threat, step_size = self._current()
         x_adv, grads = craft(
             model, x, y, threat, steps=self.steps, step_size=step_size,
@@ -419,7 +439,7 @@ def grad_align_penalty(model: nn.Module, x: Tensor, x_noisy: Tensor, y: Tensor) 
     return 1.0 - cos.mean()
 
 
-def nfgsm_noise(x: Tensor, eps: float, k: float, generator: torch.Generator) -> Tensor:
+def nfgsm_noise(x: Tensor, eps: float, k: float, generator: torch.Generator | None) -> Tensor:
     """N-FGSM's noise (de Jorge et al. 2022): η ~ U[-k·eps, k·eps]^d, independent per pixel."""
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (2.0 * u - 1.0) * (k * eps)
@@ -475,15 +495,17 @@ class FastFGSM(_Adversarial):
         loss = F.cross_entropy(model(x_adv), y)
         if self.grad_align:
             threat, _ = self._current()
-            loss = loss + self.grad_align * grad_align_penalty(model, x, threat.random_start(x, generator), y)
+            noisy = draw_per_image(threat.random_start, x, generator)
+            loss = loss + self.grad_align * grad_align_penalty(model, x, noisy, y)
         return loss
 
-    def _nfgsm(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+    def _nfgsm(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | ImageStreams) -> Tensor:
         """N-FGSM's example: one signed step from the noisy point, clipped to the box only."""
         threat, step_size = self._current()
         assert self.noise is not None
         oracle = Oracle(model, 0)
-        start = threat.clip(x + nfgsm_noise(x, threat.eps, self.noise, generator))
+        noise = self.noise
+        start = threat.clip(x + draw_per_image(lambda rows, g: nfgsm_noise(rows, threat.eps, noise, g), x, generator))
         with eval_mode(model):
             x_adv = iterate(
                 oracle, x, start, threat=threat, steps=1, step_size=step_size,
@@ -525,7 +547,7 @@ class TRADES(_Adversarial):
         with eval_mode(model):
             with torch.no_grad():
                 p_clean = model(x).float().softmax(1)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = draw_per_image(_gaussian, x, generator)
 
             def kl(logits: Tensor, index: Tensor | None) -> Tensor:
                 return F.kl_div(logits.float().log_softmax(1), rows(p_clean, index), reduction="none").sum(1)
@@ -550,6 +572,7 @@ class GaussianNoise(Method):
     """
 
     name = "noise"
+    per_image = True
 
     def __init__(self, *, sigma: float) -> None:
         super().__init__()
@@ -561,9 +584,14 @@ class GaussianNoise(Method):
         return {"sigma": self.sigma}
 
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = draw_per_image(_gaussian, x, generator)
         self._count("noisy_examples", x.shape[0])
         return F.cross_entropy(model(x + self.sigma * noise), y)
+
+
+def _gaussian(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise of ``x``'s shape, device and dtype."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _check_compatible(other: nn.Module, model: nn.Module, data: Dataset, what: str) -> nn.Module:
@@ -598,7 +626,7 @@ class Ensemble(_Adversarial):
 
     Each batch: loss = ½·CE(f(x), y) + ½·CE(f(x'), y), where the first half of x' is crafted
     on the model being trained and the second half on fixed source model ``step mod m``
-    (round robin). Examples use the PGD loop (default: one step of 1.25·eps from a random
+    (round robin); the halves are of the global batch, so a rank's slice keeps each image's role. Examples use the PGD loop (default: one step of 1.25·eps from a random
     start, i.e. R+FGSM). ``counters["source_k"]`` counts the examples crafted on source k.
     """
 
@@ -640,14 +668,17 @@ class Ensemble(_Adversarial):
     def updates(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> Iterator[StepLoss]:
         self._begin(ctx)
         threat, step_size = self._current()
-        half = (len(x) + 1) // 2
+        total = ctx.global_batch or len(x)
+        half = min(max((total + 1) // 2 - ctx.offset, 0), len(x))  # this slice's share of the first half
         k = ctx.step % len(self.sources)
-        parts = [self._adversarial(model, x[:half], y[:half], ctx.generator)]
+        random = ctx.randomness(self.per_image)
+        own, other = (random[:half], random[half:]) if isinstance(random, ImageStreams) else (random, random)
+        parts = [self._adversarial(model, x[:half], y[:half], own)] if half else []  # a slice may hold none
         self._count("own", half)
         if len(x) > half:
             crafted, grads = craft(
                 self.sources[k], x[half:], y[half:], threat, steps=self.steps,
-                step_size=step_size, random_start=self.random_start, generator=ctx.generator,
+                step_size=step_size, random_start=self.random_start, generator=other,
             )
             parts.append(crafted)
             self._count(f"source_{k}", len(x) - half)
@@ -766,16 +797,20 @@ class SemiSupervised(_Adversarial):
         if self.pseudo_labels is None:
             raise ConfigError("SemiSupervised.prepare() must run before training (the trainer does it)")
         self._begin(ctx)
+        random = ctx.randomness(self.per_image)
         if self.labelled == "adversarial":
-            x = self._adversarial(model, x, y, ctx.generator)
+            x = self._adversarial(model, x, y, random)
         self._count("labelled_samples", len(x))
         yield StepLoss(F.cross_entropy(model(x), y), 1.0, "labelled")
-        index = torch.randint(
-            len(self.pool), (len(x),), generator=ctx.generator, device=ctx.generator.device
-        ).to(self.pool.device)
+        size = len(self.pool)
+
+        def pick(rows: Tensor, g: torch.Generator | None) -> Tensor:  # one pool image per labelled image
+            return torch.randint(size, (len(rows),), generator=g, device=g.device if g is not None else rows.device)
+
+        index = draw_per_image(pick, x, random).to(self.pool.device)
         pool_x, pool_y = self.pool[index], self.pseudo_labels[index]
         self._count("pool_samples", len(index))
-        loss = F.cross_entropy(model(self._adversarial(model, pool_x, pool_y, ctx.generator)), pool_y)
+        loss = F.cross_entropy(model(self._adversarial(model, pool_x, pool_y, random)), pool_y)
         yield StepLoss(loss, self.adversarial_lr_scale, "pool")
 
     def state_dict(self) -> dict[str, Any]:

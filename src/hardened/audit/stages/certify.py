@@ -52,6 +52,7 @@ class CertifyStage(Stage[CertifyBudget]):
     budget_type = CertifyBudget
     summary_type = CertifySummary
     weight = 2.0
+    sharded = True  # the smoothing certificates are split over the ranks (shards in the work folder)
 
     def run(self, ctx: StageContext[CertifyBudget]) -> StageOutput:
         from hardened.certify import (
@@ -60,11 +61,19 @@ class CertifyStage(Stage[CertifyBudget]):
             plot_certified_accuracy,
             summarize,
         )
+        from hardened.certify.runs import certify_sharded
 
         budget = ctx.budget
         x, y = ctx.test.x[: budget.n_certify], ctx.test.y[: budget.n_certify]
-        run = certify_dataset(ctx.model, x, y, sigma=budget.smoothing_sigma, n0=SMOOTHING_N0, n=budget.smoothing_n,
-                              alpha=SMOOTHING_ALPHA, seed=ctx.seed)
+        settings = {"sigma": budget.smoothing_sigma, "n0": SMOOTHING_N0, "n": budget.smoothing_n,
+                    "alpha": SMOOTHING_ALPHA, "seed": ctx.seed}
+        if ctx.work_dir is None:
+            run = certify_dataset(ctx.model, x, y, **settings)
+        else:  # resumable, and split over the ranks of a torchrun job (rank 0 gets the merged run)
+            sharded = certify_sharded(ctx.model, x, y, log_path=ctx.work_dir / "smoothing" / "samples.jsonl", **settings)
+            if sharded is None:
+                return StageOutput()  # another rank: rank 0 reports
+            run = sharded
         summary = summarize(run.records, name=f"sigma={budget.smoothing_sigma:g}")
         path = plot_certified_accuracy([(f"randomized smoothing, sigma={budget.smoothing_sigma:g}", run.records)],
                                        ctx.figure("certified"), "Certified accuracy against L2 radius")

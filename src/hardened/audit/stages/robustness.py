@@ -40,6 +40,7 @@ class RobustnessBudget:
     headline_l2: float
     n_minimal: int
     bisection_steps: int
+    cascade_batch: int  # the unit a torchrun audit splits over its ranks (AuditBudget)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class RobustnessStage(Stage[RobustnessBudget]):
     budget_type = RobustnessBudget
     summary_type = RobustnessSummary
     weight = 6.0
+    sharded = True  # the cascade's batches are split over the ranks (its state is the work folder)
 
     def run(self, ctx: StageContext[RobustnessBudget]) -> StageOutput:
         budget = ctx.budget
@@ -145,7 +147,7 @@ class RobustnessStage(Stage[RobustnessBudget]):
             one_step = robust_accuracy_sweep(ctx.model, x, y, eps_values=eps, attack="fgsm" if norm == "linf" else "fgm",
                                              norm=norm)
             cascades[norm] = cascade_sweep(ctx.model, x, y, eps_values=eps, norm=norm, preset=budget.cascade_preset,
-                                           seed=ctx.seed, state_dir=_state(ctx, norm))
+                                           seed=ctx.seed, state_dir=_state(ctx, norm), batch_size=budget.cascade_batch)
             sweeps[norm] = [one_step, cascades[norm].sweep]
         masking = _merge_findings(cascades)
         fired = tuple(m["name"] for m in masking if m["fired"])

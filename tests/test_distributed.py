@@ -231,3 +231,50 @@ def test_two_rank_training_resumed_at_the_same_world_size_equals_the_uninterrupt
     resumed = torch.load(two_rank_run / "pgd-resumed.pt", weights_only=True)
     for key in whole:
         assert torch.equal(resumed[key], whole[key]), key  # same world, same order of sums: bit for bit
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_audit_nproc_relaunches_under_torchrun_before_taking_the_lock(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, code: int) -> None:
+    from typer.testing import CliRunner
+
+    from hardened.cli.main import app
+
+    calls: list[tuple[int, str, tuple[int, ...]]] = []
+
+    def relaunch(nproc: int, command: str, passthrough: tuple[int, ...] = ()) -> int:
+        calls.append((nproc, command, tuple(passthrough)))
+        return code
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("hardened.cli._launch.relaunch_with_torchrun", relaunch)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["audit", "--data", "digits", "--nproc", "2", "--out", str(out)])
+    assert result.exit_code == code, result.output
+    assert calls == [(2, "audit", (3,))]  # the audit's "some section skipped" code comes through
+    assert not out.exists()  # no lock taken, nothing trained or written here: the ranks do it
+
+
+def test_relaunch_drops_nproc_and_a_failed_rank_is_a_distributed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from hardened.distributed import launch_torchrun, relaunch_with_torchrun
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr("torch.distributed.run.main", lambda args: seen.append(list(args)))
+    assert relaunch_with_torchrun(2, "audit", ["--verbose", "audit", "--nproc", "2", "--out", "x"]) == 0
+    assert seen == [["--standalone", "--nproc-per-node", "2", "-m", "hardened.cli.main", "--", "audit", "--out", "x"]]
+    with pytest.raises(ConfigError, match="from Python, launch with torchrun"):
+        relaunch_with_torchrun(2, "audit", ["train"])
+
+    def failing(exitcodes: dict[int, int]) -> object:
+        def main(args: list[str]) -> None:
+            raise ChildFailedError("hardened.cli.main", {
+                rank: ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=c, error_file="") for rank, c in exitcodes.items()})
+        return main
+
+    monkeypatch.setattr("torch.distributed.run.main", failing({0: 3}))
+    assert launch_torchrun(2, ["audit"], passthrough=(3,)) == 3
+    monkeypatch.setattr("torch.distributed.run.main", failing({1: -9}))
+    with pytest.raises(DistributedError, match=r"the 2-process run failed \(rank 1: exit code -9\)"):
+        launch_torchrun(2, ["audit"], passthrough=(3,))

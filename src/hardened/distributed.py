@@ -9,6 +9,8 @@ those of one process (Li et al., "PyTorch Distributed", VLDB 2020, for the data-
 
 A collective that fails (a rank died, a timeout) raises ``DistributedError`` naming the step, so
 rank 0 reports one clear line; everything written before is complete (atomic writes only).
+Without torchrun, ranks can also meet through a store file (``process_group(init_method=
+"file://...")``), which needs no free port: what the tests and the scale benchmark use.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A method turns a clean batch ``(x, y)`` into one or more optimiser updates (``StepLoss``): the
 loss to minimise and a learning-rate factor. Methods that craft adversarial examples use the
 library's attack kernel (``hardened.attacks.kernel``) and ``ThreatModel`` geometry; their randomness
-comes only from the step generator the trainer passes in (a pure function of seed and step), so
+comes only from what the trainer passes in (pure functions of the seed and the step or image), so
 a resumed run repeats the uninterrupted one exactly. The built-in methods draw every random number
 (random starts, noise, pool picks) from per-image streams seeded by (seed, epoch, image index)
 (``StepContext.streams``), so a rank that trains on a slice of the global batch draws for its
@@ -626,8 +626,9 @@ class Ensemble(_Adversarial):
 
     Each batch: loss = ½·CE(f(x), y) + ½·CE(f(x'), y), where the first half of x' is crafted
     on the model being trained and the second half on fixed source model ``step mod m``
-    (round robin); the halves are of the global batch, so a rank's slice keeps each image's role. Examples use the PGD loop (default: one step of 1.25·eps from a random
-    start, i.e. R+FGSM). ``counters["source_k"]`` counts the examples crafted on source k.
+    (round robin); the halves are those of the global batch, so an image keeps its half on any
+    rank. Examples use the PGD loop (default: one step of 1.25·eps from a random start, i.e.
+    R+FGSM). ``counters["source_k"]`` counts the examples crafted on source k.
     """
 
     name = "ensemble"

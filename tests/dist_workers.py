@@ -196,10 +196,19 @@ def audit_toy(model: nn.Module, out: Path) -> AuditResult:
 
 
 def audited(rank: int, store: str, folder: str) -> None:
-    """The toy audit of the model in ``folder/model.pt`` on 2 ranks, into ``folder/audit``."""
+    """The toy audit of the model in ``folder/model.pt`` on 2 ranks, into ``folder/audit``; then
+    another into ``folder/killed-audit`` in which rank 1 dies (exit 3) at its 3rd forward pass
+    of the robustness stage, and rank 0 writes the error it got to ``killed-audit-error.json``."""
     _setup(rank)
+    root = Path(folder)
     model = toy_model()
-    model.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
+    model.load_state_dict(torch.load(root / "model.pt", weights_only=True))
     with process_group(init_method=store):
-        result = audit_toy(model, Path(folder) / "audit")
-    (Path(folder) / f"verdict-{rank}.txt").write_text(result.verdict, encoding="utf-8")
+        result = audit_toy(model, root / "audit")
+        (root / f"verdict-{rank}.txt").write_text(result.verdict, encoding="utf-8")
+        try:
+            audit_toy(DiesAfter(model, 2 if rank == 1 else 10**9), root / "killed-audit")
+            seen = None
+        except HardenedError as error:
+            seen = [type(error).__name__, str(error)]
+    (root / "killed-audit-error.json").write_text(json.dumps(seen), encoding="utf-8")

@@ -35,7 +35,7 @@ def _timeless(value: Any) -> Any:
 def _build(folder: Path) -> None:
     torch.set_num_threads(1)
     torch.save(train_toy("standard").state_dict(), folder / "model.pt")
-    assert spawn_two(audited, folder) == [0, 0], "a rank of the audit failed: see its output above"
+    assert spawn_two(audited, folder) == [0, 3], "a rank of the audit failed: see its output above"
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,13 @@ def test_every_rank_gets_rank_0s_result_and_only_rank_0_wrote(two_rank_audit: Pa
     audit = two_rank_audit / "audit"
     assert sorted(p.name for p in (audit / "stages").iterdir()) == ["certify.json", "clean.json", "robustness.json"]
     assert not list(audit.rglob("rank1-figures"))  # rank 1's scratch figures went with the work folders
+
+
+def test_a_rank_that_dies_mid_audit_gives_rank_0_one_error_and_leaves_whole_files(two_rank_audit: Path) -> None:
+    kind, message = json.loads((two_rank_audit / "killed-audit-error.json").read_text(encoding="utf-8"))
+    assert kind == "DistributedError", message
+    assert message.startswith("cascade settings check failed on rank 0: another rank stopped or timed out")
+    audit = two_rank_audit / "killed-audit"
+    assert not (audit / "audit.json").exists() and not (audit / "index.html").exists()
+    assert sorted(p.name for p in (audit / "stages").glob("*.json")) == ["clean.json"]  # finished before
+    assert json.loads((audit / "stages" / "clean.json").read_text(encoding="utf-8"))["result"]["status"] == "ok"

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hardened._util.digests import model_digest
-from hardened.audit import BUDGETS, AuditResult, run_audit
+from hardened.audit import BUDGETS, AuditResult, Stage, run_audit
 from hardened.audit.stages.certify import CertifyStage
 from hardened.audit.stages.clean import CleanStage
 from hardened.audit.stages.robustness import RobustnessStage
@@ -191,7 +191,7 @@ AUDIT_BUDGET = dataclasses.replace(
 
 def audit_toy(model: nn.Module, out: Path) -> AuditResult:
     """The same audit (clean, robustness, certify) in whatever world the caller is in."""
-    stages = [CleanStage(), RobustnessStage(), CertifyStage()]
+    stages: list[Stage[Any]] = [CleanStage(), RobustnessStage(), CertifyStage()]
     return run_audit(model, audit_splits(), out_dir=out, budget=AUDIT_BUDGET, seed=0, stages=stages)
 
 

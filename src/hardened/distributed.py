@@ -124,8 +124,11 @@ def process_group(
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), init_method=init_method,
-                                **({} if init_method is None else {"rank": info.rank, "world_size": info.size}))
+        if init_method is None:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), init_method=init_method,
+                                    rank=info.rank, world_size=info.size)
     except (RuntimeError, ValueError) as error:
         raise DistributedError(
             f"cannot join the process group as rank {info.rank} of {info.size} ({error}); "

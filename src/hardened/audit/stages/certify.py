@@ -65,7 +65,7 @@ class CertifyStage(Stage[CertifyBudget]):
 
         budget = ctx.budget
         x, y = ctx.test.x[: budget.n_certify], ctx.test.y[: budget.n_certify]
-        settings = {"sigma": budget.smoothing_sigma, "n0": SMOOTHING_N0, "n": budget.smoothing_n,
+        settings: dict[str, Any] = {"sigma": budget.smoothing_sigma, "n0": SMOOTHING_N0, "n": budget.smoothing_n,
                     "alpha": SMOOTHING_ALPHA, "seed": ctx.seed}
         if ctx.work_dir is None:
             run = certify_dataset(ctx.model, x, y, **settings)

@@ -103,11 +103,12 @@ def run_audit(
     when they differ) and gets the same result; only rank 0 writes (see the module docstring).
     """
     plan = check_budget(budget)
-    folder = check_output_dir(out_dir)
+    info = world() if is_distributed() else WorldInfo()
+    # rank 0 alone checks the folder it writes (another rank could see it half set up)
+    folder = check_output_dir(out_dir) if info.is_main else Path(out_dir)
     if len(splits.test) == 0:
         raise InputError(f"{splits.test.name} has no test images to audit")
     chosen = order_stages(all_stages() if stages is None else stages)
-    info = world() if is_distributed() else WorldInfo()
     digests = {"model": model_digest(model), "data": cache.data_digest(splits)}
     if info.distributed:
         check_same_settings({"budget": plan, "seed": seed, "stages": [s.name for s in chosen], **digests}, "audit")

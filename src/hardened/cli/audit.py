@@ -11,7 +11,7 @@ from hardened._util.lock import locks_output
 from hardened.audit import check_budget, check_output_dir, default_model, run_audit
 from hardened.cli._common import Common, Option, check_fit, console, out, setup, shared_options
 from hardened.cli._launch import relaunches
-from hardened.distributed import process_group
+from hardened.distributed import env_world, process_group
 from hardened.models import LoadedModel, ModelInfo
 
 # how long the other ranks of a torchrun audit wait for rank 0's unsharded stages (a rank that
@@ -39,11 +39,13 @@ def audit_command(
     """
     model, data, out_dir, seed = common.model, common.data, common.out, common.seed
     check_budget(budget)
-    check_output_dir(out_dir)
-    session = setup(common, writes=[(out_dir, True)])  # loads and checks --model when given
+    main = env_world().is_main  # in a torchrun job rank 0 alone checks and writes --out
+    if main:
+        check_output_dir(out_dir)
+    session = setup(common, writes=[(out_dir, True)] if main else [])  # loads and checks --model when given
     target, splits = session.device, session.splits
     if model is None:
-        if data != "mnist-5k":
+        if data != "mnist-5k" and main:
             console.print(f"no --model given: training the default lenet on {data}")
         network, path = default_model(splits, seed=seed, progress=True)
         loaded = LoadedModel(network.to(target), ModelInfo(arch="lenet", input_shape=splits.train.input_shape,

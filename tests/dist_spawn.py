@@ -1,13 +1,15 @@
 """Start 2-rank gloo jobs from the tests, robustly on a loaded machine.
 
-Why (the flaky full-suite run: all 14 tests on the 2-rank fixture errored at once): the fixture
-used to pick ``MASTER_PORT`` by binding port 0 and closing it again, so another job could take
-the port before rank 0 bound it; it gave the whole 2-rank job 120 s, which a full suite on a
-loaded 2-core machine exceeds (the job alone takes ~25 s unloaded and ~57 s at load 12); and
-under ``pytest -n 2`` each xdist worker that ran one of the module's tests built the fixture
-itself, so two such jobs competed for the two cores. Now the ranks meet through a store file in
-the job's folder (no port), the deadline is 15 minutes, and the job runs once per session
-(the other xdist workers wait on a file lock and read its folder).
+Why: a loaded full-suite run errored all 14 tests on the 2-rank fixture at once, and the old
+module re-run with ``-n 2`` at load 22-26 did it again (12 errors): rank 1 of the second job
+aborted (SIGABRT, "terminate called without an active exception" from torch's C++ runtime)
+while the other xdist worker ran the same two jobs. The old fixture picked ``MASTER_PORT`` by
+binding port 0 and closing it (another job could take the port before rank 0 bound it),
+SIGTERMed rank 0 of the killed job inside a gloo collective, built the fixture once per xdist
+worker (two twin jobs on two cores) and gave a job 120 s (~57 s at load 12). Now the ranks meet
+through a store file in the job's folder (no port), every rank ends by itself (rank 0 reports the
+dead rank and leaves the group), the job runs once per session (the other workers wait on a file
+lock and read its folder) and may take 15 minutes; the exit codes are checked.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -35,3 +37,18 @@ def tiny_audit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit") / "report"
     result = run_audit(model, tiny_audit_splits(), out_dir=folder, budget=TINY_BUDGET, seed=3)
     return result, folder, model, before
+
+
+@pytest.fixture
+def torchvision_free(monkeypatch):
+    """onnx2torch imports torchvision for its NMS and RoIAlign converters only. The CPU torch
+    used here has no matching torchvision build (PyPI's pulls another torch), so where none
+    imports, a bare stand-in lets onnx2torch import; a classifier never reaches those ops."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        fake = types.ModuleType("torchvision")
+        fake.ops = types.ModuleType("torchvision.ops")  # type: ignore[attr-defined]
+        fake.ops.roi_align = None  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "torchvision", fake)
+        monkeypatch.setitem(sys.modules, "torchvision.ops", fake.ops)  # type: ignore[attr-defined]

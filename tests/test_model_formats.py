@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import types
 import warnings
 
 import pytest
@@ -24,21 +23,6 @@ needs_onnx = pytest.mark.skipif(
 needs_onnx2torch = pytest.mark.skipif(
     importlib.util.find_spec("onnx2torch") is None, reason="onnx2torch is not installed"
 )
-
-
-@pytest.fixture
-def torchvision_free(monkeypatch):
-    """onnx2torch imports torchvision for its NMS and RoIAlign converters only. The CPU torch
-    used here has no matching torchvision build (PyPI's pulls another torch), so where none
-    imports, a bare stand-in lets onnx2torch import; a classifier never reaches those ops."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        fake = types.ModuleType("torchvision")
-        fake.ops = types.ModuleType("torchvision.ops")  # type: ignore[attr-defined]
-        fake.ops.roi_align = None  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "torchvision", fake)
-        monkeypatch.setitem(sys.modules, "torchvision.ops", fake.ops)  # type: ignore[attr-defined]
 
 
 def _lenet() -> torch.nn.Module:

@@ -3,6 +3,7 @@ probabilities, known values, function == class, validation before sampling, mode
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -205,3 +206,17 @@ def test_bad_images(x: object, match: str) -> None:
 def test_seed_and_generator_together_rejected() -> None:
     with pytest.raises(ConfigError, match="not both"):
         certify(linear_model(W, 0.0), X, SIGMA, 10, 100, 0.01, seed=0, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("p_class0", [0.9, 0.999])
+def test_a_torchscript_model_is_certified_like_its_module(p_class0: float) -> None:
+    """TorchScript takes no forward hooks: the batch size is estimated without them, and the
+    certificate (which does not depend on the batching) equals the module's."""
+    from hardened.certify.smoothing import auto_batch_size
+
+    model = linear_model(W, margin_for(p_class0))
+    scripted = torch.jit.script(model)
+    size = auto_batch_size(scripted, X, limit=500)
+    assert 1 <= size <= 500
+    expected = dataclasses.replace(certify(model, X, SIGMA, 100, 2_000, 0.001, seed=7), seconds=0.0)
+    assert dataclasses.replace(certify(scripted, X, SIGMA, 100, 2_000, 0.001, seed=7), seconds=0.0) == expected

@@ -61,3 +61,39 @@ def test_exit_code_says_whether_every_section_was_measured(model_file, tmp_path,
         assert status in result.output and extra[0].title in result.output
         assert stages[extra[0].name]["status"] == status
         assert (stages[extra[0].name]["traceback"] is not None) == (status == "failed")
+
+
+def test_an_onnx_model_is_audited_outputs_only_with_backend_onnxruntime(model_file, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import warnings
+
+    import torch
+
+    from hardened.models import load_model
+
+    model = load_model(model_file).model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.rand(2, 1, 8, 8),), str(tmp_path / "m.onnx"), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    _only(monkeypatch)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["audit", "--model", str(tmp_path / "m.onnx"), "--backend", "onnxruntime",
+                                 "--data", "digits", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "audit.json").read_text())
+    assert stored["access"]["kind"] == "outputs-only" and stored["queries"] > 0
+    assert "images sent to the model" in result.output
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--backend", "onnxruntime"], "runs ONNX files only"),
+    (["--surrogate", "other.safetensors"], "for outputs-only audits"),
+    (["--target-url", "http://127.0.0.1:9"], "not both"),
+])
+def test_format_options_that_do_not_apply_are_one_line_errors(model_file, tmp_path, extra, message):
+    result = runner.invoke(app, ["audit", "--model", str(model_file), "--data", "digits", "--out",
+                                 str(tmp_path / "report"), "--device", "cpu", *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

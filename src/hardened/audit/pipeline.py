@@ -11,6 +11,12 @@ are not ``sharded`` and writes every file, while the other ranks wait; a ``shard
 sharded cascade and certification, whose merged results equal one process's. Each stage's
 result is rank 0's, broadcast to the others (later stages read it), so ``audit.json`` equals a
 single-process audit but for the measured seconds.
+
+Any model format is audited: a module, a TorchScript or exported program, or an outputs-only
+model (an onnxruntime model, an HTTP endpoint, a function ``x -> scores``), which runs inside an
+``OutputsOnly`` module whose queries are counted per stage (``data["queries"]``, a note) and in
+all (``AuditResult.queries``). Each stage reads ``ctx.access`` to substitute what the model does
+not allow, and says so.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from hardened._util.atomic import write_json, write_text
 from hardened._util.device import model_device
@@ -34,6 +40,7 @@ from hardened._util.lock import LOCK_NAME, lock_output_dir
 from hardened._util.paths import inside
 from hardened._util.progress import progress_bar
 from hardened.audit import cache
+from hardened.audit.access import ModelAccess, audited_model, model_access, model_fingerprint
 from hardened.audit.budget import AuditBudget, budget_slice, check_budget
 from hardened.audit.result import AUDIT_SCHEMA_VERSION, AuditResult, StageResult
 from hardened.audit.stage import Stage, StageContext, StageSkipped, registered_stages
@@ -41,6 +48,7 @@ from hardened.audit.verdict import verdict
 from hardened.data.dataset import Splits
 from hardened.distributed import WorldInfo, check_same_settings, from_rank0, is_distributed, world
 from hardened.errors import ConfigError, DistributedError, InputError
+from hardened.models.blackbox import BlackBox, OutputsOnly
 
 __all__ = ["all_stages", "check_output_dir", "order_stages", "run_audit"]
 
@@ -84,7 +92,7 @@ def check_output_dir(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def run_audit(
-    model: nn.Module,
+    model: nn.Module | BlackBox | Callable[[Tensor], Any],
     splits: Splits,
     *,
     out_dir: str | os.PathLike[str],
@@ -93,9 +101,13 @@ def run_audit(
     model_name: str = "model",
     progress: bool = False,
     stages: Sequence[Stage[Any]] | None = None,
+    surrogate: nn.Module | None = None,
 ) -> AuditResult:
     """Audit ``model`` on ``splits`` and write ``index.html``, ``audit.json`` and PNGs to ``out_dir``.
 
+    ``model`` is an ``nn.Module`` or an outputs-only model (``BlackBox``, ``OnnxRuntimeModel``,
+    a function ``x -> scores``). ``surrogate``: a white-box model with the same input and
+    classes, for transfer attacks on an outputs-only model (ignored for a white-box one).
     ``stages`` defaults to every registered stage. The model is never modified; its train/eval
     mode is restored after every stage. ``out_dir`` is locked while the audit runs: a second
     audit on the same folder (another process) is refused at once with a ``ConfigError``.
@@ -109,12 +121,17 @@ def run_audit(
     if len(splits.test) == 0:
         raise InputError(f"{splits.test.name} has no test images to audit")
     chosen = order_stages(all_stages() if stages is None else stages)
-    digests = {"model": model_digest(model), "data": cache.data_digest(splits)}
+    module = audited_model(model, num_classes=splits.test.num_classes, source=model_name)
+    access = model_access(module)
+    if surrogate is not None and not isinstance(surrogate, nn.Module):
+        raise ConfigError(f"the surrogate must be a white-box nn.Module, got {type(surrogate).__name__}")
+    helper = surrogate if access.outputs_only else None
+    digests = {"model": _model_key(module, splits, helper), "data": cache.data_digest(splits)}
     if info.distributed:
         check_same_settings({"budget": plan, "seed": seed, "stages": [s.name for s in chosen], **digests}, "audit")
     with lock_output_dir(folder) if info.is_main else nullcontext():
-        result = _run_stages(model, splits, folder, plan, seed, chosen, progress and info.is_main, model_name,
-                             digests, info)
+        result = _run_stages(module, splits, folder, plan, seed, chosen, progress and info.is_main, model_name,
+                             digests, info, access, helper)
         if info.is_main:
             from hardened.report.html import render_audit_html
 
@@ -123,11 +140,22 @@ def run_audit(
     return result
 
 
+def _model_key(model: nn.Module, splits: Splits, surrogate: nn.Module | None) -> str:
+    """The model's part of the cache key: its weights' digest or, outputs-only, its fingerprint
+    (and the surrogate's weights, which the transfer attacks read)."""
+    key = model_fingerprint(model, splits.test.x.to(model_device(model)))
+    return key if surrogate is None else f"{key}:{model_digest(surrogate)}"
+
+
+def _queries(model: nn.Module) -> int:
+    return model.queries if isinstance(model, OutputsOnly) else 0
+
+
 def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudget, seed: int,
                 chosen: Sequence[Stage[Any]], progress: bool, model_name: str, digests: dict[str, str],
-                info: WorldInfo) -> AuditResult:
+                info: WorldInfo, access: ModelAccess, surrogate: nn.Module | None) -> AuditResult:
     """Run or reuse each stage in ``chosen`` order (rank 0 holds the folder's lock)."""
-    device = model_device(model)
+    device = model_device(surrogate if surrogate is not None else model)
     figures_dir = folder / "figures"
     stage_dir = folder / "stages"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +182,12 @@ def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudge
                 result = None
                 if info.is_main or stage.sharded:
                     ctx = StageContext(model, splits, on_device, share, seed, _figures(figures_dir, work_dir, info),
-                                       device, {r: results[r] for r in stage.requires if r in results}, work_dir)
+                                       device, {r: results[r] for r in stage.requires if r in results}, work_dir,
+                                       access, surrogate)
+                    before = _queries(model)
                     result = _run_stage(stage, ctx)
+                    if access.outputs_only:
+                        result = _with_queries(result, _queries(model) - before)
                 results[stage.name] = from_rank0(result, f"waiting for rank 0 to finish the {stage.name} stage")
                 if info.is_main:
                     cache.store(path, keys[stage.name], results[stage.name])
@@ -165,8 +197,15 @@ def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudge
     return AuditResult(
         schema_version=AUDIT_SCHEMA_VERSION, model=model_name, data=splits.test.name, budget=plan.name,
         seed=seed, verdict=verdict(results.values()), stages=tuple(results.values()),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, access=access.to_dict(),
+        queries=_queries(model) if access.outputs_only else None,
     )
+
+
+def _with_queries(result: StageResult, queries: int) -> StageResult:
+    """``result`` with the images it sent to the outputs-only model, in its data and notes."""
+    notes = (*result.notes, f"{queries:,} images sent to the outputs-only model in this section.") if queries else result.notes
+    return replace(result, data={**result.data, "queries": queries}, notes=notes)
 
 
 def _figures(figures_dir: Path, work_dir: Path, info: WorldInfo) -> Path:

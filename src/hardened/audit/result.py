@@ -77,6 +77,8 @@ class AuditResult:
     verdict: str
     stages: tuple[StageResult, ...]
     seconds: float
+    access: dict[str, Any] = field(default_factory=dict)  # ModelAccess.to_dict(): what the model allows
+    queries: int | None = None  # images sent to an outputs-only model (None: a white-box audit)
 
     @property
     def complete(self) -> bool:
@@ -100,5 +102,7 @@ class AuditResult:
             "verdict": self.verdict,
             "complete": self.complete,
             "seconds": self.seconds,
+            "access": dict(self.access),
+            "queries": self.queries,
             "stages": [stage.to_dict() for stage in self.stages],
         }

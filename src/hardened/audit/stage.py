@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
+from hardened.audit.access import FULL_ACCESS, ModelAccess
 from hardened.audit.tables import Table
 from hardened.data.dataset import Dataset, Splits
 from hardened.errors import ConfigError, HardenedError
@@ -91,7 +92,9 @@ class StageContext(Generic[B]):
     """What a stage may use: the model, the data (test split on the model's device), its budget
     slice, the seed, where figures go, the results of the stages before it, and ``work_dir``: a
     folder for resumable intermediate state, kept while the stage is unfinished (a killed or
-    failed stage resumes from it) and removed once its result is cached."""
+    failed stage resumes from it) and removed once its result is cached. ``access`` says what
+    the model allows (gradients, LRP: see ``hardened.audit.access``); ``surrogate`` is a
+    white-box model for transfer attacks on an outputs-only one (``None``: none given)."""
 
     model: nn.Module
     splits: Splits
@@ -102,6 +105,8 @@ class StageContext(Generic[B]):
     device: torch.device
     earlier: Mapping[str, StageResult] = field(default_factory=dict)
     work_dir: Path | None = None
+    access: ModelAccess = FULL_ACCESS
+    surrogate: nn.Module | None = None
 
     def figure(self, name: str) -> Path:
         """Where the figure ``name`` is written: ``figures_dir/name.png``."""

@@ -53,6 +53,7 @@ DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
 _CPU_BUDGET_BYTES = 256 * 2**20
 _MAX_AUTO_BATCH = 4096
+_UNSEEN_LAYERS = 16  # a TorchScript model's layers, unseen without hooks: 16 tensors of its input's size
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,9 @@ def auto_batch_size(
     """Noise batch size that fits in memory: the budget over the bytes one sample needs.
 
     The bytes per sample are measured with forward hooks on a probe of ``x[:1]`` (input plus
-    every leaf module's output, doubled for temporaries). The budget is ``memory_bytes``, else half
-    the free CUDA memory on a GPU or 256 MiB on the CPU. The result is capped at ``limit`` and 4096.
+    every leaf module's output, doubled for temporaries; a TorchScript module takes no hooks,
+    so its layers count as ``_UNSEEN_LAYERS`` tensors the size of its input or output). The
+    budget is ``memory_bytes``, else half the free CUDA memory on a GPU or 256 MiB on the CPU. The result is capped at ``limit`` and 4096.
     """
     sizes: list[int] = []
 
@@ -226,13 +228,17 @@ def auto_batch_size(
             sizes.append(output.numel() * output.element_size())
 
     leaves = [m for m in model.modules() if not list(m.children())] or [model]
+    if isinstance(model, torch.jit.ScriptModule):  # takes no hooks: the layers are estimated below
+        leaves = []
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with eval_mode(model), torch.no_grad():
-            model(x[:1])
+            output = model(x[:1])
     finally:
         for handle in handles:
             handle.remove()
+    if not leaves:
+        sizes = [_UNSEEN_LAYERS * max(output.numel() * output.element_size(), x[:1].numel() * x.element_size())]
     per_sample = 2 * (x[:1].numel() * x.element_size() + sum(sizes))
     if memory_bytes is None:
         if x.device.type == "cuda":

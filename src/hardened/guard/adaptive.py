@@ -37,7 +37,7 @@ from hardened.attacks.options import check_iterations, check_threat
 from hardened.attacks.pgd import PGD
 from hardened.errors import ConfigError
 from hardened.guard.guarded import GuardedClassifier, _check_threshold
-from hardened.threat import normalize_direction
+from hardened.threat import check_norm, normalize_direction
 
 __all__ = ["GuardAwarePGD", "AttackOnGuard", "GuardAttackReport", "attack_guard"]
 
@@ -198,20 +198,30 @@ def attack_guard(
     steps: int = 40,
     score_weight: float = 1.0,
     seed: int = 0,
+    queries: int | None = None,
 ) -> GuardAttackReport:
-    """Detection rate of ``guard`` under plain PGD and under ``GuardAwarePGD`` (same budget)."""
+    """Detection rate of ``guard`` under plain PGD and under ``GuardAwarePGD`` (same budget).
+
+    ``queries`` (for a classifier without gradients, an outputs-only one): Square with that
+    many queries per image takes PGD's place, and the gradient-based adaptive attack is left out.
+    """
     clean = guard.predict_batch(x)
-    plain = PGD(eps=eps, norm=norm, steps=steps, seed=seed, early_stop=False)(guard.model, x, y)
-    adaptive = GuardAwarePGD(guard=guard, eps=eps, norm=norm, steps=steps,
-                             score_weight=score_weight, seed=seed)(guard.model, x, y)
+    if queries is not None:
+        from hardened.attacks.square import Square
+
+        square = Square(eps=eps, norm=norm, queries=queries, seed=seed)(guard.model, x, y)
+        measured: tuple[AttackOnGuard, ...] = (_measure(guard, "square", square.x_adv, square.success),)
+    else:
+        plain = PGD(eps=eps, norm=norm, steps=steps, seed=seed, early_stop=False)(guard.model, x, y)
+        adaptive = GuardAwarePGD(guard=guard, eps=eps, norm=norm, steps=steps,
+                                 score_weight=score_weight, seed=seed)(guard.model, x, y)
+        measured = (_measure(guard, "pgd", plain.x_adv, plain.success),
+                    _measure(guard, "guard-pgd", adaptive.x_adv, adaptive.success))
     return GuardAttackReport(
         n=int(x.shape[0]),
         eps=float(eps),
-        norm=plain.params.get("norm", norm),
+        norm=check_norm(norm),
         clean_accuracy=float((clean.predictions.cpu() == y.cpu()).float().mean()),
         clean_refusal_rate=clean.refusal_rate,
-        attacks=(
-            _measure(guard, "pgd", plain.x_adv, plain.success),
-            _measure(guard, "guard-pgd", adaptive.x_adv, adaptive.success),
-        ),
+        attacks=measured,
     )

@@ -15,6 +15,10 @@ never exceeded. An answer of the wrong shape, non-finite or unparsable is a ``Ta
 A target that answers labels only gives one-hot scores (``labels_only = True``); probabilities
 are turned into log-probabilities, whose softmax is the probabilities again.
 
+``OutputsOnly`` presents a target as an ``nn.Module`` without gradients, for the code that takes
+modules but only runs them forward (accuracy, smoothing, guards, score-based attacks): its
+forward refuses an input that requires a gradient, so a gradient method fails with a message.
+
 ``attack_target`` runs an attack batch by batch and, when the target fails or the budget is
 spent, attaches the merged result of the finished batches to the error (``error.partial``).
 """
@@ -49,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlackBox", "TorchTarget", "CallableTarget", "OnnxTarget", "HttpTarget", "HttpMapping",
-    "as_target", "attack_target",
+    "OutputsOnly", "as_target", "attack_target",
 ]
 
 
@@ -340,6 +344,9 @@ class HttpTarget(BlackBox):
             "it is up, or raise timeout= / retries="
         )
 
+    def __repr__(self) -> str:
+        return f"HttpTarget({self.url!r})"
+
     def _wait_for_rate(self) -> None:
         if self.rate is not None:
             wait = self._last_request + 1.0 / self.rate - time.monotonic()
@@ -359,6 +366,36 @@ def as_target(model: Any, **options: Any) -> BlackBox:
     if isinstance(model, str | Path) or hasattr(model, "get_inputs"):
         return OnnxTarget(model, **options)
     return CallableTarget(model, **options)
+
+
+class OutputsOnly(nn.Module):
+    """A ``BlackBox`` as an ``nn.Module`` (no parameters, no gradients): ``forward(x)`` is
+    ``target(x)``, counted in ``target.queries``. An input that requires a gradient is refused
+    with a ``ConfigError``, so gradient attacks and explanations fail clearly, not silently.
+    ``bounds``: clamp every input into them first, for a target that refuses images outside
+    them (an HTTP endpoint, given the Gaussian noise of smoothing): the model is then f∘clip."""
+
+    def __init__(self, target: BlackBox, source: str = "", bounds: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.target = target
+        self.source = source or repr(target)
+        self.bounds = bounds
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad:
+            raise ConfigError(
+                f"{self.source} is an outputs-only model: it gives no gradients; use a score-based "
+                "attack (square) or a transfer attack from a surrogate model"
+            )
+        return self.target(x if self.bounds is None else x.clamp(*self.bounds))
+
+    @property
+    def queries(self) -> int:
+        """Images answered by the target so far."""
+        return self.target.queries
+
+    def extra_repr(self) -> str:
+        return self.source
 
 
 def attack_target(

@@ -109,6 +109,13 @@ def render_audit_html(result: AuditResult, figures_dir: Path) -> str:
     sections = "\n".join(_section(stage, figures_dir) for stage in result.stages)
     meta = (f"model {html.escape(result.model)} · data {html.escape(result.data)} · budget "
             f"{html.escape(result.budget)} · seed {result.seed} · {result.seconds:.0f} s")
+    access = result.access
+    if access.get("kind"):
+        meta += f" · access {html.escape(str(access['kind']))}"
+        if access.get("lrp"):
+            meta += f" (LRP not applicable: {html.escape(str(access['lrp']))})"
+    if result.queries is not None:
+        meta += f" · {result.queries:,} images sent to the model"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -1,12 +1,23 @@
 """Certified robustness: randomized smoothing (Cohen et al. 2019, arXiv:1902.02918) on a subset,
-and interval bound propagation (Gowal et al. 2018, arXiv:1810.12715) where the layers allow."""
+and interval bound propagation (Gowal et al. 2018, arXiv:1810.12715) where the layers allow.
+
+Smoothing needs only the model's outputs, so it runs on every format (an outputs-only model
+through its queries); IBP needs the layers (an ``nn.Sequential`` of known ones) and is otherwise
+skipped with the reason, the smoothing part standing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from hardened.audit.stage import Stage, StageContext, StageOutput, Summary, register_stage
+from hardened.audit.stage import (
+    Stage,
+    StageContext,
+    StageOutput,
+    StageSkipped,
+    Summary,
+    register_stage,
+)
 from hardened.audit.tables import Table, pct
 from hardened.errors import HardenedError
 
@@ -87,8 +98,14 @@ class CertifyStage(Stage[CertifyBudget]):
                       else f"{summary.average_radius_correct:.3f}", pct(summary.abstention_rate)]])]
         data: dict[str, Any] = {"smoothing": summary.to_dict()}
         notes = []
+        if ctx.access.clipped:
+            notes.append("The endpoint takes images in [0, 1] only, so the noisy copies are clipped into [0, 1] "
+                         "before they are sent: the certificates are those of the smoothed f∘clip (Cohen et al.'s "
+                         "guarantee holds for any base classifier).")
         rate: float | None = None
         try:
+            if ctx.access.outputs_only:
+                raise StageSkipped(f"{ctx.access.lrp}, so its layers cannot be bounded")
             ibp = certify_ibp(ctx.model, ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval], eps=budget.ibp_eps)
             rate = float(ibp.certified.float().mean())
             data["ibp"] = {"eps": budget.ibp_eps, "norm": "linf", "certified_fraction": rate, "n": len(ibp.certified)}
@@ -96,7 +113,7 @@ class CertifyStage(Stage[CertifyBudget]):
                                    [[f"{budget.ibp_eps:g}", len(ibp.certified), pct(rate)]]))
         except HardenedError as error:  # IBP cannot bound some layers: the smoothing part stands
             data["ibp"] = {"skipped": str(error)}
-            notes.append(f"IBP skipped: {error}")
+            notes.append(f"IBP skipped: {error}. The smoothing certificates above stand (they need only outputs).")
         verdict = CertifySummary(budget.smoothing_sigma, budget.smoothing_n, summary.correct_certified,
                                  summary.num_samples, summary.average_radius_correct, budget.ibp_eps, rate)
         return StageOutput(summary=verdict, tables=tuple(tables), notes=tuple(notes), data=data,

@@ -4,6 +4,8 @@ gradient-masking checks and their answers (BPDA, EOT; Athalye et al. 2018, arXiv
 and the minimal Linf perturbation per image by bisection (Madry et al. 2018, arXiv:1706.06083).
 
 Every robust accuracy here is an upper bound: the share of points none of these attacks broke.
+An outputs-only model (no gradients) gets the score-based cascade and transfer from a surrogate
+instead (``_score_based``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class RobustnessBudget:
     n_minimal: int
     bisection_steps: int
     cascade_batch: int  # the unit a torchrun audit splits over its ranks (AuditBudget)
+    pgd_steps: int  # the transfer attack's steps on the surrogate of an outputs-only model
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ class RobustnessStage(Stage[RobustnessBudget]):
     sharded = True  # the cascade's batches are split over the ranks (its state is the work folder)
 
     def run(self, ctx: StageContext[RobustnessBudget]) -> StageOutput:
+        if ctx.access.outputs_only:
+            from hardened.audit.stages._score_based import score_based_robustness
+
+            return score_based_robustness(ctx)
         budget = ctx.budget
         members = [s.label for s in resolve_steps(budget.cascade_preset)]
         x, y = ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -98,8 +99,13 @@ def serve_command(
     access.propagate = False
     print(json.dumps({"event": "start", "kind": predictor.kind, "url": f"http://{host}:{port}",
                       "input_shape": list(predictor.input_shape)}), file=sys.stderr, flush=True)
+    # uvicorn answers SIGTERM by draining, then raises the signal again under the handler it found:
+    # a no-op handler makes a drained stop a clean exit 0 (the default one would end the process
+    # as killed by SIGTERM after the drain)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(create_app(predictor, settings), host=host, port=port, access_log=False,
                 log_level="warning", timeout_graceful_shutdown=30)
+    print(json.dumps({"event": "stop", "reason": "drained"}), file=sys.stderr, flush=True)
 
 
 def predict_command(

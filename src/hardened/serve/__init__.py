@@ -18,7 +18,7 @@ __all__ = ["create_app", "ServeSettings", "require_serve_extra"]
 
 # module names to look for -> the package that provides them (python-multipart < 0.0.13: "multipart")
 _EXTRA = {("fastapi",): "fastapi", ("uvicorn",): "uvicorn", ("prometheus_client",): "prometheus-client",
-          ("python_multipart", "multipart"): "python-multipart"}
+          ("python_multipart", "multipart"): "python-multipart", ("orjson",): "orjson"}
 
 
 def require_serve_extra() -> None:

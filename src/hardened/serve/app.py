@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import itertools
 import logging
 import time
 import uuid
@@ -25,9 +25,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import torch
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -50,6 +50,15 @@ __all__ = ["ServeSettings", "create_app", "API_KEY_HEADER"]
 API_KEY_HEADER = "X-API-Key"
 _INLINE_PARSE_BYTES = 64 * 1024  # smaller JSON bodies (a few images) parse on the event loop in < 1 ms
 access_log = logging.getLogger("hardened.serve.access")
+# request ids: one random prefix per process and a counter (uuid4 per request reads os.urandom,
+# a system call that gives up the GIL to the batcher's worker on every request)
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_COUNTER = itertools.count()
+
+
+def _json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response serialised by orjson (several times faster than ``json.dumps`` on float lists)."""
+    return Response(orjson.dumps(document), status_code=status, headers=headers, media_type="application/json")
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,8 @@ class ServeSettings:
             raise ConfigError("the API key is empty; give a non-empty key or none")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"detail": message}, status, headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -181,7 +190,7 @@ class _Service:
         for index, answer in enumerate(answers):
             answer["index"] = index
         self.metrics.observe_answers(answers)
-        return JSONResponse({"kind": self.predictor.kind, "n": len(answers), "predictions": answers})
+        return _json({"kind": self.predictor.kind, "n": len(answers), "predictions": answers})
 
 
 class _AccessLog:
@@ -197,7 +206,7 @@ class _AccessLog:
             return
         started = time.perf_counter()
         given = dict(scope.get("headers", ())).get(b"x-request-id", b"")[:64]
-        request_id = given.decode("latin-1") if given else uuid.uuid4().hex
+        request_id = given.decode("latin-1") if given else f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         status = [500]
 
         async def tagged(message: dict[str, Any]) -> None:
@@ -212,12 +221,13 @@ class _AccessLog:
             seconds = time.perf_counter() - started
             path = scope.get("path", "")
             self.service.metrics.observe_request(path if path in _ENDPOINTS else "other", status[0], seconds)
-            client = scope.get("client")
-            access_log.info(json.dumps({
-                "event": "access", "time": round(time.time(), 6), "request_id": request_id,
-                "method": scope.get("method"), "path": path, "status": status[0],
-                "ms": round(1000 * seconds, 3), "client": client[0] if client else None,
-                "images": scope.get("state", {}).get("images")}))
+            if access_log.isEnabledFor(logging.INFO):  # build the line only when someone reads it
+                client = scope.get("client")
+                access_log.info(orjson.dumps({
+                    "event": "access", "time": round(time.time(), 6), "request_id": request_id,
+                    "method": scope.get("method"), "path": path, "status": status[0],
+                    "ms": round(1000 * seconds, 3), "client": client[0] if client else None,
+                    "images": scope.get("state", {}).get("images")}).decode())
 
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
@@ -256,8 +266,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     @app.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}},
              summary="The model is loaded and warmed up")
     async def readyz() -> Response:
-        return JSONResponse({"status": "ready" if service.ready else "not ready", "ready": service.ready},
-                            status_code=200 if service.ready else 503)
+        return _json({"status": "ready" if service.ready else "not ready", "ready": service.ready},
+                     200 if service.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:

@@ -115,3 +115,11 @@ def start_server() -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def guard_server(guard_dir: Path) -> Iterator[Server]:
+    """One guard service for a whole test module (at most 16 images and 1 MiB a request)."""
+    server = Server(["--guard", str(guard_dir), "--max-images", "16", "--max-body-mb", "1"])
+    yield server
+    server.stop()

@@ -93,6 +93,9 @@ def images_from_uploads(files: Sequence[tuple[str, bytes]], input_shape: tuple[i
         try:
             with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
                 width, height = image.size
+        except Image.DecompressionBombError as error:  # Pillow's own limit, checked on open
+            raise Rejected(413, f"upload {name!r} declares too many pixels ({error}); the limit is "
+                                f"{max_pixels} pixels: resize it first") from None
         except (OSError, ValueError, SyntaxError) as error:
             raise Rejected(422, f"upload {name!r} cannot be read as an image: {error}") from None
         if width * height > max_pixels:

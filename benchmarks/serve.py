@@ -1,17 +1,25 @@
-"""Load benchmark of ``hardened serve`` on loopback: requests/s and latency p50/p99 against
-concurrency (1, 8, 32 clients), micro-batching on and off, unguarded and energy-guarded, against
-the bare model's batched forward throughput measured in the same run (the floor the service
-should approach at saturation). Each request carries one 28×28 image as JSON. The service runs
-as a ``hardened serve`` subprocess; the clients are threads here. Also reads the service's own
-time split (parse, queue, inference) from /metrics. JSON to benchmarks/results/serve.json.
+"""Load benchmark of ``hardened serve`` on loopback, against the model's bare batched forward
+measured in the same run (before and after the loads).
 
-    python benchmarks/serve.py            # about 2 minutes on 2 CPU cores
-    python benchmarks/serve.py --quick    # fewer requests
+The service runs as a ``hardened serve`` subprocess (uvicorn with uvloop and httptools, access
+logs on, written to /dev/null); the load comes from ``benchmarks/serve_load.py`` in another
+process (asyncio keep-alive connections, raw HTTP/1.1, a few tens of microseconds of client CPU
+per request), so client and server share the machine's cores but not an interpreter. Requests
+carry 1 or 32 28×28 MNIST images as JSON, or 32 as one ``.npy`` array. Rows: unguarded with micro-batching on
+(``--max-batch 64 --max-wait-ms 2``) and off (``--max-batch 1``), and the energy, all-layer
+Mahalanobis and VAE guards with batching on; per row requests/s, images/s and their ratio to the
+bare forward, client-measured p50/p99, the mean model batch, the service's own time split per
+request from its /metrics (parse, queue, inference, and the rest: HTTP, routing, answer), the
+server's and the client's CPU seconds, and the load average. JSON to benchmarks/results/serve.json.
+
+    nice -n 10 python benchmarks/serve.py            # about 4 minutes on 2 CPU cores
+    nice -n 10 python benchmarks/serve.py --quick    # a third of the requests
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -19,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,20 @@ from hardened._util.atomic import write_json  # noqa: E402
 from hardened.data import load_splits  # noqa: E402
 from hardened.guard import GuardedClassifier, make_score  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[0] / "src"
+LOAD = HERE / "serve_load.py"
+BATCHING = {"on": ["--max-batch", "64", "--max-wait-ms", "2"], "off": ["--max-batch", "1", "--max-wait-ms", "0"]}
+CONTENT_TYPES = {"json": "application/json", "npy": "application/x-npy"}
+# (target, batching, [(images per request, body form, clients, requests), ...]); --quick: a third
+PLAN: list[tuple[str, str, list[tuple[int, str, int, int]]]] = [
+    ("unguarded", "on", [(1, "json", 1, 600), (1, "json", 8, 3000), (1, "json", 32, 4000), (1, "json", 64, 4000),
+                         (32, "json", 1, 100), (32, "json", 8, 300), (32, "npy", 1, 300), (32, "npy", 8, 600)]),
+    ("unguarded", "off", [(1, "json", 1, 600), (1, "json", 32, 3000), (32, "npy", 8, 600)]),
+    ("energy", "on", [(1, "json", 1, 600), (1, "json", 32, 4000), (32, "npy", 8, 600)]),
+    ("mahalanobis-all", "on", [(1, "json", 1, 600), (1, "json", 32, 4000), (32, "npy", 8, 600)]),
+    ("vae", "on", [(1, "json", 1, 600), (1, "json", 32, 3000), (32, "npy", 8, 600)]),
+]
 
 
 def _port() -> int:
@@ -44,14 +64,20 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class _Server:
     def __init__(self, args: list[str]) -> None:
         self.url = f"http://127.0.0.1:{_port()}"
         env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
         self.process = subprocess.Popen([sys.executable, "-m", "hardened.cli.main", "serve", *args,
-                                         "--port", self.url.rsplit(":", 1)[1]],
+                                         "--max-queue", "1024", "--port", self.url.rsplit(":", 1)[1]],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
@@ -65,7 +91,7 @@ class _Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(30)
+        self.process.wait(60)
 
 
 def _sum(text: str, name: str, label: str = "") -> float:
@@ -73,38 +99,30 @@ def _sum(text: str, name: str, label: str = "") -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
-def _load(url: str, bodies: list[bytes], clients: int, requests: int) -> dict[str, Any]:
-    """``requests`` JSON requests from ``clients`` threads (one keep-alive connection each)."""
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    counter = iter(range(requests))
+_DELTAS = {"batches": ("hardened_batch_size_count", ""), "images": ("hardened_batch_size_sum", ""),
+           "parse": ("hardened_stage_seconds_sum", 'stage="parse"'),
+           "queue": ("hardened_stage_seconds_sum", 'stage="queue"'),
+           "inference": ("hardened_stage_seconds_sum", 'stage="inference"'),
+           "latency": ("hardened_request_latency_seconds_sum", 'endpoint="/v1/predict"')}
 
-    def client() -> None:
-        with httpx.Client(timeout=60, headers={"content-type": "application/json"}) as http:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                start = time.perf_counter()
-                response = http.post(f"{url}/v1/predict", content=bodies[i % len(bodies)])
-                elapsed = time.perf_counter() - start
-                with lock:
-                    latencies.append(elapsed)
-                    errors[0] += response.status_code != 200
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": requests, "errors": errors[0], "seconds": round(seconds, 3),
-            "requests_per_s": round(requests / seconds, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+def _load(server: _Server, bodies: Path, clients: int, requests: int) -> dict[str, Any]:
+    """One load level through the load-generator process, with the server's metrics around it."""
+    before, cpu, load_before = server.metrics(), _cpu_seconds(server.process.pid), os.getloadavg()[0]
+    out = subprocess.run([sys.executable, str(LOAD), server.url, str(bodies), str(clients), str(requests)],
+                         capture_output=True, text=True, check=True)
+    server_cpu = _cpu_seconds(server.process.pid) - cpu
+    after = server.metrics()
+    run = json.loads(out.stdout)
+    delta = {k: _sum(after, n, lab) - _sum(before, n, lab) for k, (n, lab) in _DELTAS.items()}
+    split = {k: 1000 * delta[k] / requests for k in ("parse", "queue", "inference")}
+    split["other"] = 1000 * delta["latency"] / requests - sum(split.values())
+    return {"requests": requests, "seconds": round(run["seconds"], 3), "codes": run["codes"],
+            "requests_per_s": round(requests / run["seconds"], 1), "p50_ms": round(run["p50_ms"], 2),
+            "p99_ms": round(run["p99_ms"], 2), "mean_batch": round(delta["images"] / max(delta["batches"], 1), 2),
+            "per_request_ms": {k: round(v, 3) for k, v in split.items()},
+            "server_cpu_s": round(server_cpu, 2), "client_cpu_s": round(run["client_cpu_s"], 2),
+            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def _bare_throughput(model: torch.nn.Module, x: torch.Tensor, batch: int, seconds: float = 3.0) -> float:
@@ -120,54 +138,113 @@ def _bare_throughput(model: torch.nn.Module, x: torch.Tensor, batch: int, second
     return n / (time.perf_counter() - start)
 
 
+def _floor(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    return {str(b): round(_bare_throughput(model, x, b), 1) for b in (32, 64)}
+
+
+def _guards(model: torch.nn.Module, splits: Any, model_file: Path, work: Path, vae_epochs: int) -> dict[str, Path]:
+    """Energy, all-layer Mahalanobis and VAE guards on the model, fitted on the training split and
+    calibrated at 5% FPR on 500 test images, saved as guard folders (the VAE with few epochs:
+    only its cost per image matters here, not its detection quality)."""
+    options = {"energy": ("energy", {}), "mahalanobis-all": ("mahalanobis", {"layers": "all"}),
+               "vae": ("vae", {"epochs": vae_epochs, "hidden": 400, "latent": 20, "seed": 0})}
+    folders = {}
+    for name, (score_name, kwargs) in options.items():
+        score = make_score(score_name, model, **kwargs)
+        score.fit(splits.train)
+        guard = GuardedClassifier(model, score, model_ref=str(model_file), classes=splits.train.classes)
+        guard.calibrate(splits.test.x[:500], fpr=0.05)
+        folders[name] = guard.save(work / f"guard-{name}")
+    return folders
+
+
+def _bodies(x: torch.Tensor, k: int, form: str, work: Path) -> Path:
+    """16 different request bodies of ``k`` images each (JSON or .npy), for ``serve_load.py``."""
+    bodies = {}
+    for i in range(16):
+        images = x[i * k:(i + 1) * k]
+        if form == "json":
+            data = json.dumps({"images": images.tolist()}).encode()
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, images.numpy())
+            data = buffer.getvalue()
+        bodies[f"body{i:02d}"] = np.frombuffer(data, dtype=np.uint8)
+    path = work / f"bodies-{k}-{form}.npz"
+    np.savez(path, content_type=np.array(CONTENT_TYPES[form]), **bodies)
+    return path
+
+
+def _guard_overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """p50 (and throughput) of each guard over the unguarded service at the same load level."""
+    def key(r: dict[str, Any]) -> tuple[int, str, int]:
+        return r["images_per_request"], r["body"], r["clients"]
+
+    base = {key(r): r for r in runs if r["target"] == "unguarded" and r["batching"] == "on"}
+    rows = []
+    for r in runs:
+        ref = base.get(key(r))
+        if r["target"] != "unguarded" and ref is not None:
+            rows.append({"target": r["target"], "images_per_request": r["images_per_request"], "body": r["body"],
+                         "clients": r["clients"], "p50_ratio": round(r["p50_ms"] / ref["p50_ms"], 2),
+                         "throughput_ratio": round(r["requests_per_s"] / ref["requests_per_s"], 2),
+                         "guard_ms_per_request": round(r["per_request_ms"]["inference"]
+                                                       - ref["per_request_ms"]["inference"], 3)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--vae-epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "serve.json")
     args = parser.parse_args()
+    started, cpu_start = time.perf_counter(), time.process_time()
     splits = load_splits("mnist-5k", seed=0)
     work = Path(tempfile.mkdtemp(prefix="hardened-serve-bench-"))
     model_file = RESULTS / "models" / "lenet-mnist-5k.safetensors"  # the one benchmarks/attacks.py trains
     model, record = cached_lenet(splits.train, splits.test, model_file, epochs=5)
-    guard = GuardedClassifier(model, make_score("energy", model), model_ref=str(model_file),
-                              classes=splits.train.classes)
-    guard.calibrate(splits.test.x[:500], fpr=0.05)
-    guard.save(work / "guard-energy")
-    bodies = [json.dumps({"images": splits.test.x[i:i + 1].tolist()}).encode() for i in range(64)]
-    per_level = {1: 100, 8: 300, 32: 600} if not args.quick else {1: 40, 8: 120, 32: 240}
-    max_batch = 32
-    floor = _bare_throughput(model, splits.test.x, max_batch)
-    results: dict[str, Any] = {"machine": machine(), "model": record, "max_batch": max_batch,
-                               "bare_forward_images_per_s": round(floor, 1), "runs": []}
-    print(f"bare forward at batch {max_batch}: {floor:.0f} images/s")
-    for target, target_args in (("unguarded", ["--model", str(model_file)]),
-                                ("energy guard", ["--guard", str(work / "guard-energy")])):
-        for batching, batch_args in (("on", ["--max-batch", str(max_batch), "--max-wait-ms", "2"]),
-                                     ("off", ["--max-batch", "1", "--max-wait-ms", "0"])):
-            server = _Server([*target_args, *batch_args, "--max-queue", "1024"])
-            try:
-                _load(server.url, bodies, 4, 40)  # warm the connection pool and the allocator
-                for clients, requests in per_level.items():
-                    before = server.metrics()
-                    run = _load(server.url, bodies, clients, requests)
-                    after = server.metrics()
-                    delta = {k: _sum(after, n, lab) - _sum(before, n, lab) for k, (n, lab) in {
-                        "batches": ("hardened_batch_size_count", ""), "images": ("hardened_batch_size_sum", ""),
-                        "parse_s": ("hardened_stage_seconds_sum", 'stage="parse"'),
-                        "queue_s": ("hardened_stage_seconds_sum", 'stage="queue"'),
-                        "inference_s": ("hardened_stage_seconds_sum", 'stage="inference"')}.items()}
-                    run |= {"target": target, "batching": batching,
-                            "mean_batch": round(delta["images"] / max(delta["batches"], 1), 2),
-                            "vs_bare_forward": round(run["requests_per_s"] / floor, 3),
-                            "per_request_ms": {k[:-2]: round(1000 * delta[k] / requests, 3)
-                                               for k in ("parse_s", "queue_s", "inference_s")}}
-                    results["runs"].append(run)
-                    print(f"{target:>12} batching {batching:>3} clients {clients:>2}: {run['requests_per_s']:7.1f} req/s "
-                          f"p50 {run['p50_ms']:7.2f} ms p99 {run['p99_ms']:7.2f} ms batch {run['mean_batch']:5.2f} "
-                          f"errors {run['errors']}", flush=True)
-            finally:
-                server.stop()
+    folders = _guards(model, splits, model_file, work, args.vae_epochs)
+    bodies = {(k, form): _bodies(splits.test.x, k, form, work) for k in (1, 32) for form in CONTENT_TYPES}
+    floor_before = _floor(model, splits.test.x)
+    print(f"bare forward (images/s at batch 32, 64): {floor_before}", flush=True)
+    results: dict[str, Any] = {"machine": machine(), "model": record, "python_workers": "server: uvicorn event loop + "
+                               "one batcher thread (torch 1 thread); client: one asyncio process",
+                               "bare_forward_images_per_s": {"before": floor_before}, "runs": []}
+    for target, batching, levels in PLAN:
+        target_args = ["--model", str(model_file)] if target == "unguarded" else ["--guard", str(folders[target])]
+        server = _Server([*target_args, *BATCHING[batching]])
+        try:
+            subprocess.run([sys.executable, str(LOAD), server.url, str(bodies[1, "json"]), "8", "200"], check=True,
+                           capture_output=True)  # warm the allocator and the code paths
+            for k, form, clients, requests in levels:
+                requests = max(requests // 3, 30) if args.quick else requests
+                run = {"target": target, "batching": batching, "images_per_request": k, "body": form,
+                       "clients": clients, **_load(server, bodies[k, form], clients, requests)}
+                run["images_per_s"] = round(run["requests_per_s"] * k, 1)
+                results["runs"].append(run)
+                split = run["per_request_ms"]
+                print(f"{target:>15} {batching:>3} k={k:<2} {form:>4} c={clients:<2}: {run['requests_per_s']:7.1f} req/s "
+                      f"{run['images_per_s']:7.1f} img/s p50 {run['p50_ms']:7.2f} p99 {run['p99_ms']:7.2f} ms "
+                      f"batch {run['mean_batch']:5.2f} parse/queue/inference/other {split['parse']:.2f}/"
+                      f"{split['queue']:.2f}/{split['inference']:.2f}/{split['other']:.2f} codes {run['codes']} "
+                      f"load {run['loadavg_1min']}", flush=True)
+        finally:
+            server.stop()
+    floor_after = _floor(model, splits.test.x)
+    floors = results["bare_forward_images_per_s"]
+    floors["after"] = floor_after
+    floors["reference"] = reference = float(np.median([*floor_before.values(), *floor_after.values()]))
+    print(f"bare forward after: {floor_after}; reference (median) {reference:.0f} images/s")
+    for run in results["runs"]:
+        run["vs_bare_forward"] = round(run["images_per_s"] / reference, 3)
+    results["guard_overhead"] = _guard_overhead(results["runs"])
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["benchmark_cpu_s"] = round(time.process_time() - cpu_start, 1)
+    results["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     write_json(args.out, results)
+    for row in results["guard_overhead"]:
+        print(row)
     print(f"wrote {args.out}")
 
 

@@ -7,7 +7,9 @@ request bytes and reads the status line, ``Content-Length`` and body, nothing mo
 client's own CPU per request is a few tens of microseconds (it reports its CPU seconds beside the
 wall seconds, so the reader sees how much of the machine the load generator took).
 
-    python benchmarks/serve_load.py URL BODIES.jsonl CLIENTS REQUESTS   # one JSON body a line; prints JSON
+    python benchmarks/serve_load.py URL BODIES.npz CLIENTS REQUESTS   # prints one JSON object
+
+``BODIES.npz`` holds the request bodies as uint8 arrays and their media type as ``content_type``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 
-def _request(host: str, port: int, body: bytes) -> bytes:
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+def _request(host: str, port: int, body: bytes, content_type: str) -> bytes:
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     return head + body
 
@@ -36,11 +38,11 @@ async def _read_answer(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> dict[str, object]:
+async def load(url: str, bodies: list[bytes], content_type: str, clients: int, requests: int) -> dict[str, object]:
     """Latencies and status counts of ``requests`` requests from ``clients`` connections."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    prepared = [_request(host, port, body) for body in bodies]
+    prepared = [_request(host, port, body, content_type) for body in bodies]
     latencies: list[float] = []
     codes: dict[int, int] = {}
     counter = iter(range(requests))
@@ -67,15 +69,16 @@ async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> di
 
 def main() -> None:
     url, bodies_file, clients, requests = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    with open(bodies_file, "rb") as f:
-        bodies = [line.rstrip(b"\n") for line in f if line.strip()]
+    with np.load(bodies_file, allow_pickle=False) as stored:
+        content_type = str(stored["content_type"])
+        bodies = [stored[name].tobytes() for name in sorted(stored.files) if name.startswith("body")]
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(load(url, bodies, clients, requests))))
+    print(json.dumps(asyncio.run(load(url, bodies, content_type, clients, requests))))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,39 @@ def test_one_channel_images_may_omit_the_channel_axis(client, digits):
     assert with_channel == without
 
 
+def _npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dtype, squeeze", [(np.float32, False), (np.float64, True)])
+def test_npy_body_answers_like_json(client, digits, dtype, squeeze):
+    x = torch.cat([digits.test.x[10:15], uniform_noise(3, (1, 8, 8), seed=2)]).numpy()
+    array = (x[:, 0] if squeeze else x).astype(dtype)
+    as_npy = client.post("/v1/predict", content=_npy(array), headers={"content-type": "application/x-npy"})
+    as_json = client.post("/v1/predict", json={"images": x.tolist()})
+    assert as_npy.status_code == 200, as_npy.text
+    assert as_npy.json() == as_json.json()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"not an array", 422, "not a .npy array"),
+    (_npy(np.zeros((1, 1, 8, 8), dtype=np.uint8)), 422, "dtype uint8"),
+    (_npy(np.array([{"a": 1}], dtype=object)), 422, "not a .npy array"),  # pickled objects are never loaded
+    (_npy(np.float32(0.5)), 422, "scalar"),
+    (_npy(np.zeros((2, 1, 9, 9), dtype=np.float32)), 422, "N×1×8×8"),
+    (_npy(np.full((1, 1, 8, 8), np.nan, dtype=np.float32)), 422, "NaN"),
+    (_npy(np.zeros((0, 1, 8, 8), dtype=np.float32)), 422, "no images"),
+    (_npy(np.zeros((65, 1, 8, 8), dtype=np.float32)), 413, "limit of 64"),
+    (_npy(np.zeros((1, 1, 8, 8), dtype=np.float32))[:-10], 422, "not a .npy array"),  # truncated data
+])
+def test_bad_npy_bodies_are_4xx_with_a_message(client, body, status, words):
+    response = client.post("/v1/predict", content=body, headers={"content-type": "application/x-npy"})
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+
+
 def test_png_uploads_answer_like_the_decoded_images(client, guard, digits):
     digit = (digits.test.x[7, 0].numpy() * 255).round().astype(np.uint8)
     photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)

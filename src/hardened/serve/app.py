@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(predictor, settings)``.
 
-Endpoints: ``POST /v1/predict`` (JSON ``{"images": [...]}`` or multipart PNG/JPEG uploads; one
+Endpoints: ``POST /v1/predict`` (JSON ``{"images": [...]}``, a ``.npy`` array or multipart
+PNG/JPEG uploads; one
 answer per image, see ``schemas.ImageAnswer``), ``GET /healthz`` (alive), ``GET /readyz``
 (loaded and warmed up: 200, else 503), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``.
 
@@ -35,10 +36,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from hardened import __version__
 from hardened.errors import ConfigError
 from hardened.serve.batching import Closed, MicroBatcher, QueueFull
-from hardened.serve.inputs import Rejected, images_from_json, images_from_uploads
+from hardened.serve.inputs import Rejected, images_from_json, images_from_npy, images_from_uploads
 from hardened.serve.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from hardened.serve.predictors import Predictor
 from hardened.serve.schemas import (
+    NPY_MEDIA_TYPE,
     PREDICT_REQUEST_BODY,
     ErrorResponse,
     HealthResponse,
@@ -167,13 +169,16 @@ class _Service:
                 x = images_from_json(body, shape, settings.max_images)  # a thread hop costs more
             elif content_type == "application/json":
                 x = await run_in_threadpool(images_from_json, body, shape, settings.max_images)
+            elif content_type == NPY_MEDIA_TYPE:
+                x = images_from_npy(body, shape, settings.max_images)  # no text: microseconds
             elif content_type == "multipart/form-data":
                 files = await _uploads(request, body, settings.max_images)
                 x = await run_in_threadpool(images_from_uploads, files, shape, settings.max_images,
                                             settings.max_pixels)
             else:
                 raise Rejected(415, f"content type {content_type or 'none'!r} is not accepted: send "
-                                    'application/json {"images": [...]} or multipart/form-data PNG/JPEG files')
+                                    'application/json {"images": [...]}, application/x-npy (np.save) '
+                                    "or multipart/form-data PNG/JPEG files")
         except BaseException as error:
             self.batcher.withdraw()
             if isinstance(error, Rejected):

@@ -1,10 +1,10 @@
 """Request bodies to images N×C×H×W in [0, 1], or a ``Rejected`` with the HTTP status and a message.
 
 JSON ``{"images": [...]}`` (N×C×H×W, or N×H×W for a one-channel model, exactly the model's
-input size) and multipart uploads of PNG or JPEG files (any size up to ``max_pixels``,
-decoded with the pixel limit of ``hardened.data.images``, converted to the model's channels
-and resized). Status codes: 413 too many images or pixels, 415 not PNG/JPEG, 422 anything
-else unusable (bad JSON, wrong shape, values outside [0, 1], NaN, a corrupt file).
+input size), the same array as a NumPy ``.npy`` body (``application/x-npy``), and multipart
+uploads of PNG or JPEG files (any size up to ``max_pixels``, decoded with the pixel limit of
+``hardened.data.images``, converted to the model's channels and resized). Status codes: 413 too many images or pixels, 415 not PNG/JPEG, 422 anything
+else unusable (bad JSON or .npy, wrong shape, values outside [0, 1], NaN, a corrupt file).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hardened._util.checks import check_images
 from hardened.errors import DataError, InputError
 from hardened.guard.inputs import image_to_tensor
 
-__all__ = ["Rejected", "images_from_json", "images_from_uploads", "check_count"]
+__all__ = ["Rejected", "images_from_json", "images_from_npy", "images_from_uploads", "check_count"]
 
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
@@ -66,15 +66,38 @@ def images_from_json(body: bytes, input_shape: tuple[int, int, int], max_images:
     except (ValueError, TypeError, RecursionError, OverflowError):
         raise Rejected(422, '"images" must be a rectangular nested array of numbers (every image '
                             f"{_shape_text(input_shape)}), not ragged and with no strings or nulls") from None
+    return _as_images(array, input_shape, max_images, '"images"')
+
+
+def images_from_npy(body: bytes, input_shape: tuple[int, int, int], max_images: int) -> Tensor:
+    """The images of an ``application/x-npy`` body: one NumPy ``.npy`` array (``np.save``), float32
+    or float64, N×C×H×W or N×H×W in [0, 1]. Read without pickle; no text to parse, so a batch of
+    32 MNIST images costs microseconds instead of the milliseconds of its JSON."""
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise Rejected(422, f"the body is not a .npy array ({error}); send np.save(file, images) with "
+                            "float32 images N×C×H×W") from None
+    if not isinstance(array, np.ndarray) or array.dtype not in (np.float32, np.float64):
+        raise Rejected(422, f"the .npy array has dtype {getattr(array, 'dtype', type(array).__name__)}; "
+                            "send float32 (or float64) pixels in [0, 1]")
+    if array.ndim < 1:
+        raise Rejected(422, "the .npy array is a scalar; send images N×C×H×W")
+    check_count(array.shape[0], max_images)
+    return _as_images(array.astype(np.float32, copy=False), input_shape, max_images, "the .npy array")
+
+
+def _as_images(array: np.ndarray, input_shape: tuple[int, int, int], max_images: int, what: str) -> Tensor:
+    """float32 ``array`` N×C×H×W (or N×H×W for one channel) -> checked images, or ``Rejected``."""
     channels, height, width = input_shape
     if array.ndim == 3 and channels == 1:
         array = array[:, None]
     if array.ndim != 4 or tuple(array.shape[1:]) != tuple(input_shape):
         alternative = f" or N×{height}×{width}" if channels == 1 else ""
-        raise Rejected(422, f'"images" has shape {_shape_text(array.shape)} but the model takes '
+        raise Rejected(422, f"{what} has shape {_shape_text(array.shape)} but the model takes "
                             f"N×{_shape_text(input_shape)}{alternative}; resize the images or upload PNG/JPEG files")
     try:
-        return check_images(torch.from_numpy(array))
+        return check_images(torch.from_numpy(np.ascontiguousarray(array)))
     except InputError as error:
         raise Rejected(422, str(error)) from None
 

@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ImageAnswer", "PredictResponse", "ErrorResponse", "HealthResponse", "PREDICT_REQUEST_BODY"]
+__all__ = ["ImageAnswer", "PredictResponse", "ErrorResponse", "HealthResponse", "PREDICT_REQUEST_BODY",
+           "NPY_MEDIA_TYPE"]
+
+NPY_MEDIA_TYPE = "application/x-npy"
 
 
 class ImageAnswer(BaseModel):
@@ -58,6 +61,11 @@ PREDICT_REQUEST_BODY: dict[str, Any] = {
                                "in the model's input shape",
                 "items": {"type": "array", "items": {"type": "array"}},
             }},
+        }},
+        NPY_MEDIA_TYPE: {"schema": {
+            "type": "string", "format": "binary",
+            "description": "the same images as one NumPy .npy array (np.save; float32 or float64, "
+                           "N×C×H×W or N×H×W, in [0, 1]), read without pickle: the fast form for batches",
         }},
         "multipart/form-data": {"schema": {
             "type": "object",

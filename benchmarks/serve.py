@@ -1,5 +1,10 @@
 """Load benchmark of ``hardened serve`` on loopback, against the model's bare batched forward
-measured in the same run (before and after the loads).
+measured in the same run: 1 s at batch 32 right before and right after each row (their mean is
+that row's floor, so a load average that drifts during the run moves both sides), and at batch
+32 and 64 before and after the whole run. On a machine shared with other jobs the wall figures
+favour the service (its threads sleep between requests and get the CPU first when they wake,
+while the bare forward loop only gets its fair share), so each row also gives CPU milliseconds
+per image, the server's (both its threads) against the bare forward's: the service's own cost.
 
 The service runs as a ``hardened serve`` subprocess (uvicorn with uvloop and httptools, access
 logs on, written to /dev/null); the load comes from ``benchmarks/serve_load.py`` in another
@@ -125,21 +130,22 @@ def _load(server: _Server, bodies: Path, clients: int, requests: int) -> dict[st
             "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
-def _bare_throughput(model: torch.nn.Module, x: torch.Tensor, batch: int, seconds: float = 3.0) -> float:
-    """Images/s of the model's forward at ``batch`` images (no HTTP, one thread)."""
+def _bare_forward(model: torch.nn.Module, x: torch.Tensor, batch: int, seconds: float = 3.0) -> tuple[float, float]:
+    """The model's forward at ``batch`` images (no HTTP, one thread): images per wall second, and
+    CPU milliseconds per image (robust to other jobs on the machine, unlike the wall figure)."""
     torch.set_num_threads(1)
     images = x[:batch]
     with torch.no_grad():
         model(images)
-        n, start = 0, time.perf_counter()
+        n, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             model(images)
             n += batch
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
 
 
-def _floor(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    return {str(b): round(_bare_throughput(model, x, b), 1) for b in (32, 64)}
+def _floor(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    return {str(b): [round(v, 4) for v in _bare_forward(model, x, b)] for b in (32, 64)}
 
 
 def _guards(model: torch.nn.Module, splits: Any, model_file: Path, work: Path, vae_epochs: int) -> dict[str, Path]:
@@ -207,7 +213,7 @@ def main() -> None:
     folders = _guards(model, splits, model_file, work, args.vae_epochs)
     bodies = {(k, form): _bodies(splits.test.x, k, form, work) for k in (1, 32) for form in CONTENT_TYPES}
     floor_before = _floor(model, splits.test.x)
-    print(f"bare forward (images/s at batch 32, 64): {floor_before}", flush=True)
+    print(f"bare forward (images/s, cpu ms/image at batch 32, 64): {floor_before}", flush=True)
     results: dict[str, Any] = {"machine": machine(), "model": record, "python_workers": "server: uvicorn event loop + "
                                "one batcher thread (torch 1 thread); client: one asyncio process",
                                "bare_forward_images_per_s": {"before": floor_before}, "runs": []}
@@ -219,25 +225,32 @@ def main() -> None:
                            capture_output=True)  # warm the allocator and the code paths
             for k, form, clients, requests in levels:
                 requests = max(requests // 3, 30) if args.quick else requests
+                before = _bare_forward(model, splits.test.x, 32, seconds=1.0)  # the load drifts: measure
                 run = {"target": target, "batching": batching, "images_per_request": k, "body": form,
                        "clients": clients, **_load(server, bodies[k, form], clients, requests)}
+                after = _bare_forward(model, splits.test.x, 32, seconds=1.0)  # around each row
+                floor, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
                 run["images_per_s"] = round(run["requests_per_s"] * k, 1)
+                run["bare_forward_images_per_s"] = round(floor, 1)
+                run["vs_bare_forward"] = round(run["images_per_s"] / floor, 3)
+                # CPU per image: the server's (both its threads) against the bare forward's
+                run["server_cpu_ms_per_image"] = round(1000 * run["server_cpu_s"] / (requests * k), 4)
+                run["bare_cpu_ms_per_image"] = round(bare_cpu, 4)
+                run["cpu_vs_bare"] = round(bare_cpu / run["server_cpu_ms_per_image"], 3)
                 results["runs"].append(run)
                 split = run["per_request_ms"]
                 print(f"{target:>15} {batching:>3} k={k:<2} {form:>4} c={clients:<2}: {run['requests_per_s']:7.1f} req/s "
                       f"{run['images_per_s']:7.1f} img/s p50 {run['p50_ms']:7.2f} p99 {run['p99_ms']:7.2f} ms "
                       f"batch {run['mean_batch']:5.2f} parse/queue/inference/other {split['parse']:.2f}/"
                       f"{split['queue']:.2f}/{split['inference']:.2f}/{split['other']:.2f} codes {run['codes']} "
+                      f"bare {floor:.0f} img/s ({run['vs_bare_forward']:.2f}x) cpu {run['cpu_vs_bare']:.2f}x "
                       f"load {run['loadavg_1min']}", flush=True)
         finally:
             server.stop()
     floor_after = _floor(model, splits.test.x)
     floors = results["bare_forward_images_per_s"]
     floors["after"] = floor_after
-    floors["reference"] = reference = float(np.median([*floor_before.values(), *floor_after.values()]))
-    print(f"bare forward after: {floor_after}; reference (median) {reference:.0f} images/s")
-    for run in results["runs"]:
-        run["vs_bare_forward"] = round(run["images_per_s"] / reference, 3)
+    print(f"bare forward after: {floor_after}")
     results["guard_overhead"] = _guard_overhead(results["runs"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["benchmark_cpu_s"] = round(time.process_time() - cpu_start, 1)

@@ -91,8 +91,11 @@ def _check_answer(i: int, outcome: _Outcome, expected_labels: list[int], expecte
 
 @pytest.mark.slow
 def test_10000_requests_at_32_clients_each_answered_with_its_own_image(start_server, guard_dir, guard, digits):
-    """10,000 one-image requests at 32 concurrent clients (about 15-25 s on 2 shared CPU cores):
-    no request lost, each answer is the guard's answer for that request's own image."""
+    """10,000 one-image requests at 32 concurrent clients: no request lost, each answer is the
+    guard's answer for that request's own image.
+
+    N = 10,000 costs about 14 s of client CPU (httpx) and 6 s of server CPU, so 20-30 s on 2
+    CPU cores with nothing else running (65 s measured at a load average of 13 from other jobs)."""
     n = 10_000
     server = start_server(["--guard", str(guard_dir), "--max-batch", "32", "--max-wait-ms", "2", "--max-queue", "1024"])
     x = _distinct_images(digits.test.x, n, seed=11)

@@ -180,7 +180,7 @@ def test_health_ready_metrics_and_openapi(client, digits):
         assert name in text, name
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "multipart/form-data"}
+    assert set(body) == {"application/json", "application/x-npy", "multipart/form-data"}
     assert {"401", "413", "415", "422", "503"} <= set(schema["paths"]["/v1/predict"]["post"]["responses"])
 
 

@@ -31,6 +31,8 @@ _GUARD_HELP = "folder written by 'hardened guard fit' (serve the guarded classif
 def _predictor(common: Common, guard_dir: Path | None, trust_factory: bool, smooth: float | None,
                n0: int, n: int, alpha: float, input_shape: str | None) -> Predictor:
     """The predictor the options name: a guard folder, or a model (bare or smoothed)."""
+    from torch import nn
+
     from hardened.cli._common import parse_ints
     from hardened.models import load_model
     from hardened.serve.predictors import GuardPredictor, ModelPredictor, SmoothedPredictor
@@ -46,16 +48,19 @@ def _predictor(common: Common, guard_dir: Path | None, trust_factory: bool, smoo
         guard = GuardedClassifier.load(guard_dir, trust_factory=trust_factory)
         guard.model.to(device)
         return GuardPredictor(guard)
-    loaded = load_model(str(common.model), common.weights)
-    loaded.model.to(device)
+    loaded = load_model(str(common.model), common.weights)  # backend "torch": always an nn.Module
+    model = loaded.model
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"cannot serve {common.model}: it did not load as a PyTorch module")
+    model.to(device)
     dims = parse_ints(input_shape, "--input-shape") if input_shape else list(loaded.info.input_shape or ())
     if len(dims) != 3 or min(dims) < 1:
         raise ConfigError("the model records no input shape C×H×W (or --input-shape is not three positive "
                           "integers); pass --input-shape C,H,W (e.g. 1,28,28)")
     shape = (dims[0], dims[1], dims[2])
     if smooth is None:
-        return ModelPredictor(loaded.model, shape, loaded.info.classes)
-    return SmoothedPredictor(loaded.model, shape, smooth, n0=n0, n=n, alpha=alpha, seed=common.seed,
+        return ModelPredictor(model, shape, loaded.info.classes)
+    return SmoothedPredictor(model, shape, smooth, n0=n0, n=n, alpha=alpha, seed=common.seed,
                              classes=loaded.info.classes)
 
 

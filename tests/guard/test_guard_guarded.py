@@ -166,3 +166,38 @@ def test_saving_twice_gives_byte_identical_guard_files(guard, digits, tmp_path):
     assert len(files) == 1
     record = json.loads((tmp_path / "m0" / "guard.json").read_text())
     assert record["score_weights_sha256"] == tensor_digest(mahalanobis.score.state_tensors())
+
+
+class _CountingModel(torch.nn.Module):
+    """Wraps a classifier and counts the images it is called on."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += int(x.shape[0])
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["energy", "softmax", "mahalanobis", "nan-on-bright"])
+def test_guarded_prediction_costs_one_classifier_pass_and_equals_two(name, digits_model, digits, noise):
+    counting = _CountingModel(digits_model)
+    if name == "nan-on-bright":  # a subclass that overrides _score: its own scores are kept
+        score = _NaNOnBright(counting)
+    else:
+        score = make_score(name, counting, **({"layers": "all"} if name == "mahalanobis" else {}))
+    score.fit(digits.train)
+    guard = GuardedClassifier(counting, score, threshold=0.0)
+    x = torch.cat([digits.test.x[:37], noise[:23], noise[:5].clamp(min=0.9)])  # the last 5 are bright
+    counting.images = 0
+    batch = guard.predict_batch(x)
+    assert counting.images == len(x)  # one pass, not one for the logits and one for the score
+    expected_scores = score.score(x)
+    expected_probabilities = digits_model(x).softmax(dim=1)
+    assert torch.equal(batch.scores.isnan(), expected_scores.isnan())
+    torch.testing.assert_close(batch.scores.nan_to_num(), expected_scores.nan_to_num(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(batch.probabilities, expected_probabilities, rtol=0, atol=1e-6)
+    if name == "nan-on-bright":
+        assert batch.scores.isnan().any()

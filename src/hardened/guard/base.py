@@ -9,6 +9,8 @@ networks involved. A subclass writes ``_fit`` and ``_score`` (and its save/load 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.checks import check_images
+from hardened._util.device import model_device
 from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, InputError, NotFittedError
 from hardened.registry import Registry
@@ -322,6 +325,47 @@ class ClassifierScore(BaseScore):
 
     def _networks(self) -> list[nn.Module]:
         return [self.model]
+
+    def score_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores (N,) and the classifier's logits (N×K, float32) for images ``x``, without autograd.
+
+        A guarded prediction needs both. Where ``_score`` calls the classifier on the batch it was
+        given (softmax, energy, Mahalanobis, and subclasses of them), the logits are read from
+        that same forward pass by a hook, so the guard costs one classifier pass instead of two;
+        otherwise (or on a ScriptModule, which takes no hooks) the classifier runs once more.
+        Batching and checks are those of ``score``.
+        """
+        x = self.check_input(x, allow_empty=True).to(model_device(self.model))
+        scores, logits = [], []
+        with self._modes(), torch.no_grad():
+            for part in batch_slices(x.shape[0], self.batch_size) if x.shape[0] else [slice(0, 0)]:
+                batch = x[part]
+                seen: list[Tensor] = []
+                with _outputs_on(self.model, batch, seen):
+                    score = self._score(batch) if batch.shape[0] else torch.zeros(0, device=x.device)
+                scores.append(score.detach().float().reshape(-1))
+                logits.append((seen[0] if seen else self.model(batch)).detach().float())
+        return torch.cat(scores), torch.cat(logits)
+
+
+@contextmanager
+def _outputs_on(model: nn.Module, batch: Tensor, seen: list[Tensor]) -> Iterator[None]:
+    """Record into ``seen`` what ``model`` returns when it is called on exactly ``batch`` (the
+    same tensor object, so a concurrent call on other inputs is never mistaken for it)."""
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if not seen and inputs and inputs[0] is batch and isinstance(output, Tensor):
+            seen.append(output)
+
+    try:
+        handle = model.register_forward_hook(hook)
+    except (RuntimeError, AttributeError):  # ScriptModules take no Python hooks
+        yield
+        return
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 SCORES: Registry[BaseScore] = Registry(

@@ -47,7 +47,7 @@ from hardened.errors import (
     NotFittedError,
     NotReliableClassification,
 )
-from hardened.guard.base import Score, check_score
+from hardened.guard.base import ClassifierScore, Score, check_score
 from hardened.guard.calibrate import Calibration, calibrate_threshold
 from hardened.guard.registry import score_from_state
 from hardened.models.io import ModelInfo, load_model, save_model
@@ -124,11 +124,14 @@ def guarded_predict(
     for refusals (bad input shapes or values still raise ``InputError``)."""
     limit = _check_threshold(threshold)
     x = score.check_input(x, allow_empty=True)
-    device = model_device(model)
-    logits = predict_logits(model, x.to(device), batch_size).float()
+    if isinstance(score, ClassifierScore) and score.model is model:
+        scores, logits = score.score_and_logits(x)  # one classifier pass for both
+    else:
+        logits = predict_logits(model, x.to(model_device(model)), batch_size).float()
+        scores = score.score(x).float()
     probabilities = logits.softmax(dim=1)
     confidence, predictions = probabilities.max(dim=1)
-    scores = score.score(x).float().to(predictions.device)
+    scores = scores.to(predictions.device)
     scored = torch.isfinite(scores)
     accepted = scored & (scores <= limit)
     return GuardedPrediction(predictions, accepted, scores, confidence, scored, limit, probabilities)

@@ -181,9 +181,10 @@ class ThreatModel:
         return max(self.eps - margin, 0.0)
 
     def random_start(
-        self, x: Tensor, generator: torch.Generator | None = None, *, radial: bool = False
+        self, x: Tensor, generator: torch.Generator | None = None, *, radial: bool = False, clip: bool = True
     ) -> Tensor:
-        """A point drawn uniformly from the ball around each sample, then clipped to the box.
+        """A point drawn uniformly from the ball around each sample, then clipped to the box
+        (``clip=False``: not clipped, as fast FGSM training's start in Wong et al. 2020's code).
 
         ``radial=True`` keeps the random direction but draws the radius uniformly from
         ``[0, eps]`` instead of uniformly by volume (which puts almost every start of a
@@ -214,7 +215,7 @@ class ThreatModel:
             target = self.eps * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype)
             length = norms_of(delta)[self.norm].to(x.dtype).clamp(min=_TINY)
             delta = delta * _per_sample(target / length, x)
-        return self.clip(x + delta)
+        return self.clip(x + delta) if clip else x + delta
 
     def measure(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Per-sample norm of ``x_adv - x`` in this threat model's norm."""

@@ -280,6 +280,14 @@ for option, value in (("--guard-drop", "-1"), ("--guard-drop", "2"), ("--guard-d
                       ("--checkpoint-every", "-1")):
     row(_with(FGSM, option, value), "train option")
 row(FGSM + ["--guard", ""], "train --guard empty")
+for option, value in (("--guard-floor", "0"), ("--guard-floor", "2"), ("--lr-peak", "1.5"), ("--lr-gamma", "2"),
+                      ("--lr-milestones", "a,b"), ("--momentum", "1.5"), ("--weight-decay", "-1"),
+                      ("--recipe", "nope"), ("--recipe", "")):
+    row(_with(FGSM, option, value), "train option")
+row(FGSM + ["--lr-schedule", "piecewise"], "train piecewise without milestones")
+row(FGSM + ["--lr-schedule", "piecewise", "--lr-milestones", "0.7,0.3"], "train milestones not increasing")
+row(["train", "--data", "digits", "--recipe", "madry-cifar10", "--out", "{out}/m.safetensors"],
+    "train recipe whose architecture is missing")
 row(SEED_COMMANDS["train"] + ["--method", "trades", "--eps", "0.1", "--beta", "-1"], "train trades --beta negative")
 row(SEED_COMMANDS["train"] + ["--method", "noise", "--sigma", "-1"], "train noise --sigma negative")
 row(SEED_COMMANDS["train"] + ["--method", "semi-supervised", "--eps", "0.1", "--unlabeled-fraction", "1.5"],

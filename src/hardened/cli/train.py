@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from hardened.cli._common import Common, Option, console, out, resolve_device, s
 from hardened.cli._launch import relaunches
 from hardened.distributed import env_world, process_group
 from hardened.errors import ConfigError
-from hardened.models import arch_kwargs_for, build_model, load_model, save_model
+from hardened.models import ARCHITECTURES, arch_kwargs_for, build_model, load_model, save_model
 from hardened.report.plots import plot_tradeoff
 from hardened.train import (
     CHECKPOINT_NAME,
@@ -28,9 +29,11 @@ from hardened.train.compare import compare_methods
 from hardened.train.options import (
     MethodSettings,
     collapse_guard,
+    default_lr,
     default_lr_schedule,
     method_options,
 )
+from hardened.train.recipes import RECIPES, Recipe, apply_recipe, get_recipe
 
 MethodOption = Annotated[str, typer.Option("--method", help=f"training method: {', '.join(METHODS)}")]
 EpsOption = Annotated[float | None, typer.Option("--eps", help="radius of the training threat model (adversarial methods)")]
@@ -47,15 +50,21 @@ GuardGapOption = Annotated[float, typer.Option("--guard-gap", help="FGSM-minus-P
 NoiseOption = Annotated[float | None, typer.Option("--nfgsm-noise", help="fgsm: N-FGSM with noise U[-K·eps, K·eps] and no projection (de Jorge et al. 2022 use K=2)")]
 GradAlignOption = Annotated[float, typer.Option("--grad-align", help="fgsm: GradAlign weight lambda (Andriushchenko & Flammarion 2020; 0: off)")]
 GuardDropOption = Annotated[float, typer.Option("--guard-drop", help="PGD-accuracy drop that counts as a collapse")]
+GuardFloorOption = Annotated[float, typer.Option("--guard-floor", help="the FGSM-PGD gap counts only while PGD accuracy is below this")]
 GuardEveryOption = Annotated[int, typer.Option("--guard-every", min=0, help="check the guard every N steps (0: each epoch)")]
 EpochsOption = Annotated[int, typer.Option("--epochs", min=1)]
-LrOption = Annotated[float, typer.Option("--lr")]
+LrOption = Annotated[float | None, typer.Option("--lr", help="learning rate, the peak of a cyclic schedule (default 1e-3; fgsm with adam: 5e-3, Wong et al. 2020)")]
 ScheduleOption = Annotated[str | None, typer.Option("--lr-schedule", help="constant, cosine or cyclic (default: cyclic for fgsm, else constant)")]
 NTrainOption = Annotated[int | None, typer.Option("--n-train", min=1, help="use only the first N training images")]
 EvalNOption = Annotated[int, typer.Option("--eval-n", min=0, help="held-out images for the per-epoch clean/PGD accuracy")]
 EvalEpsOption = Annotated[float | None, typer.Option("--eval-eps", help="eps of the per-epoch PGD accuracy (default: the method's)")]
 WarmupOption = Annotated[float, typer.Option("--eps-warmup", help="ramp eps linearly from 0 over this fraction of the training steps")]
 AmpOption = Annotated[bool | None, typer.Option("--amp/--no-amp", help="mixed precision (default: on with CUDA)")]
+RecipeOption = Annotated[str | None, typer.Option("--recipe", help=f"a published recipe's settings ({', '.join(RECIPES)}); options given explicitly override it")]
+ListRecipesOption = Annotated[bool, typer.Option("--list-recipes", help="list the recipes with their settings and sources, then exit")]
+PeakOption = Annotated[float, typer.Option("--lr-peak", help="cyclic schedule: fraction of the steps at which the lr peaks")]
+MilestonesOption = Annotated[str | None, typer.Option("--lr-milestones", help="piecewise schedule: comma-separated fractions of the steps where the lr is multiplied by --lr-gamma, e.g. 0.5,0.75")]
+GammaOption = Annotated[float, typer.Option("--lr-gamma", help="piecewise schedule: lr factor at each milestone")]
 
 
 _SHARED = ("data", "out", "batch_size", "device", "seed", "data_dir", "download")
@@ -64,8 +73,9 @@ _SHARED = ("data", "out", "batch_size", "device", "seed", "data_dir", "download"
 @shared_options(*_SHARED, out=Option(Path("model.safetensors"), "where to write model.safetensors (+ .json)"))
 @relaunches("train")
 def train_command(
+    ctx: typer.Context,
     common: Common,
-    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet, resnet_small or resnet18")] = "lenet",
+    arch: Annotated[str, typer.Option("--arch", help=f"{', '.join(ARCHITECTURES)}")] = "lenet",
     method: MethodOption = "standard",
     eps: EpsOption = None,
     norm: NormOption = "linf",
@@ -82,13 +92,19 @@ def train_command(
     guard_drop: GuardDropOption = 0.3,
     guard_every: GuardEveryOption = 0,
     guard_gap: GuardGapOption = 0.3,
+    guard_floor: GuardFloorOption = 0.1,
     nfgsm_noise: NoiseOption = None,
     grad_align: GradAlignOption = 0.0,
     eps_warmup: WarmupOption = 0.0,
     epochs: EpochsOption = 5,
-    lr: LrOption = 1e-3,
+    lr: LrOption = None,
     lr_schedule: ScheduleOption = None,
+    lr_peak: PeakOption = 0.4,
+    lr_milestones: MilestonesOption = None,
+    lr_gamma: GammaOption = 0.1,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd")] = "adam",
+    momentum: Annotated[float, typer.Option("--momentum", help="sgd momentum")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="L2 weight decay of the optimizer")] = 0.0,
     n_train: NTrainOption = None,
     eval_n: EvalNOption = 500,
     eval_eps: EvalEpsOption = None,
@@ -96,32 +112,96 @@ def train_command(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="also checkpoint every N steps (0: each epoch only)")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the checkpoint of an interrupted run")] = False,
     amp: AmpOption = None,
+    recipe: RecipeOption = None,
+    list_recipes: ListRecipesOption = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="data-parallel processes on this machine (starts torchrun)")] = 1,
 ) -> None:
     """Train a reference architecture with a training method; checkpoints and resumes.
+    --recipe NAME takes a paper's settings (--list-recipes shows them).
     Under torchrun (or with --nproc N) the global batch is split over the processes."""
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "common", "recipe", "list_recipes", "nproc")}
+    if list_recipes:
+        _print_recipes()
+        return
+    arch_kwargs: dict[str, Any] = {}
+    if recipe is not None:
+        common, options, arch_kwargs = _with_recipe(get_recipe(recipe), common, options, _explicit_options(ctx))
     with process_group(resolve_device(common.device)):
-        _train(common, arch, method, eps, norm, steps, step_size, random_start, beta, sigma, source_model,
-               unlabeled_fraction, labeler, adversarial_lr_scale, guard, guard_drop, guard_every, guard_gap,
-               nfgsm_noise, grad_align, eps_warmup, epochs, lr, lr_schedule, optimizer, n_train, eval_n,
-               eval_eps, checkpoint_dir, checkpoint_every, resume, amp)
+        _train(common, recipe=None if recipe is None else get_recipe(recipe).name, arch_kwargs=arch_kwargs, **options)
+
+
+def _explicit_options(ctx: typer.Context) -> set[str]:
+    """The parameters of the running command that the user gave (not left at their defaults)."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items() if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def _with_recipe(
+    recipe: Recipe, common: Common, options: dict[str, Any], explicit: set[str]
+) -> tuple[Common, dict[str, Any], dict[str, Any]]:
+    """``options`` (and the shared data / batch size) with the recipe's values where not in ``explicit``."""
+    given = {**options, "data": common.data, "batch_size": common.batch_size}
+    merged, arch_kwargs = apply_recipe(recipe, given, explicit)
+    if isinstance(merged.get("lr_milestones"), tuple):
+        merged["lr_milestones"] = ",".join(f"{m:g}" for m in merged["lr_milestones"])
+    key = str(merged["arch"]).lower().replace("-", "_")
+    if key not in ARCHITECTURES:
+        raise ConfigError(
+            f"recipe {recipe.name} trains the architecture {merged['arch']!r}, which this installation's model "
+            f"zoo does not have ({', '.join(ARCHITECTURES)}); pass --arch to train one of those instead"
+        )
+    common = replace(common, data=merged.pop("data"), batch_size=merged.pop("batch_size"))
+    return common, merged, arch_kwargs
+
+
+def _print_recipes() -> None:
+    for recipe in RECIPES.values():
+        table = Table(title=f"{recipe.name}: {recipe.title}", show_header=False, title_justify="left")
+        table.add_column("option")
+        table.add_column("value")
+        for key, value in recipe.options.items():
+            table.add_row(f"--{key.replace('_', '-')}", _show(value))
+        if recipe.arch_kwargs:
+            table.add_row("(architecture)", ", ".join(f"{k}={_show(v)}" for k, v in recipe.arch_kwargs.items()))
+        table.add_row("source", recipe.source)
+        for deviation in recipe.deviations:
+            table.add_row("deviation", deviation)
+        out.print(table)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
+    return str(value)
+
+
+def _milestones(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--lr-milestones takes comma-separated fractions such as 0.5,0.75, got {text!r}") from None
 
 
 def _train(
-    common: Common, arch: str, method: str, eps: float | None, norm: str, steps: int, step_size: float | None,
+    common: Common, *, arch: str, method: str, eps: float | None, norm: str, steps: int, step_size: float | None,
     random_start: bool, beta: float, sigma: float, source_model: list[str] | None,
     unlabeled_fraction: float | None, labeler: str | None, adversarial_lr_scale: float, guard: str,
-    guard_drop: float, guard_every: int, guard_gap: float, nfgsm_noise: float | None, grad_align: float,
-    eps_warmup: float, epochs: int, lr: float, lr_schedule: str | None,
-    optimizer: str, n_train: int | None, eval_n: int, eval_eps: float | None, checkpoint_dir: Path | None,
-    checkpoint_every: int, resume: bool, amp: bool | None,
+    guard_drop: float, guard_every: int, guard_gap: float, guard_floor: float, nfgsm_noise: float | None,
+    grad_align: float, eps_warmup: float, epochs: int, lr: float | None, lr_schedule: str | None, lr_peak: float,
+    lr_milestones: str | None, lr_gamma: float, optimizer: str, momentum: float, weight_decay: float,
+    n_train: int | None, eval_n: int, eval_eps: float | None, checkpoint_dir: Path | None,
+    checkpoint_every: int, resume: bool, amp: bool | None, recipe: str | None, arch_kwargs: dict[str, Any],
 ) -> None:
     out_path, data, seed, batch_size = common.out, common.data, common.seed, common.batch_size
     key = method.lower()
     options = method_options(key, MethodSettings(
         eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
         beta=beta, sigma=sigma, adversarial_lr_scale=adversarial_lr_scale,
-        guard=collapse_guard(guard, guard_drop, guard_every, guard_gap), eps_warmup=eps_warmup,
+        guard=collapse_guard(guard, guard_drop, guard_every, guard_gap, guard_floor), eps_warmup=eps_warmup,
         noise=nfgsm_noise, grad_align=grad_align,
     ))
     if key != "fgsm" and (nfgsm_noise is not None or grad_align):
@@ -149,11 +229,13 @@ def _train(
         if labeler is not None:
             options["labeler"] = load_model(labeler).model
     training_method = make_method(key, **options)
-    arch_kwargs = arch_kwargs_for(train_set)
+    arch_kwargs = arch_kwargs_for(train_set) | arch_kwargs
     model = build_model(arch, **arch_kwargs).to(target)
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
-        lr_schedule=default_lr_schedule(key, lr_schedule), checkpoint_every=checkpoint_every, eval_n=eval_n,
+        epochs=epochs, batch_size=batch_size, lr=default_lr(key, optimizer, lr), optimizer=optimizer, seed=seed,
+        lr_schedule=default_lr_schedule(key, lr_schedule), lr_peak=lr_peak,
+        lr_milestones=_milestones(lr_milestones), lr_gamma=lr_gamma, momentum=momentum,
+        weight_decay=weight_decay, checkpoint_every=checkpoint_every, eval_n=eval_n,
         eval_eps=eval_eps, eval_norm=norm, amp=amp,
     )
     trainer = Trainer(
@@ -178,7 +260,7 @@ def _train(
     saved = save_model(
         model.cpu(), out_path, arch=arch, arch_kwargs=arch_kwargs,
         input_shape=train_set.input_shape, classes=train_set.classes,
-        training={**result.to_dict(), "data": data, "seed": seed},
+        training={**result.to_dict(), "data": data, "seed": seed, **({"recipe": recipe} if recipe else {})},
     )
     last = result.history[-1] if result.history else None
     summary = f"test accuracy {last.test_accuracy:.4f}" if last and last.test_accuracy is not None else ""

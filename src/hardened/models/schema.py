@@ -26,6 +26,7 @@ _COMMON = ("input_shape", "num_classes", "mean", "std")
 _ALLOWED = {
     "mlp": _COMMON + ("hidden",),
     "lenet": _COMMON + ("channels", "hidden"),
+    "strided_cnn": _COMMON + ("channels", "hidden"),
     "resnet_small": _COMMON + ("width", "blocks"),
     "resnet18": _COMMON + ("width",),
 }
@@ -57,7 +58,7 @@ def check_arch_kwargs(
         raise read.fail("std", "positive numbers", out["std"])
     if arch == "mlp" and "hidden" in kwargs:
         out["hidden"] = list(read.int_list("hidden", 1, MAX_WIDTH, max_length=MAX_DEPTH))
-    if arch == "lenet":
+    if arch in ("lenet", "strided_cnn"):
         if "channels" in kwargs:
             out["channels"] = list(read.int_list("channels", 1, MAX_WIDTH, length=2))
         if "hidden" in kwargs:

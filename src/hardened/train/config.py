@@ -17,7 +17,7 @@ from hardened.threat import check_norm
 __all__ = ["TrainConfig", "FitFunction", "OPTIMIZERS", "LR_SCHEDULES"]
 
 OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "cyclic")
+LR_SCHEDULES = ("constant", "cosine", "cyclic", "piecewise")
 
 FitFunction = Callable[[nn.Module, Dataset, "TrainConfig"], object]
 """``fit(model, data, config)``: trains ``model`` in place with the standard method; the trainer
@@ -31,7 +31,9 @@ class TrainConfig:
     Args:
         epochs, batch_size, lr, optimizer (``adam``/``sgd``), weight_decay, momentum: as usual.
         lr_schedule: ``constant``; ``cosine`` (to 0 over the run); ``cyclic`` (linear up to
-            ``lr`` at 40% of the steps, down to 0 at the end; Wong et al. 2020).
+            ``lr`` at the fraction ``lr_peak`` of the steps, 0.4 by default, down to 0 at the
+            end; Wong et al. 2020); ``piecewise`` (``lr`` times ``lr_gamma`` for each of the
+            ``lr_milestones``, fractions of the steps, passed: Madry et al. 2018, Zhang et al. 2019).
         seed: fixes shuffling, the method's randomness and the forked global RNG per step.
         checkpoint_every: also checkpoint every N steps (0: at the end of each epoch only).
         eval_n: held-out images for the per-epoch PGD accuracy (0: no evaluation); the clean
@@ -50,6 +52,9 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     lr_schedule: str = "constant"
+    lr_peak: float = 0.4
+    lr_milestones: tuple[float, ...] = ()
+    lr_gamma: float = 0.1
     checkpoint_every: int = 0
     eval_n: int = 500
     eval_eps: float | None = None
@@ -70,6 +75,22 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown lr schedule {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}"
             )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0.0 < self.lr_peak < 1.0:
+            raise ConfigError(f"lr_peak must be a fraction of the training in (0, 1), got {self.lr_peak}")
+        milestones = tuple(float(m) for m in self.lr_milestones)
+        if any(not 0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+            raise ConfigError(
+                f"lr_milestones must be increasing fractions of the training in (0, 1), got {self.lr_milestones}"
+            )
+        object.__setattr__(self, "lr_milestones", milestones)
+        if not 0.0 < self.lr_gamma < 1.0:
+            raise ConfigError(f"lr_gamma must be in (0, 1), got {self.lr_gamma}")
+        if self.lr_schedule == "piecewise" and not milestones:
+            raise ConfigError("the piecewise lr schedule needs lr_milestones, e.g. (0.5, 0.75)")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.eval_n < 0 or self.eval_steps < 1:

@@ -135,14 +135,22 @@ def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     return float((logits.argmax(1).cpu() == data.y.cpu()).float().mean())
 
 
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Learning-rate multiplier at 0-based ``step`` of ``total`` under ``schedule``."""
+def lr_factor(
+    schedule: str, step: int, total: int, *, peak: float = 0.4,
+    milestones: tuple[float, ...] = (), gamma: float = 0.1,
+) -> float:
+    """Learning-rate multiplier at 0-based ``step`` of ``total`` under ``schedule``.
+
+    ``cyclic`` rises linearly to 1 at the fraction ``peak`` and falls to 0 at the end;
+    ``piecewise`` is ``gamma ** k`` after ``k`` of the ``milestones`` (fractions of ``total``).
+    """
     if schedule == "constant" or total <= 1:
         return 1.0
     t = step / total
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
-    peak = 0.4
+    if schedule == "piecewise":
+        return float(gamma ** sum(step >= m * total for m in milestones))
     return t / peak if t < peak else max(0.0, (1.0 - t) / (1.0 - peak))
 
 
@@ -364,6 +372,11 @@ class Trainer:
             return mix_seed(self.config.seed, stream, step)
         return mix_seed(self.config.seed, stream, step, self.world.rank)
 
+    def _lr_factor(self, step: int) -> float:
+        c = self.config
+        return lr_factor(c.lr_schedule, step, self.total_steps, peak=c.lr_peak,
+                         milestones=c.lr_milestones, gamma=c.lr_gamma)
+
     def _autocast(self) -> Any:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
@@ -375,7 +388,7 @@ class Trainer:
         y = self.train_data.y[index].to(self.device)
         step = self.global_step
         weight = len(x) / global_batch
-        base_lr = self.config.lr * lr_factor(self.config.lr_schedule, step, self.total_steps)
+        base_lr = self.config.lr * self._lr_factor(step)
         ctx = StepContext(
             epoch=self.epoch, step=step,
             generator=make_generator(self._seed(1, step), self.device), lr=base_lr,
@@ -495,7 +508,7 @@ class Trainer:
             seconds=self._epoch_seconds,
             robust_accuracy=robust,
             steps=self.global_step,
-            lr=self.config.lr * lr_factor(self.config.lr_schedule, self.global_step - 1, self.total_steps),
+            lr=self.config.lr * self._lr_factor(self.global_step - 1),
             extra=extra,
         )
 

@@ -131,10 +131,13 @@ class CollapseGuard:
     full threat model. Catastrophic overfitting has one signature: the model still resists the
     single-step attack it is trained on while multi-step PGD breaks it. The guard fires when
 
-    - ``fgsm - pgd > gap`` (FGSM accuracy far above PGD accuracy: the signature), or
+    - ``fgsm - pgd > gap`` and ``pgd < floor`` (FGSM accuracy far above a PGD accuracy near
+      chance: the signature, also when PGD accuracy never rose), or
     - ``pgd < best - drop`` (PGD accuracy fell far below the best seen so far),
 
-    and only once the eps warm-up is over. ``action``: ``"stop"`` restores the best weights
+    and only once the eps warm-up is over. The floor keeps a model that is still learning
+    robustness from firing: in issue 18's runs a healthy lenet at Linf 0.3 on MNIST passed
+    FGSM 68% / PGD 16% right after the warm-up and rose to 73% / 34%. ``action``: ``"stop"`` restores the best weights
     and stops; ``"lower"`` restores the best weights, multiplies the method's step size by
     ``lower_factor`` and goes on; ``"report"`` records the event (log and warning) and goes on.
     """
@@ -146,12 +149,15 @@ class CollapseGuard:
     action: str = "stop"
     gap: float = 0.3
     lower_factor: float = 0.5
+    floor: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.drop <= 1.0:
             raise ConfigError(f"guard drop must be in (0, 1], got {self.drop}")
         if not 0.0 < self.gap <= 1.0:
             raise ConfigError(f"guard gap must be in (0, 1], got {self.gap}")
+        if not 0.0 < self.floor <= 1.0:
+            raise ConfigError(f"guard floor must be in (0, 1], got {self.floor}")
         if self.every < 0 or self.n < 1 or self.steps < 1:
             raise ConfigError("guard every must be >= 0, n >= 1 and steps >= 1")
         if self.action not in GUARD_ACTIONS:
@@ -165,8 +171,9 @@ class CollapseGuard:
 
     def diagnose(self, fgsm: float, pgd: float, best: float) -> str | None:
         """Why the accuracies ``fgsm``, ``pgd`` (and the best PGD so far) show a collapse; ``None``: healthy."""
-        if fgsm - pgd > self.gap:
-            return f"FGSM accuracy {fgsm:.3f} is {fgsm - pgd:.3f} above PGD accuracy {pgd:.3f} (gap > {self.gap:g})"
+        if fgsm - pgd > self.gap and pgd < self.floor:
+            return (f"FGSM accuracy {fgsm:.3f} is {fgsm - pgd:.3f} above PGD accuracy {pgd:.3f} "
+                    f"(gap > {self.gap:g}, PGD accuracy below {self.floor:g})")
         if self.collapsed(pgd, best):
             return f"PGD accuracy fell to {pgd:.3f} from {best:.3f} (drop > {self.drop:g})"
         return None
@@ -449,8 +456,12 @@ def nfgsm_noise(x: Tensor, eps: float, k: float, generator: torch.Generator | No
 class FastFGSM(_Adversarial):
     """Fast single-step adversarial training, with the published fixes for catastrophic overfitting.
 
-    - default (Wong et al. 2020, RS-FGSM): x' = Π_ball(x + δ0 + α·sign(∇)), δ0 ~ U(ball),
-      ``α = 1.25 · eps``; train with the cyclic learning rate (the CLI's default for fgsm).
+    - default (Wong et al. 2020, RS-FGSM): x' = clip(Π_ball(x + δ0 + α·sign(∇))), δ0 ~ U(ball),
+      ``α = 1.25 · eps``; train with the cyclic learning rate (the CLI's default for fgsm). As in
+      the authors' MNIST code, the start x + δ0 is *not* clipped to the pixel box: clipping it
+      sends every saturated pixel (most of an MNIST digit's) to the same corner as plain FGSM
+      would, and on mnist-5k at Linf 0.3 (lenet, lr 5e-3) PGD-40 accuracy was 32.3% unclipped
+      against 15.7% clipped. ``clip_start=True`` restores the clipped start.
     - ``noise=k`` (N-FGSM, de Jorge et al. 2022, Linf): x̃ = clip(x + η), η ~ U[-k·eps, k·eps],
       x' = clip(x̃ + α·sign(∇ CE(f(x̃), y))) with ``α = eps`` by default and *no* projection
       onto the eps ball (‖x' - x‖∞ <= k·eps + α); the paper uses k = 2.
@@ -469,7 +480,7 @@ class FastFGSM(_Adversarial):
         self, *, eps: float, norm: str = "linf", step_size: float | None = None,
         random_start: bool = True, guard: CollapseGuard | None = CollapseGuard(),
         eps_warmup: float = 0.0, bounds: tuple[float, float] = (0.0, 1.0),
-        noise: float | None = None, grad_align: float = 0.0,
+        noise: float | None = None, grad_align: float = 0.0, clip_start: bool = False,
     ) -> None:
         if noise is not None and not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise > 0):
             raise ConfigError(f"N-FGSM noise must be a multiple of eps > 0 (the paper: 2), got {noise!r}")
@@ -483,21 +494,41 @@ class FastFGSM(_Adversarial):
         self.guard = guard
         self.noise = None if noise is None else float(noise)
         self.grad_align = float(grad_align)
+        self.clip_start = bool(clip_start)
 
     def params(self) -> dict[str, Any]:
         out = {k: v for k, v in super().params().items() if k != "steps"}
+        if self.clip_start and self.noise is None and self.random_start:
+            out["clip_start"] = True
         if self.noise is not None:
             out = {k: v for k, v in out.items() if k != "random_start"} | {"noise": self.noise}
         return out | ({"grad_align": self.grad_align} if self.grad_align else {})
 
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
-        x_adv = self._adversarial(model, x, y, generator) if self.noise is None else self._nfgsm(model, x, y, generator)
+        x_adv = self._rs_fgsm(model, x, y, generator) if self.noise is None else self._nfgsm(model, x, y, generator)
         loss = F.cross_entropy(model(x_adv), y)
         if self.grad_align:
             threat, _ = self._current()
             noisy = draw_per_image(threat.random_start, x, generator)
             loss = loss + self.grad_align * grad_align_penalty(model, x, noisy, y)
         return loss
+
+    def _rs_fgsm(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | ImageStreams) -> Tensor:
+        """RS-FGSM's example: one step from the random start (unclipped unless ``clip_start``),
+        then projected onto the ball and clipped to the box."""
+        if self.clip_start or not self.random_start:
+            return self._adversarial(model, x, y, generator)
+        threat, step_size = self._current()
+        oracle = Oracle(model, 0)
+        start = draw_per_image(lambda rows, g: threat.random_start(rows, g, clip=False), x, generator)
+        with eval_mode(model):
+            x_adv = iterate(
+                oracle, x, start, threat=threat, steps=1, step_size=step_size,
+                objective=attack_objective("ce", y), direction=steepest(threat.norm),
+            )
+        self._count("adversarial_examples", x.shape[0])
+        self._count("gradient_evaluations", oracle.gradient_count)
+        return x_adv.detach()
 
     def _nfgsm(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | ImageStreams) -> Tensor:
         """N-FGSM's example: one signed step from the noisy point, clipped to the box only."""
@@ -833,12 +864,13 @@ class SemiSupervised(_Adversarial):
 
 
 def make_method(name: str, **options: Any) -> Method:
-    """Build a method by name (one of ``METHODS.names()`` or an alias); ``None`` options are dropped.
+    """Build a method by name (one of ``METHODS.names()`` or an alias); ``None`` options are dropped
+    (the method's default applies), except ``guard=None``, which switches the detector off.
 
     ``ensemble`` takes ``sources=[...]`` (modules); ``semi-supervised`` takes ``pool=`` (images).
     """
     key = METHODS.canonical(name)
-    kwargs = {k: v for k, v in options.items() if v is not None}
+    kwargs = {k: v for k, v in options.items() if v is not None or k == "guard"}
     if key in ("ensemble", "semi-supervised"):
         extra = "sources" if key == "ensemble" else "pool"
         if extra not in kwargs:

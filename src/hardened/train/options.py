@@ -13,7 +13,7 @@ from typing import Any
 from hardened.errors import ConfigError
 from hardened.train.methods import GUARD_ACTIONS, METHODS, CollapseGuard
 
-__all__ = ["MethodSettings", "method_options", "collapse_guard", "default_lr_schedule"]
+__all__ = ["MethodSettings", "method_options", "collapse_guard", "default_lr", "default_lr_schedule"]
 
 GUARD_MODES = (*GUARD_ACTIONS, "off")
 
@@ -36,11 +36,23 @@ class MethodSettings:
     grad_align: float = 0.0
 
 
-def collapse_guard(mode: str, drop: float, every: int, gap: float = 0.3) -> CollapseGuard | None:
+def collapse_guard(mode: str, drop: float, every: int, gap: float = 0.3, floor: float = 0.1) -> CollapseGuard | None:
     """The fgsm catastrophic-overfitting guard for ``mode`` (stop, lower, report or off: none)."""
     if mode not in GUARD_MODES:
         raise ConfigError(f"--guard must be one of {', '.join(GUARD_MODES)}, got {mode!r}")
-    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode, gap=gap)
+    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode, gap=gap, floor=floor)
+
+
+DEFAULT_LR = 1e-3
+FAST_ADAM_LR = 5e-3  # Wong et al. 2020's lr_max for MNIST (Adam, cyclic)
+
+
+def default_lr(method: str, optimizer: str, lr: float | None) -> float:
+    """``lr`` when given; else 5e-3 for fgsm with Adam (the peak of Wong et al.'s cyclic schedule
+    on MNIST: on mnist-5k at Linf 0.3 it doubled lenet's PGD-40 accuracy over 1e-3), else 1e-3."""
+    if lr is not None:
+        return lr
+    return FAST_ADAM_LR if METHODS.canonical(method) == "fgsm" and optimizer == "adam" else DEFAULT_LR
 
 
 def default_lr_schedule(method: str, schedule: str | None) -> str:

@@ -1,0 +1,169 @@
+"""Published-strength adversarial training on full MNIST (60,000 images), measured by the cascade.
+
+Each run starts from a recipe of ``hardened.train.recipes`` and changes only what the CPU budget
+forces (the JSON lists every override beside the recipe): ``fast`` is ``fast-mnist`` as
+published (Wong et al. 2020: 10 epochs); ``pgd`` and ``trades`` are ``madry-mnist`` /
+``trades-mnist`` with 10 attack steps, the ``strided_cnn`` network and as many epochs as
+``--pgd-epochs`` / ``--trades-epochs`` give. Evaluation: clean accuracy on the 10,000 test
+images, PGD-40 (step 2.5·eps/40, random start) on the first ``--n-pgd`` and the cascade preset
+``--preset`` (``standard``: APGD-CE, APGD-T, Square) on the first ``--n-cascade``.
+
+Resumable: training checkpoints into ``--work/NAME`` every epoch (and every
+``--checkpoint-every`` steps), the cascade keeps its state there too, and finished runs are kept
+in the JSON; rerunning the same command continues where it stopped. Runs one after another in
+the order given; for the 2 shared CPU cores run it under ``nice -n 10`` in the background::
+
+    nohup nice -n 10 python benchmarks/defend_mnist.py --runs fast,pgd,trades &
+
+Writes ``benchmarks/results/defend_mnist.json`` atomically after each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import hardened as hd
+from hardened._util.atomic import write_json
+from hardened.evaluate import robust_accuracy_sweep
+from hardened.evaluate.cascade import run_cascade
+from hardened.models import arch_kwargs_for, build_model
+from hardened.train import TrainConfig, Trainer, accuracy, make_method
+from hardened.train.options import collapse_guard
+from hardened.train.recipes import get_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine  # noqa: E402
+
+PUBLISHED = {
+    "fast": "Wong et al. 2020: 97.5% clean / 88.8% PGD / 82.9% AutoAttack (10 epochs)",
+    "pgd": "Madry et al. 2018: 98.8% clean / ~89% PGD / 88.5% AutoAttack (100,000 steps of PGD-40)",
+    "trades": "Zhang et al. 2019: 99.48% clean / 96.07% PGD-40 / 92.81% AutoAttack (100 epochs, SmallCNN)",
+}
+
+
+def runs(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Run name -> (recipe, overrides of its options)."""
+    small = {"arch": "strided_cnn", "steps": 10, "step_size": 0.075, "batch_size": 100}
+    return {
+        "fast": ("fast-mnist", {}),
+        "pgd": ("madry-mnist", small | {"epochs": args.pgd_epochs, "lr": 1e-3, "lr_schedule": "cyclic"}),
+        "trades": ("trades-mnist", small | {"epochs": args.trades_epochs, "optimizer": "adam", "lr": 1e-3,
+                                            "lr_schedule": "cyclic", "beta": 6.0}),
+    }
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def build(recipe_name: str, overrides: dict[str, Any], seed: int, train_set: hd.Dataset) -> tuple[Any, ...]:
+    recipe = get_recipe(recipe_name)
+    o = dict(recipe.options) | overrides
+    own = dict(recipe.arch_kwargs) if o["arch"] == recipe.options["arch"] else {"channels": (16, 32), "hidden": 100}
+    arch_kwargs = arch_kwargs_for(train_set) | own
+    torch.manual_seed(seed)
+    model = build_model(o["arch"], **arch_kwargs)
+    method_options: dict[str, Any] = {"eps": o["eps"], "norm": o["norm"], "step_size": o.get("step_size"),
+                                      "eps_warmup": o.get("eps_warmup", 0.0)}
+    if o["method"] == "fgsm":
+        method_options |= {"guard": collapse_guard("stop", 0.3, 0), "random_start": o.get("random_start", True)}
+    else:
+        method_options["steps"] = o["steps"]
+    if o["method"] == "trades":
+        method_options["beta"] = o["beta"]
+    method = make_method(o["method"], **method_options)
+    config = TrainConfig(
+        epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], optimizer=o["optimizer"], seed=seed,
+        lr_schedule=o["lr_schedule"], lr_peak=o.get("lr_peak", 0.4), lr_milestones=tuple(o.get("lr_milestones", ())),
+        lr_gamma=o.get("lr_gamma", 0.1), momentum=o.get("momentum", 0.9), weight_decay=o.get("weight_decay", 0.0),
+        eval_n=500, checkpoint_every=200,
+    )
+    return model, method, config, o, arch_kwargs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="fast,pgd,trades")
+    parser.add_argument("--data-dir", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("runs/defend_mnist"))
+    parser.add_argument("--pgd-epochs", type=int, default=3)
+    parser.add_argument("--trades-epochs", type=int, default=3)
+    parser.add_argument("--n-pgd", type=int, default=1000)
+    parser.add_argument("--n-cascade", type=int, default=1000)
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "defend_mnist.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    splits = hd.load_splits("mnist", data_dir=args.data_dir)
+    header = {"machine": machine(), "data": "mnist", "train_size": len(splits.train), "eps": 0.3,
+              "preset": args.preset, "n_pgd": args.n_pgd, "n_cascade": args.n_cascade}
+    table = runs(args)
+    for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
+        recipe_name, overrides = table[name]
+        row = (load_report(args.out) or {}).get("runs", {}).get(name, {})
+        if row.get("done"):
+            continue
+        row |= {"recipe": recipe_name, "overrides": overrides, "published": PUBLISHED[name]}
+        model, method, config, options, arch_kwargs = build(recipe_name, overrides, args.seed, splits.train)
+        row |= {"options": options, "arch_kwargs": arch_kwargs}
+        folder = args.work / name
+        tick, cpu = time.perf_counter(), cpu_seconds()
+        result = Trainer(model, splits.train, method=method, config=config, test_data=splits.test,
+                         checkpoint_dir=folder, log_path=folder / "log.jsonl", progress=False).fit(resume=True)
+        row.setdefault("invocations", []).append({
+            "train_wall_s": time.perf_counter() - tick, "train_cpu_s": cpu_seconds() - cpu,
+            "loadavg": os.getloadavg(), "resumed_from_step": result.resumed_from_step,
+        })
+        row |= {"train_seconds": sum(r.seconds for r in result.history), "steps": result.steps,
+                "stopped": result.stopped, "epochs_run": len(result.history),
+                "history": [{"epoch": r.epoch, "test_accuracy": r.test_accuracy, "pgd10_500": r.robust_accuracy,
+                             "seconds": r.seconds, "guard": r.extra.get("guard"),
+                             "guard_events": r.extra.get("guard_events")} for r in result.history]}
+        save(args.out, header, name, row)
+        model.eval()
+        tick, cpu = time.perf_counter(), cpu_seconds()
+        pgd_data, cascade_data = splits.test.head(args.n_pgd), splits.test.head(args.n_cascade)
+        row["clean"] = accuracy(model, splits.test)
+        row["pgd40"] = robust_accuracy_sweep(model, pgd_data.x, pgd_data.y, eps_values=[0.3], attack="pgd",
+                                             steps=40, seed=args.seed).robust_accuracy[0]
+        save(args.out, header, name, row)
+        cascade = run_cascade(model, cascade_data.x, cascade_data.y, eps=0.3, preset=args.preset, seed=args.seed,
+                              state_dir=folder / f"cascade-{args.preset}")
+        row |= {"cascade": cascade.robust_accuracy, "cascade_clean": cascade.clean_accuracy,
+                "eval_wall_s": time.perf_counter() - tick, "eval_cpu_s": cpu_seconds() - cpu,
+                "eval_loadavg": os.getloadavg(), "done": True}
+        hd.save_model(model, folder / "model.safetensors", arch=options["arch"],
+                      arch_kwargs=arch_kwargs,
+                      input_shape=splits.train.input_shape, classes=splits.train.classes,
+                      training={**result.to_dict(), "data": "mnist", "recipe": recipe_name})
+        save(args.out, header, name, row)
+        print(f"{name}: clean {row['clean']:.4f} pgd40 {row['pgd40']:.3f} cascade {row['cascade']:.3f} "
+              f"train {row['train_seconds']:.0f}s ({result.stopped or 'ran to the end'})", flush=True)
+
+
+def load_report(path: Path) -> dict[str, Any] | None:
+    """The report of an earlier, interrupted invocation (finished runs are kept)."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save(path: Path, header: dict[str, Any], name: str, row: dict[str, Any]) -> None:
+    """Merge this run's row into the report on disk (other invocations may own other runs)."""
+    report = load_report(path) or {}
+    report |= header
+    report.setdefault("runs", {})[name] = row
+    write_json(path, report)
+
+
+if __name__ == "__main__":
+    main()

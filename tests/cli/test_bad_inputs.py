@@ -280,7 +280,7 @@ for option, value in (("--guard-drop", "-1"), ("--guard-drop", "2"), ("--guard-d
                       ("--checkpoint-every", "-1")):
     row(_with(FGSM, option, value), "train option")
 row(FGSM + ["--guard", ""], "train --guard empty")
-for option, value in (("--guard-floor", "0"), ("--guard-floor", "2"), ("--lr-peak", "1.5"), ("--lr-gamma", "2"),
+for option, value in (("--guard-floor", "0"), ("--guard-floor", "2"), ("--guard-start", "1"), ("--guard-start", "-0.5"), ("--lr-peak", "1.5"), ("--lr-gamma", "2"),
                       ("--lr-milestones", "a,b"), ("--momentum", "1.5"), ("--weight-decay", "-1"),
                       ("--recipe", "nope"), ("--recipe", "")):
     row(_with(FGSM, option, value), "train option")

@@ -295,6 +295,21 @@ def test_guard_waits_for_the_end_of_the_eps_warmup(data):
     assert result.stopped is None  # every check fell inside the warm-up (9 of 10 steps)
 
 
+def test_guard_acts_only_after_its_start_fraction():
+    digits = load_splits("digits")
+    # a guard that fires on almost anything (gap or drop above 0.01), told to wait for half the run
+    guard = CollapseGuard(drop=0.01, gap=0.01, floor=1.0, every=5, n=100, steps=2, action="report", start=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(fresh(), digits.train, method=FastFGSM(eps=0.15, guard=guard),
+                       config=TrainConfig(epochs=2, batch_size=64, lr=3e-3, eval_n=0))
+    total = result.steps
+    checks = [c for r in result.history for c in r.extra["guard"]]
+    events = [e for r in result.history for e in r.extra.get("guard_events", [])]
+    assert checks[0]["step"] < 0.5 * total  # measured from the start
+    assert events and min(e["step"] for e in events) >= 0.5 * total  # acted only from the half
+
+
 # ---------------------------------------------------------------- schedule
 @pytest.mark.parametrize("total", [2, 10, 37, 500])
 def test_cyclic_schedule_in_closed_form(total):
@@ -339,6 +354,29 @@ def test_resume_equals_the_uninterrupted_run(data, tmp_path, options):
     assert result.resumed_from_step == 7 and result.steps == whole.steps
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
     assert [r.extra.get("guard_events") for r in result.history] == [r.extra.get("guard_events") for r in whole.history]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [{"lr_schedule": "piecewise", "lr_milestones": (0.3, 0.6), "lr_gamma": 0.2},
+     {"lr_schedule": "cyclic", "lr_peak": 0.5, "optimizer": "sgd", "momentum": 0.5, "weight_decay": 1e-3}],
+    ids=["piecewise", "cyclic-peak-sgd"],
+)
+@pytest.mark.filterwarnings("ignore:catastrophic overfitting")
+def test_resume_equals_the_uninterrupted_run_with_the_new_schedules(data, tmp_path, schedule):
+    config = TrainConfig(epochs=2, batch_size=64, lr=3e-2, eval_n=0, checkpoint_every=4, **schedule)
+
+    def method() -> FastFGSM:  # the default start (unclipped) and a guard that acts from 0.25
+        return FastFGSM(eps=0.2, guard=CollapseGuard(every=3, n=40, steps=2, action="lower", drop=0.01, gap=0.01))
+
+    reference = fresh()
+    whole = train(reference, data, method=method(), config=config)
+    Trainer(fresh(), data, method=method(), config=config, checkpoint_dir=tmp_path).fit(max_steps=9)
+    model = fresh(seed=5)
+    result = Trainer(model, data, method=method(), config=config, checkpoint_dir=tmp_path).fit(resume=True)
+    assert result.resumed_from_step == 9 and result.steps == whole.steps
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True))
+    assert [r.lr for r in result.history] == [r.lr for r in whole.history]
 
 
 # ----------------------------------------------------------------- recipes

@@ -51,6 +51,7 @@ NoiseOption = Annotated[float | None, typer.Option("--nfgsm-noise", help="fgsm: 
 GradAlignOption = Annotated[float, typer.Option("--grad-align", help="fgsm: GradAlign weight lambda (Andriushchenko & Flammarion 2020; 0: off)")]
 GuardDropOption = Annotated[float, typer.Option("--guard-drop", help="PGD-accuracy drop that counts as a collapse")]
 GuardFloorOption = Annotated[float, typer.Option("--guard-floor", help="the FGSM-PGD gap counts only while PGD accuracy is below this")]
+GuardStartOption = Annotated[float, typer.Option("--guard-start", help="fraction of the steps before the guard acts (it measures from the start)")]
 GuardEveryOption = Annotated[int, typer.Option("--guard-every", min=0, help="check the guard every N steps (0: each epoch)")]
 EpochsOption = Annotated[int, typer.Option("--epochs", min=1)]
 LrOption = Annotated[float | None, typer.Option("--lr", help="learning rate, the peak of a cyclic schedule (default 1e-3; fgsm with adam: 5e-3, Wong et al. 2020)")]
@@ -93,6 +94,7 @@ def train_command(
     guard_every: GuardEveryOption = 0,
     guard_gap: GuardGapOption = 0.3,
     guard_floor: GuardFloorOption = 0.1,
+    guard_start: GuardStartOption = 0.25,
     nfgsm_noise: NoiseOption = None,
     grad_align: GradAlignOption = 0.0,
     eps_warmup: WarmupOption = 0.0,
@@ -190,7 +192,7 @@ def _train(
     common: Common, *, arch: str, method: str, eps: float | None, norm: str, steps: int, step_size: float | None,
     random_start: bool, beta: float, sigma: float, source_model: list[str] | None,
     unlabeled_fraction: float | None, labeler: str | None, adversarial_lr_scale: float, guard: str,
-    guard_drop: float, guard_every: int, guard_gap: float, guard_floor: float, nfgsm_noise: float | None,
+    guard_drop: float, guard_every: int, guard_gap: float, guard_floor: float, guard_start: float, nfgsm_noise: float | None,
     grad_align: float, eps_warmup: float, epochs: int, lr: float | None, lr_schedule: str | None, lr_peak: float,
     lr_milestones: str | None, lr_gamma: float, optimizer: str, momentum: float, weight_decay: float,
     n_train: int | None, eval_n: int, eval_eps: float | None, checkpoint_dir: Path | None,
@@ -201,7 +203,7 @@ def _train(
     options = method_options(key, MethodSettings(
         eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
         beta=beta, sigma=sigma, adversarial_lr_scale=adversarial_lr_scale,
-        guard=collapse_guard(guard, guard_drop, guard_every, guard_gap, guard_floor), eps_warmup=eps_warmup,
+        guard=collapse_guard(guard, guard_drop, guard_every, guard_gap, guard_floor, guard_start), eps_warmup=eps_warmup,
         noise=nfgsm_noise, grad_align=grad_align,
     ))
     if key != "fgsm" and (nfgsm_noise is not None or grad_align):

@@ -444,7 +444,7 @@ class Trainer:
 
         Measures FGSM and PGD accuracy at the method's full threat model on held-out images,
         keeps the weights of the best PGD accuracy, and acts on a collapse once the eps warm-up
-        is over. Each measurement goes to the epoch's log record (``extra["guard"]``).
+        is over and ``guard.start`` of the steps have run. Each measurement goes to the epoch's log record (``extra["guard"]``).
         """
         guard, threat = self.method.guard, self.method.threat
         data = self._eval_data(guard.n) if guard is not None else None
@@ -456,7 +456,8 @@ class Trainer:
                                     seed=self.config.seed, **common).robust_accuracy[0]
         fgsm = robust_accuracy_sweep(self.model, x, y, attack="fgsm", **common).robust_accuracy[0]
         self._guard_checks.append({"step": self.global_step, "fgsm_accuracy": fgsm, "pgd_accuracy": pgd})
-        reason = None if getattr(self.method, "warming_up", False) else guard.diagnose(fgsm, pgd, self._guard_best)
+        waiting = getattr(self.method, "warming_up", False) or self.global_step < guard.start * self.total_steps
+        reason = None if waiting else guard.diagnose(fgsm, pgd, self._guard_best)
         if pgd > self._guard_best:
             self._guard_best = pgd
             self._guard_best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

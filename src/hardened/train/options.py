@@ -36,11 +36,15 @@ class MethodSettings:
     grad_align: float = 0.0
 
 
-def collapse_guard(mode: str, drop: float, every: int, gap: float = 0.3, floor: float = 0.1) -> CollapseGuard | None:
+def collapse_guard(
+    mode: str, drop: float, every: int, gap: float = 0.3, floor: float = 0.1, start: float = 0.25
+) -> CollapseGuard | None:
     """The fgsm catastrophic-overfitting guard for ``mode`` (stop, lower, report or off: none)."""
     if mode not in GUARD_MODES:
         raise ConfigError(f"--guard must be one of {', '.join(GUARD_MODES)}, got {mode!r}")
-    return None if mode == "off" else CollapseGuard(drop=drop, every=every, action=mode, gap=gap, floor=floor)
+    if mode == "off":
+        return None
+    return CollapseGuard(drop=drop, every=every, action=mode, gap=gap, floor=floor, start=start)
 
 
 DEFAULT_LR = 1e-3

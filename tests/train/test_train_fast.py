@@ -295,6 +295,41 @@ def test_guard_waits_for_the_end_of_the_eps_warmup(data):
     assert result.stopped is None  # every check fell inside the warm-up (9 of 10 steps)
 
 
+@pytest.mark.filterwarnings("ignore:catastrophic overfitting")
+def test_detector_on_a_real_collapse_and_on_a_healthy_run():
+    """Plain FGSM (no random start, step eps) at Linf 0.3 on digits overfits catastrophically by
+    itself: FGSM accuracy climbs to about 45% while PGD-10 accuracy stays near 0 (measured). The
+    detector stops it and restores the weights of its best PGD accuracy; RS-FGSM at 0.1 trains
+    healthily (FGSM and PGD accuracy within 2 points) and the detector never fires."""
+    from hardened.evaluate import robust_accuracy_sweep
+
+    digits = load_splits("digits")
+    config = TrainConfig(epochs=12, batch_size=64, lr=1e-2, eval_n=0)
+
+    def run(method: FastFGSM) -> tuple[nn.Module, Any]:
+        torch.manual_seed(0)
+        model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(128,))
+        return model, train(model, digits.train, method=method, test_data=digits.test, config=config)
+
+    guard = CollapseGuard(n=200, steps=10, action="stop")
+    model, collapsed = run(FastFGSM(eps=0.3, random_start=False, step_size=0.3, guard=guard))
+    checks = [c for r in collapsed.history for c in r.extra["guard"]]
+    events = [e for r in collapsed.history for e in r.extra.get("guard_events", [])]
+    assert collapsed.stopped is not None and "catastrophic overfitting" in collapsed.stopped
+    assert len(events) == 1 and events[0]["fgsm_accuracy"] - events[0]["pgd_accuracy"] > 0.3
+    assert collapsed.steps < config.epochs * 23  # stopped early
+    best = max(c["pgd_accuracy"] for c in checks)
+    held_out = digits.test.head(200)
+    again = robust_accuracy_sweep(model, held_out.x, held_out.y, eps_values=[0.3], attack="pgd", steps=10,
+                                  seed=config.seed).robust_accuracy[0]
+    assert again == best  # the restored weights are those of the best check
+
+    _, healthy = run(FastFGSM(eps=0.1, guard=CollapseGuard(n=200, steps=10, action="stop")))
+    checks = [c for r in healthy.history for c in r.extra["guard"]]
+    assert healthy.stopped is None and not any(r.extra.get("guard_events") for r in healthy.history)
+    assert len(checks) == config.epochs and all(c["fgsm_accuracy"] - c["pgd_accuracy"] < 0.05 for c in checks)
+
+
 def test_guard_acts_only_after_its_start_fraction():
     digits = load_splits("digits")
     # a guard that fires on almost anything (gap or drop above 0.01), told to wait for half the run

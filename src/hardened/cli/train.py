@@ -284,7 +284,7 @@ def compare_command(
     guard: GuardOption = "report",
     eps_warmup: WarmupOption = 0.0,
     epochs: EpochsOption = 3,
-    lr: LrOption = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="learning rate of every method")] = 1e-3,
     lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant, cosine or cyclic (one for every method)")] = "constant",
     n_train: NTrainOption = None,
     n_test: Annotated[int, typer.Option("--n-test", min=1, help="test images for the final measurements")] = 1000,

@@ -480,6 +480,7 @@ class FastFGSM(_Adversarial):
     name = "fgsm"
     noise: float | None
     grad_align: float
+    clip_start: bool
 
     def __init__(
         self, *, eps: float, norm: str = "linf", step_size: float | None = None,

@@ -13,7 +13,10 @@ Writes ``benchmarks/results/defend_eval.json`` atomically (after each model).
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from _common import RESULTS, machine  # noqa: E402
 
 
 def evaluate(path: str, test: hd.Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    tick, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     loaded = hd.load_model(path)
     model = loaded.model.eval()
     pgd_data, cascade_data = test.head(args.n_pgd), test.head(args.n_cascade)
@@ -41,7 +45,13 @@ def evaluate(path: str, test: hd.Dataset, args: argparse.Namespace) -> dict[str,
         "cascade_clean": cascade.clean_accuracy, "n_pgd": len(pgd_data), "n_cascade": len(cascade_data),
         "train_seconds": sum(r.get("seconds", 0.0) for r in history), "stopped": training.get("stopped"),
         "epochs_run": len(history), "method": training.get("method"),
+        "eval_wall_s": time.perf_counter() - tick, "eval_cpu_s": _cpu_since(cpu), "loadavg": os.getloadavg(),
     }
+
+
+def _cpu_since(start: resource.struct_rusage) -> float:
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return (now.ru_utime - start.ru_utime) + (now.ru_stime - start.ru_stime)
 
 
 def main() -> None:

@@ -26,7 +26,9 @@ keeps its figures; ``--resume`` skips the entries already there (same n and seed
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -133,11 +135,14 @@ def measure(method: str, model: nn.Module, x: Tensor, y: Tensor, norm: str, eps:
     twice would hide the model's input stages from the masking checks' BPDA search)."""
     ours = method in ("quick", "standard", "thorough")
     counter = CountingModel(model)
+    load = os.getloadavg()[0]
     cpu = time.process_time()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         record = RUNNERS[method](model if ours else counter, x, y, norm, eps, seed)
     record["cpu_seconds"] = round(time.process_time() - cpu, 2)
+    record["loadavg"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # 1-minute, at start and end
+    record["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     record.pop("robust", None)
     if not ours:
         record["forwards"], record["backwards"] = counter.counts()
@@ -196,6 +201,25 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge(files: list[Path], out_path: Path) -> None:
+    """Fold the rows' method entries of ``files`` into ``out_path`` (same seed; later wins)."""
+    out = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {"rows": {}}
+    for f in files:
+        part = json.loads(f.read_text(encoding="utf-8"))
+        out.setdefault("data", part["data"])
+        out.setdefault("seed", part["seed"])
+        out["machine"] = part["machine"]
+        if part["seed"] != out["seed"]:
+            sys.exit(f"{f}: seed {part['seed']} differs from {out_path}'s {out['seed']}")
+        for key, row in part["rows"].items():
+            mine = out["rows"].get(key)
+            if mine is None or mine["n"] != row["n"]:
+                out["rows"][key] = mine = {**row, "methods": {}}
+            mine["methods"].update(row["methods"])
+            mine["verdict"] = verdict(mine)
+    write_json(out_path, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="images per Linf row")
@@ -210,10 +234,14 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the entries already in --out")
     parser.add_argument("--out", type=Path, default=RESULTS / "strong_eval.json")
     parser.add_argument("--table", type=Path, nargs="*", help="print the markdown table of these JSON files and exit")
+    parser.add_argument("--merge", type=Path, nargs="*",
+                        help="fold these JSON files' entries into --out (later files win) and exit: rows run in "
+                             "parallel processes write one file each")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.table:
-        import json
-
         rows = {k: v for f in args.table for k, v in json.loads(f.read_text(encoding="utf-8"))["rows"].items()}
         print(table(rows))
         return
@@ -223,8 +251,6 @@ def main() -> None:
     test = hd.load_splits("mnist-5k").test
     out: dict[str, Any] = {"data": "mnist-5k test", "seed": args.seed, "machine": machine(), "rows": {}}
     if args.resume and args.out.is_file():
-        import json
-
         stored = json.loads(args.out.read_text(encoding="utf-8"))
         if stored.get("seed") == args.seed:
             out["rows"] = stored.get("rows", {})

@@ -79,18 +79,21 @@ def _linear_two_class(w: torch.Tensor, b: float) -> nn.Module:
     return nn.Sequential(nn.Flatten(), layer).double()
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_apgd_reaches_the_closed_form_optimum_of_a_linear_model(norm, seed):
+def test_apgd_reaches_the_closed_form_optimum_of_a_linear_model(norm, seed, smoothing):
     # The worst case of s = w·x + b over the ball (inside the box) is s - eps * ||w||_dual: the
     # attack cannot succeed (b is large), so APGD returns its highest-loss point, which must be it.
+    # The CE gradient of this model points along -w wherever it is taken, so the smoothed
+    # gradient (taken under noise) must reach the same optimum.
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(16, generator=g, dtype=torch.float64)
     model = _linear_two_class(w, b=10.0)
     x = 0.4 + 0.2 * torch.rand((1, 1, 4, 4), generator=g, dtype=torch.float64)
     eps = 0.05
     dual = w.abs().sum() if norm == "linf" else w.norm()
-    result = APGD(eps=eps, norm=norm, steps=50, seed=seed)(model, x, torch.tensor([0]))
+    result = APGD(eps=eps, norm=norm, steps=50, smoothing=smoothing, seed=seed)(model, x, torch.tensor([0]))
     assert not bool(result.success.any())
     attacked = float(w @ result.x_adv.flatten()) + 10.0
     optimum = float(w @ x.flatten()) + 10.0 - eps * float(dual)
@@ -106,15 +109,18 @@ def test_apgd_reaches_the_closed_form_optimum_of_a_linear_model(norm, seed):
     seed=st.integers(0, 1000),
     conv=st.booleans(),
     early_stop=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.2]),
 )
-def test_apgd_invariants_on_random_models(name, norm, eps, seed, conv, early_stop):
+def test_apgd_invariants_on_random_models(name, norm, eps, seed, conv, early_stop, smoothing):
     model = (tiny_cnn if conv else tiny_mlp)(seed=seed, classes=4)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(6, 1, 8, 8, generator=g)
     y = torch.randint(0, 4, (6,), generator=g)
     x_before = x.clone()
     options = {"n_target_classes": 2} if name == "apgd-t" else {}
-    result = make_attack(name, eps=eps, norm=norm, steps=4, early_stop=early_stop, seed=seed, **options)(model, x, y)
+    result = make_attack(
+        name, eps=eps, norm=norm, steps=4, early_stop=early_stop, smoothing=smoothing, seed=seed, **options
+    )(model, x, y)
     assert torch.equal(x, x_before), "the input was mutated"
     assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
     assert bool((result.norms[norm] <= eps + 1e-6).all())
@@ -206,6 +212,37 @@ def test_same_seed_same_result_and_seeds_matter(cnn, blobs):
     assert torch.equal(torch.random.get_rng_state(), state), "the global RNG was used"
 
 
+class _Thresholded(nn.Module):
+    """Two classes read from the first 8 pixels: z_0 = 0.5, z_1 = 4 sum_{i<8} relu(x_i - 0.6).
+    Where those pixels are at 0.3 the gradient is exactly zero in a ball around the image (it is
+    masked), yet moving them by an L2 distance under 1 flips the class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lifted = 4 * torch.relu(x.flatten(1)[:, :8] - 0.6).sum(1)
+        return torch.stack([torch.full_like(lifted, 0.5), lifted], dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_smoothed_gradient_passes_a_threshold_the_plain_gradient_cannot(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = 0.1 * torch.rand(20, 1, 16, 16, generator=g)
+    x.view(20, -1)[:, :8] = 0.3
+    y = torch.zeros(20, dtype=torch.int64)
+    model = _Thresholded()
+    plain = APGD(eps=1.0, norm="l2", steps=30, seed=seed)(model, x, y)
+    smoothed = APGD(eps=1.0, norm="l2", steps=30, smoothing=0.3, seed=seed)(model, x, y)
+    assert not bool(plain.success.any()), "a zero gradient should leave APGD where it started"
+    assert float(smoothed.success.float().mean()) >= 0.9
+    # success is that of the un-noised point, inside the ball and the box
+    with torch.no_grad():
+        assert torch.equal(smoothed.success, model(smoothed.x_adv).argmax(1) != y)
+    assert bool((smoothed.norms["l2"] <= 1.0 + 1e-5).all())
+    assert float(smoothed.x_adv.min()) >= 0.0 and float(smoothed.x_adv.max()) <= 1.0
+    # one gradient per step as without noise, one forward more for the un-noised loss
+    assert smoothed.gradient_count <= plain.gradient_count
+    assert smoothed.forward_count > smoothed.gradient_count
+
+
 def test_registered_names():
     assert type(make_attack("apgd", eps=0.1)) is APGD
     assert type(make_attack("apgd-ce", eps=0.1)) is APGD
@@ -224,6 +261,7 @@ def test_registered_names():
         (lambda: APGD(eps="0.1"), "eps must be a real number"),
         (lambda: APGD(eps=0.1, loss="margin"), "unknown loss"),
         (lambda: APGD(eps=0.1, rho=1.5), "rho must be a finite number in \\[0, 1\\]"),
+        (lambda: APGD(eps=0.1, smoothing=-0.1), "smoothing must be"),
         (lambda: APGDT(eps=0.1, loss="ce"), "targeted DLR loss only"),
         (lambda: APGDT(eps=0.1, n_target_classes=0), "n_target_classes must be an integer >= 1"),
         (lambda: make_attack("apgd-t", eps=0.1, queries=3), "bad options"),

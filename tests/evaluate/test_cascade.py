@@ -150,7 +150,7 @@ def test_bad_inputs_are_library_errors(toy_net, toy_test):
 
 def test_presets_are_ordered_lists_of_registered_names():
     assert list(PRESETS) == ["quick", "standard", "thorough"]
-    assert [s.attack for s in resolve_steps("standard")] == ["apgd-ce", "apgd-t", "square"]
+    assert [s.attack for s in resolve_steps("standard")] == ["apgd-ce", "apgd-ce", "apgd-t", "square"]
     assert resolve_steps([("pgd", {"steps": 3})]) == (CascadeStep("pgd", {"steps": 3}),)
 
 

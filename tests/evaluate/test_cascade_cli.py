@@ -50,7 +50,7 @@ def test_the_cascade_is_the_default_and_reports_contributions(model_file, tmp_pa
     assert "Points broken by each attack" in result.output and "Gradient-masking checks" in result.output
     cascade = json.loads((tmp_path / "cascade.json").read_text())
     [at_01] = cascade["cascades"]
-    assert [c["attack"] for c in at_01["contributions"]] == ["apgd-ce", "apgd-t"]
+    assert [c["attack"] for c in at_01["contributions"]] == ["apgd-ce", "apgd-ce", "apgd-t"]
     assert cascade["sweep"]["attack"] == "cascade:quick" and cascade["sweep"]["eps"] == [0.0, 0.1]
     assert at_01["robust_accuracy"] == cascade["sweep"]["robust_accuracy"][1]
     rerun = _evaluate("--model", str(model_file), "--preset", "quick", "--eps", "0,0.1", "--out", str(tmp_path))

@@ -7,6 +7,9 @@ without FAB-T). Reference: ``pyautoattack``'s AutoAttack ``version="standard"`` 
 FAB-T, Square), whose log gives the robust accuracy after each of its attacks, so FAB-T's
 marginal contribution is read off directly. One thread for both.
 
+``--candidates`` runs FMN (100 and 300 steps), Square (5,000 queries) and APGD-CE with the
+gradient under Gaussian noise (``smoothing`` 0.1-0.25), each alone on those same points.
+
 ``--fab-probe`` also runs the reference's FAB-T alone on the points our APGD-CE and APGD-T left
 robust, next to our Square on the same points: how many FAB-T breaks that Square does not.
 
@@ -100,6 +103,35 @@ def fab_probe(model: nn.Module, x: Tensor, y: Tensor, robust: Tensor, norm: str,
     }
 
 
+CANDIDATES = (
+    ("fmn", {"steps": 100}),
+    ("fmn", {"steps": 300}),
+    ("square", {"queries": 5000}),
+    *(("apgd-ce", {"steps": 100, "smoothing": s}) for s in (0.1, 0.15, 0.2, 0.25)),
+)
+
+
+def candidates_probe(model: nn.Module, x: Tensor, y: Tensor, robust: Tensor, norm: str, eps: float,
+                     seed: int) -> list[dict[str, Any]]:
+    """Each candidate member alone on the points APGD-CE and APGD-T left robust: what it breaks
+    (verified on the model, inside the ball) and its cost. FMN with ``eps`` is bounded, so a
+    point counts only when its minimal perturbation found is within eps."""
+    index = robust.nonzero().squeeze(1)
+    xr, yr = x[index], y[index]
+    out = []
+    for name, options in CANDIDATES:
+        cpu = time.process_time()
+        result = make_attack(name, norm=norm, eps=eps, **({"seed": seed} if name != "fmn" else {}), **options)(
+            model, xr, yr)
+        out.append({
+            "attack": name, "options": options, "points": int(index.numel()),
+            "broken": int(result.success.sum()), "cpu_seconds": round(time.process_time() - cpu, 2),
+            "forward_count": result.forward_count, "gradient_count": result.gradient_count,
+        })
+        print("candidate", out[-1], flush=True)
+    return out
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -144,6 +176,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-reference", action="store_true", help="skip pyautoattack")
     parser.add_argument("--fab-probe", action="store_true", help="FAB-T vs Square on what APGD leaves")
+    parser.add_argument("--candidates", action="store_true",
+                        help="FMN, Square 5,000 and smoothed APGD-CE, each alone on what APGD leaves")
     parser.add_argument("--out", type=Path, default=RESULTS / "strong_eval_members.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -163,6 +197,9 @@ def main() -> None:
         left = after.get("apgd-t", torch.zeros(len(x), dtype=torch.bool))
         out["fab_probe"] = fab_probe(model, x, y, left, args.norm, args.eps, args.seed)
         print("fab probe:", out["fab_probe"])
+    if args.candidates:
+        left = after.get("apgd-t", torch.zeros(len(x), dtype=torch.bool))
+        out["candidates"] = candidates_probe(model, x, y, left, args.norm, args.eps, args.seed)
     write_json(args.out, out)
     if not args.no_reference:
         out["reference"] = reference(model, x, y, args.norm, args.eps, args.seed)

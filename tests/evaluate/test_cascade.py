@@ -215,3 +215,30 @@ def test_another_process_cannot_use_the_state_folder_while_a_cascade_runs(toy_ne
     run_cascade(toy_net, x, y, eps=0.3, preset=MEMBERS[:1], state_dir=tmp_path, callback=from_outside)
     assert codes == [1]
     assert subprocess.run([sys.executable, "-c", probe, str(tmp_path)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).returncode == 0
+
+
+class _Thresholded(torch.nn.Module):
+    """Three classes read from the first 8 pixels: z = (0.5, 4 sum_{i<8} relu(x_i - 0.6), -1).
+    At pixels of 0.3 its gradient is exactly zero around the image, yet an L2 step under 1 flips
+    the class: the plain gradient members cannot move, the smoothed one can."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lifted = 4 * torch.relu(x.flatten(1)[:, :8] - 0.6).sum(1)
+        return torch.stack([torch.full_like(lifted, 0.5), lifted, torch.full_like(lifted, -1.0)], dim=1)
+
+
+@NEEDS_APGD
+@pytest.mark.parametrize("preset", ["quick", "standard"])
+def test_the_smoothed_member_breaks_what_the_plain_gradient_cannot_reach(preset):
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.rand(24, 1, 16, 16, generator=g)
+    x.view(24, -1)[:, :8] = 0.3
+    y = torch.zeros(24, dtype=torch.int64)
+    model = _Thresholded()
+    result = run_cascade(model, x, y, eps=1.0, norm="l2", preset=preset, seed=0)
+    by = {c.label: c.broken for c in result.contributions}
+    plain, smoothed = (s.label for s in PRESETS[preset][:2])
+    assert "smoothing" in smoothed and by[plain] == 0
+    assert result.robust_accuracy <= 0.1 and by[smoothed] >= 0.9 * len(x) - by[plain]
+    with torch.no_grad():
+        assert torch.equal(~result.robust, model(result.x_adv).argmax(1) != y)

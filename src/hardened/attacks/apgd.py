@@ -14,6 +14,11 @@ steps since the last checkpoint, or (2) its step was not halved at the last chec
 best loss has not improved since. Each sample keeps its best point (highest loss) and the
 adversarial points it meets; restarts keep each sample's best (success first, then loss).
 
+With ``smoothing > 0`` each gradient is taken at one Gaussian draw ``clip(x + smoothing * n)``
+instead of at ``x`` (the loss, the checkpoints and success stay at ``x``): the smoothed-gradient
+member of the cascade presets, for models whose own gradient is zero on flat, thresholded
+regions (an Linf-trained MNIST model at L2).
+
 APGD-T (``APGDT``) runs the targeted DLR loss towards each of the ``n_target_classes`` classes
 ranked highest by the clean logits (9 in the paper's AutoAttack), on the points still robust.
 """

@@ -195,7 +195,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         for method, m in row["methods"].items():
             ratio = f"{_passes(m) / _passes(ref):.3f}" if ref else "–"
             cpu = f"{m['cpu_seconds']:.1f}" if "cpu_seconds" in m else "–"
-            lines.append(f"| {first} | {method} | {100 * m['robust_accuracy']:.1f}% | {m['seconds']:.1f} | {cpu} | {ratio} | "
+            kept = " (kept)" if "kept_from" in m else ""  # an earlier run's entry, same images
+            lines.append(f"| {first} | {method}{kept} | {100 * m['robust_accuracy']:.1f}% | {m['seconds']:.1f} | {cpu} | {ratio} | "
                          f"{m['forwards']:,} | {m['backwards']:,} | {m['queries']:,} |")
             first = ""
     return "\n".join(lines)

@@ -242,3 +242,12 @@ def test_the_smoothed_member_breaks_what_the_plain_gradient_cannot_reach(preset)
     assert result.robust_accuracy <= 0.1 and by[smoothed] >= 0.9 * len(x) - by[plain]
     with torch.no_grad():
         assert torch.equal(~result.robust, model(result.x_adv).argmax(1) != y)
+    finding = next(f for f in result.findings if f.name == "smoothed-gradient")
+    assert finding.fired and "masked" in finding.meaning and result.masking_suspected
+
+
+@NEEDS_APGD
+def test_the_smoothed_gradient_finding_stays_silent_where_the_plain_gradient_breaks_everything(toy_net, toy_test):
+    result = run_cascade(toy_net, toy_test.x[:24], toy_test.y[:24], eps=0.5, norm="linf", preset="quick", seed=0)
+    finding = next(f for f in result.findings if f.name == "smoothed-gradient")
+    assert not finding.fired and finding.numbers["broken"] <= 0.02 * 24

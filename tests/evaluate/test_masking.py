@@ -21,6 +21,7 @@ from hardened.evaluate.masking import (
     probability_check,
     randomness_check,
     score_attack_check,
+    smoothed_gradient_check,
 )
 from helpers import tiny_cnn
 from masking_toys import Quantise, UniformNoise
@@ -193,3 +194,10 @@ def test_bpda_switched_off_is_said_and_not_applied(defences, toy_test):
     assert plan.bpda_stage == 0 and not plan.active
     forced = plan_countermeasures(defences["plain"], toy_test.x[:16], toy_test.y[:16], masking="off", eot_samples=3)
     assert forced.findings == () and forced.eot_samples == 3
+
+
+def test_smoothed_gradient_check_threshold():
+    assert not smoothed_gradient_check(0, 200, attack="apgd-ce(smoothing=0.15)").fired
+    assert not smoothed_gradient_check(4, 200, attack="apgd-ce(smoothing=0.15)").fired  # 2%: at the threshold
+    high = smoothed_gradient_check(5, 200, attack="apgd-ce(smoothing=0.15)")
+    assert high.fired and "upper bound" in high.meaning and high.answer == "smoothed-gradient"

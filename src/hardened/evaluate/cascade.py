@@ -57,6 +57,7 @@ from hardened.evaluate.masking import (
     check_masking_mode,
     plan_countermeasures,
     score_attack_check,
+    smoothed_gradient_check,
 )
 from hardened.evaluate.sweeps import SweepResult, _check_eps_values
 from hardened.threat import ThreatModel, check_norm
@@ -417,6 +418,9 @@ def run_cascade(
     for k, c in enumerate(contributions):
         if not c.gradient_attack and any(p.gradient_attack for p in contributions[:k]):
             findings.append(score_attack_check(c.broken, len(x), attack=c.label))
+        if c.gradient_attack and c.options.get("smoothing") and any(
+                p.gradient_attack and not p.options.get("smoothing") for p in contributions[:k]):
+            findings.append(smoothed_gradient_check(c.broken, len(x), attack=c.label))
     return CascadeResult(
         preset=preset if isinstance(preset, str) else None, norm=threat.norm, eps=threat.eps, x_adv=x_adv,
         clean_correct=clean_correct, robust=robust, broken_by=tuple(broken_by), margin=margin,

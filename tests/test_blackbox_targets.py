@@ -343,3 +343,42 @@ def test_images_answered_before_a_failed_request_are_counted() -> None:
     assert target.queries == 2, "the first request's 2 answered images count against the budget"
     with pytest.raises(QueryBudgetExceeded):
         target(_images(4))
+
+
+class _RecordingBar:
+    """A ProgressTask that records every advance with the target's count at that moment."""
+
+    def __init__(self, target: TorchTarget) -> None:
+        self.target, self.advances, self.descriptions = target, [], []
+
+    def advance(self, amount: float = 1.0) -> None:
+        self.advances.append((amount, self.target.queries))
+
+    def describe(self, text: str) -> None:
+        self.descriptions.append(text)
+
+
+@pytest.mark.parametrize("attack", [Square(eps=0.05, queries=7, restarts=2, seed=0), HopSkipJump(eps=0.5, queries=9)])
+def test_the_progress_bar_follows_every_query_and_ends_at_its_total(attack) -> None:
+    """With ``queries_per_image`` the bar moves with each query the target answers (never ahead
+    of it), is topped up by each batch's unspent budget, and its total is exactly the budget."""
+    x = _images(5, seed=3)
+    with torch.no_grad():
+        y = MODEL(x).argmax(1)
+    target = TorchTarget(MODEL)
+    bar = _RecordingBar(target)
+    per_image = attack.queries * getattr(attack, "restarts", 1) + 2
+    result = attack_target(attack, target, x, y, batch_size=2, bar=bar, queries_per_image=per_image)
+    assert sum(amount for amount, _ in bar.advances) == 5 * per_image
+    live, top_ups, before = 0, 0, 0
+    for amount, answered in bar.advances:  # a live advance follows a query, a top-up follows none
+        if answered > before:
+            assert amount == answered - before, "the bar did not move by the query's images"
+            live += amount
+        else:
+            top_ups += 1
+        before = answered
+    assert live == target.queries and top_ups == 3  # 3 batches of at most 2 images
+    assert bar.descriptions[-1] == f"{attack.name}: {target.queries:,} queries"
+    assert target.on_query is None, "attack_target left its listener on the target"
+    assert result.forward_count == target.queries

@@ -164,7 +164,63 @@ def test_bad_configuration_raises_config_error(build, message):
         build()
 
 
-def test_hsja_has_no_targeted_mode():
-    with pytest.raises(ConfigError, match="no targeted mode"):
-        HopSkipJump(eps=0.5)(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(1, 1, 4, 4),
-                             torch.tensor([0]), targets=torch.tensor([1]))
+def _target_half_space(w: Tensor, b: float):
+    """A three-class linear model with logits ``(0, s, 2 s)``, ``s = w . x + b``: class 2 (the
+    target) exactly where ``s > 0``, class 0 where ``s < 0``; class 1 never wins."""
+    model = nn.Linear(w.numel(), 3, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([torch.zeros_like(w), w, 2 * w]))
+        model.bias.copy_(torch.tensor([0.0, b, 2 * b], dtype=torch.float64))
+    return nn.Sequential(nn.Flatten(), model)
+
+
+@pytest.mark.parametrize("norm, dual", [("l2", 2.0), ("linf", 1.0)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_targeted_hsja_iterates_stay_in_the_target_class_and_reach_the_closed_form(norm, dual, seed):
+    """Targeted: every kept point is classified as the target (not merely misclassified), the
+    start is the given target-class image, and the result reaches the plane's distance."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, generator=g, dtype=torch.float64)
+    x = torch.full((1, 4, 4), 0.5, dtype=torch.float64)
+    exact = 0.05 if norm == "linf" else 0.15
+    b = -float(w @ x.flatten()) - exact * float(w.norm(p=dual))
+    model = _target_half_space(w, b)
+    start = (x + 0.3 * w.sign().view(1, 4, 4)).clamp(0, 1)
+    with torch.no_grad():
+        assert int(model(x[None]).argmax()) == 0 and int(model(start[None]).argmax()) == 2
+
+    def decide(batch: Tensor) -> Tensor:
+        with torch.no_grad():
+            return model(batch).argmax(1) == 2
+
+    trace: list[Tensor] = []
+    found = hopskipjump(decide, x, norm=norm, queries=3000, bounds=(0.0, 1.0), init_tries=1,
+                        generator=torch.Generator().manual_seed(seed), starts=start[None], trace=trace,
+                        iterations=40)
+    assert found is not None and len(trace) > 5
+    assert torch.equal(trace[0], start), "the target-class start was not the first kept point"
+    with torch.no_grad():
+        assert bool((model(torch.stack(trace)).argmax(1) == 2).all()), "a kept point left the target class"
+    distance = float((found - x).flatten().norm(p=2 if norm == "l2" else math.inf))
+    assert exact <= distance + 1e-9
+    assert distance <= exact * (1.05 if norm == "l2" else 1.25)
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 4.0), ("linf", 0.5)])
+def test_targeted_hsja_reaches_the_targets_on_a_trained_model(digits, norm, eps):
+    """Started from a batch image of the target class, the attack ends in that class, inside the
+    ball, within its per-sample budget; a sample already in its target class costs one query."""
+    model, x, y = digits
+    x, y = x[:12], y[:12]
+    targets = (y + 1) % 10
+    targets[0] = y[0]  # already "in" its target: success at no cost
+    budget = 600
+    result = HopSkipJump(eps=eps, norm=norm, queries=budget, seed=0)(TorchTarget(model), x, y, targets=targets)
+    assert result.queries is not None and bool((result.queries <= budget).all())
+    assert int(result.queries[0]) == 1 and bool(result.success[0])
+    with torch.no_grad():
+        predicted = model(result.x_adv).argmax(1)
+    assert torch.equal(result.success, predicted == targets)
+    has_start = torch.tensor([bool((y == t).any()) for t in targets])
+    assert float(result.success[has_start].float().mean()) >= 0.75
+    assert float(result.norms[norm].max()) <= eps * (1 + 1e-5)

@@ -13,8 +13,12 @@ Chen, Jordan & Wainwright 2020, "HopSkipJumpAttack: a query-efficient decision-b
 3. steps along ``g / ||g||`` (L2) or ``sign(g)`` (Linf) with the geometric progression: size
    ``||x_t - x*|| / sqrt(t)``, halved until the new point is adversarial.
 
+Targeted (``targets=``): "adversarial" means classified as the target, and the start is one of
+the batch's own images the model classifies as the target (the paper's choice), before uniform
+noise (which rarely lands in one given class).
+
 Every point the attack keeps has been answered as adversarial by the model, so its iterates stay
-on the adversarial side; the result is the closest of them. Each sample spends at most ``queries`` model evaluations (the first, at
+on the adversarial (target-class) side; the result is the closest of them. Each sample spends at most ``queries`` model evaluations (the first, at
 the clean image, included); the search stops earlier once the kept point is within ``eps``
 (``early_stop``). The result is the kept point, projected into the ``eps`` ball by the base class.
 """
@@ -74,12 +78,15 @@ def hopskipjump(
     max_evals: int = 1000,
     gamma: float = 1.0,
     init_tries: int = 100,
+    starts: Tensor | None = None,
     trace: list[Tensor] | None = None,
 ) -> Tensor | None:
     """HopSkipJump on one image ``x`` (C×H×W); ``decide(batch) -> bool (B,)`` is the oracle.
 
     Returns the closest adversarial point found (one ``decide`` answered True for), or
-    ``None`` if no adversarial start was found within the budget. ``trace`` (if given) receives
+    ``None`` if no adversarial start was found within the budget. ``starts`` (S×C×H×W, optional)
+    are candidate starts asked about (closest first) before ``init_tries`` uniform-noise images;
+    the first one answered adversarial is kept. ``trace`` (if given) receives
     every point kept, in order. Stops after ``iterations``, when the budget cannot pay for the
     next question, or once the kept point is within ``eps``.
     """
@@ -121,6 +128,14 @@ def hopskipjump(
         return project(point, high)
 
     try:
+        if starts is not None and starts.shape[0]:
+            order = (starts - x).flatten(1).norm(dim=1).argsort()
+            for first in range(0, starts.shape[0], 10):
+                chunk = starts[order[first : first + 10]]
+                hits = phi(chunk[: phi.left])
+                if bool(hits.any()):
+                    keep(chunk[int(hits.nonzero()[0, 0])].clone())
+                    break
         tried = 0
         while best is None and tried < init_tries and phi.left > 0:
             chunk = min(10, init_tries - tried, phi.left)
@@ -182,7 +197,8 @@ def _estimate_normal(
 
 @ATTACKS.register("hsja", aliases=("hopskipjump",))
 class HopSkipJump(Attack):
-    """HopSkipJump (Chen et al. 2020), L2 or Linf, from predicted labels only. Untargeted.
+    """HopSkipJump (Chen et al. 2020), L2 or Linf, from predicted labels only; untargeted or
+    targeted (started from a batch image classified as the target, else from noise).
 
     Args:
         eps: radius of the threat model's ball (the result is projected into it).
@@ -197,7 +213,7 @@ class HopSkipJump(Attack):
 
     name = "hsja"
     norms = HSJA_NORMS
-    targeted = False
+    targeted = True
     needs_gradients = False
     labels_only = True
     seeded = True
@@ -232,20 +248,25 @@ class HopSkipJump(Attack):
         assert self.threat is not None
         generator = make_generator(self.seed, x.device)
         rows = torch.arange(x.shape[0], device=x.device)
-        done = is_success(oracle.query(x, rows), y, None)
+        clean = oracle.query(x, rows)
+        done = is_success(clean, y, targets)
+        predicted = clean.argmax(dim=1)
         out = x.clone()
         for i in rows[~done].tolist():
             row = rows[i : i + 1]
+            goal = None if targets is None else targets[i]
 
-            def decide(batch: Tensor, i: int = i, row: Tensor = row) -> Tensor:
+            def decide(batch: Tensor, i: int = i, row: Tensor = row, goal: Tensor | None = goal) -> Tensor:
                 answer = oracle.query(batch, row.repeat(batch.shape[0]))
-                return is_success(answer, y[i].expand(batch.shape[0]), None)
+                size = batch.shape[0]
+                return is_success(answer, y[i].expand(size), None if goal is None else goal.expand(size))
 
             found = hopskipjump(
                 decide, x[i], norm=self.threat.norm, queries=self.queries - 1, bounds=self.bounds,
                 generator=generator, eps=self.threat.eps if self.early_stop else 0.0,
                 iterations=self.iterations, init_evals=self.init_evals, max_evals=self.max_evals,
                 gamma=self.gamma, init_tries=self.init_tries,
+                starts=None if goal is None else x[predicted == goal],
             )
             if found is not None:
                 out[i] = found

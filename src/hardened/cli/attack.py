@@ -13,10 +13,10 @@ from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
 from hardened._util.lock import locks_output
 from hardened._util.progress import progress_bar
-from hardened.attacks import ATTACKS, attack_in_batches, make_attack
+from hardened.attacks import ATTACKS, Attack, attack_in_batches, make_attack
 from hardened.cli._common import Common, Option, console, out, setup, shared_options
 from hardened.errors import ConfigError, QueryBudgetExceeded, TargetError
-from hardened.models.blackbox import HttpTarget, attack_target
+from hardened.models.blackbox import HttpTarget, TorchTarget, attack_target
 from hardened.report.plots import plot_adversarial_grid
 
 _STARTS = {"uniform": True, "radial": "radial", "none": False}
@@ -46,6 +46,15 @@ def _budget_options(
     if misplaced:
         raise ConfigError(f"{', '.join(misplaced)} does not apply to the {cls.name} attack")
     return options
+
+
+def _queries_per_image(attack: Attack) -> int | None:
+    """The most model evaluations one image costs a query-budgeted attack (``queries`` per run,
+    times its runs, plus the input check and the final measurement); ``None`` for the others."""
+    params = attack.params()
+    if attack.needs_gradients or "queries" not in params:
+        return None
+    return int(params["queries"]) * int(params.get("restarts", 1)) + 2
 
 
 def _describe(options: dict[str, object]) -> str:
@@ -110,12 +119,15 @@ def attack_command(
     x, y = test.x.to(session.device), test.y.to(session.device)
     target = None if target_url is None else HttpTarget(target_url, budget=query_budget,
                                                          num_classes=test.num_classes)
-    with progress_bar(len(x), f"{attack} {budget}", True) as bar:
-        if target is None:
+    per_image = _queries_per_image(instance)
+    with progress_bar(len(x) if per_image is None else len(x) * per_image, f"{attack} {budget}", True) as bar:
+        if target is None and per_image is None:
             result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)
         else:
+            queryable = TorchTarget(session.model.model) if target is None else target
             try:
-                result = attack_target(instance, target, x, y, batch_size=common.batch_size, bar=bar)
+                result = attack_target(instance, queryable, x, y, batch_size=common.batch_size, bar=bar,
+                                       queries_per_image=per_image)
             except (QueryBudgetExceeded, TargetError) as error:
                 if error.partial is not None:
                     partial = {"target": target_url, "partial": True, **error.partial.to_dict()}

@@ -67,7 +67,11 @@ class BlackBox(ABC):
 
     Attributes:
         queries: images answered so far (what the budget limits); calls: queries made.
+        on_query: called with the number of images after each answered query (``None``: no
+            one listens); ``attack_target`` uses it to move a progress bar query by query.
     """
+
+    on_query: Callable[[int], None] | None = None
 
     def __init__(self, *, budget: int | None = None, num_classes: int | None = None,
                  labels_only: bool = False) -> None:
@@ -96,6 +100,8 @@ class BlackBox(ABC):
         self.calls += 1
         scores = self._as_scores(answer, n).to(x.device)
         self.queries = before + n
+        if self.on_query is not None:
+            self.on_query(n)
         return scores
 
     def labels(self, x: Tensor) -> Tensor:
@@ -407,10 +413,15 @@ def attack_target(
     batch_size: int = 100,
     targets: Tensor | None = None,
     bar: ProgressTask | None = None,
+    queries_per_image: int | None = None,
 ) -> AttackResult:
     """Run ``attack`` on ``target`` batch by batch; return the merged ``AttackResult``.
 
-    ``bar``, if given, advances by the images of each finished batch and shows the queries spent.
+    ``bar``, if given, shows the queries spent. Without ``queries_per_image`` it advances by the
+    images of each finished batch. With it (the most images the target answers per attacked
+    image: the attack's budget plus one each for its input check and final measurement; the
+    bar's total is ``len(x) * queries_per_image``) it advances with every query the target
+    answers, and by a batch's unspent budget once the batch is done, so it ends full.
 
     When the target fails (``TargetError``) or its budget is spent (``QueryBudgetExceeded``),
     the error is raised with ``error.partial`` = the merged result of the finished batches
@@ -418,14 +429,30 @@ def attack_target(
     """
     from hardened.attacks.base import merge_results
 
+    def spent(n: int) -> None:
+        assert bar is not None
+        bar.advance(n)
+        bar.describe(f"{attack.name}: {target.queries:,} queries")
+
+    listening = bar is not None and queries_per_image is not None
+    previous = target.on_query
+    if listening:
+        target.on_query = spent
     parts = []
     try:
         for s in batch_slices(len(x), batch_size):
+            before = target.queries
             parts.append(attack(target, x[s], y[s], targets=None if targets is None else targets[s]))
             if bar is not None:
-                bar.advance(s.stop - s.start)
-                bar.describe(f"{attack.name}: {target.queries} queries")
+                images = s.stop - s.start
+                if queries_per_image is None:
+                    bar.advance(images)
+                else:
+                    bar.advance(max(0, images * queries_per_image - (target.queries - before)))
+                bar.describe(f"{attack.name}: {target.queries:,} queries")
     except (TargetError, QueryBudgetExceeded) as error:
         error.partial = merge_results(parts) if parts else None
         raise
+    finally:
+        target.on_query = previous
     return merge_results(parts) if parts else attack(target, x, y, targets=targets)

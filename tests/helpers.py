@@ -48,7 +48,7 @@ def _tiny_budget():
 
     return dataclasses.replace(
         BUDGETS["quick"], name="tiny", n_eval=24, pgd_steps=4, eps_linf=(0.0, 0.1, 0.3),
-        eps_l2=(0.0, 0.5, 1.0), headline_linf=0.1, headline_l2=0.5, n_minimal=8, bisection_steps=3,
+        eps_l2=(0.0, 0.5, 1.0), headline_linf=0.1, headline_l2=0.5, n_minimal=8, fmn_steps=20, n_spatial=8, spatial_points=3,
         n_gallery=3, n_guided=8, n_certify=4, smoothing_n=200, n_guard_fit=60, guard_epochs=1,
         n_guard_eval=24, strong_steps_factor=2, strong_restarts=1,
     )

@@ -19,8 +19,10 @@ from hardened.audit.stages.certify import CertifySummary
 from hardened.audit.stages.clean import CleanSummary
 from hardened.audit.stages.explain_attacks import ExplainAttacksSummary
 from hardened.audit.stages.guard import GuardSummary
+from hardened.audit.stages.minimal import MinimalSummary
 from hardened.audit.stages.robustness import RobustnessSummary
 from hardened.audit.stages.sanity import SanitySummary
+from hardened.audit.stages.spatial import SpatialSummary
 from hardened.errors import ConfigError
 
 STAGES = registered_stages()
@@ -28,8 +30,8 @@ BUDGET_FIELDS = {f.name for f in dataclasses.fields(AuditBudget)}
 
 
 def test_the_built_in_stages_are_registered_in_report_order():
-    assert [s.name for s in STAGES] == ["clean", "robustness", "explain_attacks", "gallery", "certify", "guard",
-                                       "sanity"]
+    assert [s.name for s in STAGES] == ["clean", "robustness", "minimal", "spatial", "explain_attacks", "gallery",
+                                       "certify", "guard", "sanity"]
     assert len({s.position for s in STAGES}) == len(STAGES)
 
 
@@ -67,11 +69,16 @@ def test_registering_a_second_stage_of_the_same_name_is_refused():
 def test_summary_sentences():
     assert CleanSummary(0.958, 0.026).sentence() == (
         "The model classifies 95.8% of the test images correctly (expected calibration error 2.6%).")
-    assert RobustnessSummary(0.1, 0.67, 0.3, 0.0, 1.0, 0.775, 0.1236, "quick", (), ()).sentence() == (
+    assert RobustnessSummary(0.1, 0.67, 0.3, 0.0, 1.0, 0.775, "quick", (), ()).sentence() == (
         "Under the quick attack cascade at most 67.0% of the images stay correct at Linf eps=0.1, 0.0% at "
-        "eps=0.3 and 77.5% at L2 eps=1; half of the images are fooled by a Linf change of 0.124 or less. "
-        "These are upper bounds: the points these attacks did not break.")
-    masked = RobustnessSummary(0.1, 0.9, 0.3, 0.05, 1.0, 0.8, 0.2, "quick", ("zero-gradients",),
+        "eps=0.3 and 77.5% at L2 eps=1. These are upper bounds: the points these attacks did not break.")
+    assert MinimalSummary(64, 0.1236, 1.64, 0.1, 0.703, 1.0, 0.797, ()).sentence() == (
+        "Half of 64 images are fooled by a Linf change of 0.124 or less and an L2 change of 1.64 or less (FMN "
+        "minimal perturbations); by them at most 70.3% stay correct at Linf eps=0.1 and 79.7% at L2 eps=1.")
+    assert SpatialSummary(100, 0.94, 0.45, 0.0, 0.0, 30.0, 3.0, 5).sentence() == (
+        "Under the worst of a 5-point grid of rotations (±30°) and translations (±3 px), 0.0% of 100 images "
+        "stay correct (94.0% untransformed; rotations alone 45.0%, translations alone 0.0%).")
+    masked = RobustnessSummary(0.1, 0.9, 0.3, 0.05, 1.0, 0.8, "quick", ("zero-gradients",),
                                ("BPDA through 1 leading input module(s)",)).sentence()
     assert "at most 5.0% of the images" not in masked  # the flag sits beside every number
     assert "90.0% of the images stay correct at Linf eps=0.1 (masking check fired: zero-gradients)" in masked

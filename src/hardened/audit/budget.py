@@ -30,8 +30,12 @@ class AuditBudget:
     eps_l2: tuple[float, ...]
     headline_linf: float
     headline_l2: float
-    n_minimal: int
-    bisection_steps: int
+    n_minimal: int  # images of the minimal-perturbation stage (FMN, Linf and L2)
+    fmn_steps: int
+    n_spatial: int  # images of the spatial stage's grid search
+    spatial_points: int  # grid values per transformation parameter (odd keeps the identity)
+    spatial_rotation: float  # degrees, either way
+    spatial_translation: float  # pixels, either way
     n_gallery: int
     n_guided: int
     n_certify: int
@@ -53,7 +57,8 @@ BUDGETS: dict[str, AuditBudget] = {
     "quick": AuditBudget(
         name="quick", n_eval=200, pgd_steps=20,
         eps_linf=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
-        headline_linf=0.1, headline_l2=1.0, n_minimal=64, bisection_steps=7, n_gallery=6,
+        headline_linf=0.1, headline_l2=1.0, n_minimal=64, fmn_steps=100, n_spatial=100, spatial_points=5,
+        spatial_rotation=30.0, spatial_translation=3.0, n_gallery=6,
         n_guided=64, n_certify=40, smoothing_n=1_000, smoothing_sigma=0.25, ibp_eps=0.01,
         n_guard_fit=3_000, guard_epochs=3, n_guard_eval=300, strong_steps_factor=3, strong_restarts=2,
         cascade_preset="quick",
@@ -61,7 +66,8 @@ BUDGETS: dict[str, AuditBudget] = {
     "standard": AuditBudget(
         name="standard", n_eval=1_000, pgd_steps=40,
         eps_linf=(0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
-        headline_linf=0.1, headline_l2=1.0, n_minimal=200, bisection_steps=8, n_gallery=8,
+        headline_linf=0.1, headline_l2=1.0, n_minimal=200, fmn_steps=200, n_spatial=500, spatial_points=7,
+        spatial_rotation=30.0, spatial_translation=3.0, n_gallery=8,
         n_guided=200, n_certify=100, smoothing_n=10_000, smoothing_sigma=0.25, ibp_eps=0.01,
         n_guard_fit=4_000, guard_epochs=8, n_guard_eval=1_000, strong_steps_factor=5, strong_restarts=3,
         cascade_preset="standard",
@@ -69,7 +75,8 @@ BUDGETS: dict[str, AuditBudget] = {
     "thorough": AuditBudget(
         name="thorough", n_eval=10_000, pgd_steps=100,
         eps_linf=(0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
-        headline_linf=0.1, headline_l2=1.0, n_minimal=1_000, bisection_steps=10, n_gallery=10,
+        headline_linf=0.1, headline_l2=1.0, n_minimal=1_000, fmn_steps=500, n_spatial=2_000, spatial_points=9,
+        spatial_rotation=30.0, spatial_translation=3.0, n_gallery=10,
         n_guided=1_000, n_certify=500, smoothing_n=100_000, smoothing_sigma=0.25, ibp_eps=0.01,
         n_guard_fit=20_000, guard_epochs=20, n_guard_eval=5_000, strong_steps_factor=10, strong_restarts=5,
         cascade_preset="thorough",

@@ -1,7 +1,7 @@
 """Robustness against attacks: a one-step curve and the cascade evaluator's curve per norm
 (APGD-CE, APGD-T, Square on the points still robust; Croce & Hein 2020, arXiv:2003.01690), the
-gradient-masking checks and their answers (BPDA, EOT; Athalye et al. 2018, arXiv:1802.00420),
-and the minimal Linf perturbation per image by bisection (Madry et al. 2018, arXiv:1706.06083).
+and the gradient-masking checks and their answers (BPDA, EOT; Athalye et al. 2018,
+arXiv:1802.00420). The minimal perturbations per image are the ``minimal`` stage's (FMN).
 
 Every robust accuracy here is an upper bound: the share of points none of these attacks broke.
 An outputs-only model (no gradients) gets the score-based cascade and transfer from a surrogate
@@ -10,27 +10,18 @@ instead (``_score_based``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
-
-from hardened._util.batching import predict_logits
 from hardened.audit.result import StageResult
 from hardened.audit.stage import Stage, StageContext, StageOutput, Summary, register_stage
 from hardened.audit.tables import Table, pct
 from hardened.evaluate.cascade import CascadeSweep, cascade_sweep, resolve_steps
-from hardened.evaluate.masking import plan_countermeasures
-from hardened.evaluate.sweeps import SweepResult, minimal_eps, robust_accuracy_sweep
-from hardened.report.audit_plots import plot_minimal_eps
+from hardened.evaluate.sweeps import SweepResult, robust_accuracy_sweep
 from hardened.report.plots import plot_sweeps
 
 __all__ = ["RobustnessBudget", "RobustnessStage", "RobustnessSummary", "cascade_sweeps", "masking_findings"]
-
-PROBE = 64  # correctly classified images the bisection's masking checks look at
-
 
 @dataclass(frozen=True)
 class RobustnessBudget:
@@ -40,8 +31,6 @@ class RobustnessBudget:
     eps_l2: tuple[float, ...]
     headline_linf: float
     headline_l2: float
-    n_minimal: int
-    bisection_steps: int
     cascade_batch: int  # the unit a torchrun audit splits over its ranks (AuditBudget)
     pgd_steps: int  # the transfer attack's steps on the surrogate of an outputs-only model
 
@@ -57,7 +46,6 @@ class RobustnessSummary(Summary):
     linf_max_accuracy: float
     l2_eps: float
     l2_accuracy: float
-    minimal_linf_median: float
     preset: str
     masking_fired: tuple[str, ...]
     countermeasures: tuple[str, ...]
@@ -67,8 +55,7 @@ class RobustnessSummary(Summary):
         text = (
             f"Under the {self.preset} attack cascade at most {100 * self.linf_accuracy:.1f}% of the images stay "
             f"correct at Linf eps={self.linf_eps:g}{flag}, {100 * self.linf_max_accuracy:.1f}% at "
-            f"eps={self.linf_max_eps:g}{flag} and {100 * self.l2_accuracy:.1f}% at L2 eps={self.l2_eps:g}{flag}; "
-            f"half of the images are fooled by a Linf change of {self.minimal_linf_median:.3g} or less. "
+            f"eps={self.linf_max_eps:g}{flag} and {100 * self.l2_accuracy:.1f}% at L2 eps={self.l2_eps:g}{flag}. "
             "These are upper bounds: the points these attacks did not break."
         )
         if self.masking_fired:
@@ -113,24 +100,13 @@ def _contribution_rows(sweep: CascadeSweep) -> list[list[Any]]:
     ]
 
 
-def _bisection_model(model: nn.Module, x: Tensor, y: Tensor) -> tuple[nn.Module, list[str]]:
-    """The model the bisection's PGD attacks: through the masking answers the checks choose on a
-    probe of correctly classified points (BPDA, EOT, log-outputs), so it is not fooled either."""
-    correct = predict_logits(model, x[:PROBE]).argmax(1).to(y.device) == y[:PROBE]
-    probe = correct.nonzero().squeeze(1)
-    if not probe.numel():
-        return model, []
-    plan = plan_countermeasures(model, x[probe], y[probe])
-    return (plan.wrap(model), plan.describe()) if plan.active else (model, [])
-
-
 def _state(ctx: StageContext[RobustnessBudget], norm: str) -> Path | None:
     return None if ctx.work_dir is None else ctx.work_dir / "cascade" / norm
 
 
 @register_stage
 class RobustnessStage(Stage[RobustnessBudget]):
-    """One-step and cascade accuracy curves per norm, masking checks, and the minimal Linf eps."""
+    """One-step and cascade accuracy curves per norm and the masking checks."""
 
     name = "robustness"
     title = "Robustness against attacks"
@@ -160,21 +136,12 @@ class RobustnessStage(Stage[RobustnessBudget]):
         fired = tuple(m["name"] for m in masking if m["fired"])
         answers = tuple(dict.fromkeys(a for c in cascades.values() for r in c.results for a in r.countermeasures))
 
-        xm, ym = ctx.test.x[: budget.n_minimal], ctx.test.y[: budget.n_minimal]
-        eps_max = max(budget.eps_linf) * 2
-        target, bisection_answers = _bisection_model(ctx.model, xm, ym)
-        minimal = minimal_eps(target, xm, ym, eps_max=eps_max, attack="pgd", norm="linf",
-                              steps=budget.bisection_steps, seed=ctx.seed)
-        fooled = len([e for e in minimal.eps if math.isfinite(e)]) / max(len(minimal.eps), 1)
-
         strength = f"{budget.cascade_preset} preset: {' then '.join(members)}"
         figures = {
             "Robust accuracy, Linf (upper bounds)": plot_sweeps(sweeps["linf"], ctx.figure("robust_linf"),
                                                                 "Robust accuracy against Linf eps"),
             "Robust accuracy, L2 (upper bounds)": plot_sweeps(sweeps["l2"], ctx.figure("robust_l2"),
                                                               "Robust accuracy against L2 eps"),
-            "Minimal Linf perturbations": plot_minimal_eps(minimal.eps, "linf", ctx.figure("minimal_linf"), eps_max,
-                                                           minimal.median()),
         }
         tables = [
             Table.of(f"Accuracy under attack, {label} ({len(x)} images; upper bounds; cascade = {strength})",
@@ -196,13 +163,6 @@ class RobustnessStage(Stage[RobustnessBudget]):
             [[m["name"], "fired" if m["fired"] else "pass", ", ".join(m["fired_at"]) or "-", m["answer"] or "-",
               m["meaning"]] for m in masking],
         ))
-        through = f", PGD through {', '.join(bisection_answers)}" if bisection_answers else ""
-        tables.append(Table.of(
-            f"Minimal Linf perturbation ({len(minimal.eps)} images, bisection to "
-            f"{eps_max / 2**budget.bisection_steps:.2g}{through})",
-            ["median", "fooled within eps ≤ " + f"{eps_max:g}"],
-            [[f"{minimal.median():.3g}", pct(fooled)]],
-        ))
         notes = [
             f"Every robust accuracy above is an upper bound: the share of points that the {strength} did not "
             "break. A stronger attack can only lower it.",
@@ -219,7 +179,6 @@ class RobustnessStage(Stage[RobustnessBudget]):
             linf_max_accuracy=_at(sweeps["linf"][1], max(budget.eps_linf)),
             l2_eps=budget.headline_l2,
             l2_accuracy=_at(sweeps["l2"][1], budget.headline_l2),
-            minimal_linf_median=minimal.median(),
             preset=budget.cascade_preset,
             masking_fired=fired,
             countermeasures=answers,
@@ -232,9 +191,6 @@ class RobustnessStage(Stage[RobustnessBudget]):
             "masking": masking,
             "countermeasures": list(answers),
             "resumed": sum(r.resumed for c in cascades.values() for r in c.results),
-            "minimal_linf": minimal.to_dict(),
-            "minimal_linf_attack_answers": bisection_answers,
-            "minimal_linf_fooled_fraction": fooled,
         })
 
 

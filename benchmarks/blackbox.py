@@ -124,6 +124,7 @@ def measure(
         success &= size <= eps * (1 + 1e-4) + 1e-6
     sizes = torch.where(success, size, torch.full_like(size, math.inf))
     succeeded = int(success.sum())
+    blank = (x_adv.flatten(1).abs().amax(1) == 0) & (x.flatten(1).abs().amax(1) > 0)
     return {
         "n": int(x.shape[0]),
         "success_rate": succeeded / x.shape[0],
@@ -131,6 +132,7 @@ def measure(
         "norm": norm,
         "queries": queries,
         "queries_per_success": queries / succeeded if succeeded else None,
+        "blank_returns": int(blank.sum()),  # all-black images returned (foolbox C&W's failures)
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 2),
         "loadavg_1min": load,
@@ -202,9 +204,10 @@ def main() -> None:
         q = args.square_queries
         for norm, eps in (("linf", 0.3), ("l2", 2.0)):
             label = f"{name} square {norm} eps={eps} q={q}"
-            ours = make_attack("square", eps=eps, norm=norm, queries=q, seed=0)
-            row(f"{label} hardened", "hardened", lambda: measure(
-                counted, x, y, norm, lambda: ours(counted, x, y).x_adv, minimal=False, eps=eps))
+            for rescale in (False, True):
+                ours = make_attack("square", eps=eps, norm=norm, queries=q, seed=0, rescale_schedule=rescale)
+                row(f"{label} hardened{' rescaled' if rescale else ''}", "hardened", lambda: measure(
+                    counted, x, y, norm, lambda: ours(counted, x, y).x_adv, minimal=False, eps=eps))
             ta = torchattacks.Square(counted, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=q, seed=0)
             row(f"{label} torchattacks", "torchattacks", lambda: measure(
                 counted, x, y, norm, lambda: ta(x, y), minimal=False, eps=eps))
@@ -276,9 +279,11 @@ def main() -> None:
         ta_c = torchattacks.CW(counted, c=1, kappa=0, steps=900, lr=0.01)
         row(f"{label} torchattacks c=1", "torchattacks", lambda: measure(
             counted, x, y, "l2", lambda: ta_c(x, y), minimal=True))
-        fb_c = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=9, steps=100, stepsize=0.01)
-        row(f"{label} foolbox lr=0.01", "foolbox", lambda: measure(
-            counted, x, y, "l2", lambda: fb_c(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)[1], minimal=True))
+        for lr in (0.01, 0.1):
+            fb_c = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=9, steps=100, stepsize=lr)
+            row(f"{label} foolbox lr={lr}", "foolbox", lambda: measure(
+                counted, x, y, "l2", lambda: fb_c(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)[1],
+                minimal=True))
 
         # FMN: 100 steps.
         for norm, fb_attack in (("l2", fb.attacks.L2FMNAttack), ("linf", fb.attacks.LInfFMNAttack)):

@@ -309,3 +309,19 @@ def test_new_attacks_on_cuda_keep_the_device(name, norm):
     assert result.x_adv.device.type == "cuda" and result.success.device.type == "cuda"
     if name == "square":
         assert result.queries is not None and result.queries.device.type == "cuda"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_linf_step_never_leaves_the_image_unchanged(channels):
+    """With every pixel already at ``x + eps`` (or clipped there), a window whose new signs are
+    all +1 changes nothing; such signs are redrawn, so (almost) every step changes the image,
+    where a single draw would waste about ``2^-C`` of the queries."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, channels, 8, 8, generator=g)
+    best = (x + 0.1).clamp(0, 1)
+    attack = Square(eps=0.1, queries=10, seed=0)
+    changed = [
+        bool((attack._linf_step(x[i : i + 1], best[i : i + 1], p, g).clamp(0, 1) != best[i : i + 1]).any())
+        for p in (0.8, 0.05) for i in range(len(x))
+    ]
+    assert sum(changed) >= len(changed) - 2, f"{len(changed) - sum(changed)} steps changed nothing"

@@ -12,7 +12,8 @@ improves or the sample becomes adversarial:
   window is moved into it, so the perturbation keeps norm ``eps``; the start is a grid of such
   patterns.
 
-The window's share of the image, ``p``, is halved on the paper's schedule (after 10, 50, 200,
+A Linf window whose new signs would leave the clipped image unchanged gets new signs (up to
+10 draws), so no query is spent on a no-op. The window's share of the image, ``p``, is halved on the paper's schedule (after 10, 50, 200,
 500, 1000, 2000, 4000, 6000 and 8000 iterations; optionally rescaled to the query budget).
 Every model evaluation of a sample counts as one query (``AttackResult.queries``); a sample
 never costs more than ``queries`` per run (``restarts`` runs at most).
@@ -36,6 +37,7 @@ __all__ = ["Square", "p_schedule", "pyramid"]
 SQUARE_NORMS = ("linf", "l2")
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _TINY = 1e-12
+_REDRAWS = 10  # most redraws of a Linf window's signs that would change nothing
 
 
 def p_schedule(iteration: int, p_init: float, queries: int, rescale: bool) -> float:
@@ -223,11 +225,20 @@ class Square(Attack):
         return min(max(int(round(math.sqrt(p * h * w))), least), h, w)
 
     def _linf_step(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator) -> Tensor:
+        """Set one window per sample to ``x + eps * s_c``; signs that would leave the (clipped)
+        window as it is are redrawn (a query that changes nothing is wasted), as in the paper's code."""
         assert self.threat is not None
         k, c, h, w = x.shape
         size = self._size(p, x, 1)
         mask = _window(k, size, h, w, generator, x.device)
-        return torch.where(mask, x + self.threat.eps * _signs((k, c, 1, 1), generator, x), best)
+        candidate = torch.where(mask, x + self.threat.eps * _signs((k, c, 1, 1), generator, x), best)
+        for _ in range(_REDRAWS):
+            same = (candidate.clamp(*self.bounds) - best).abs().flatten(1).amax(dim=1) < 1e-7
+            if not bool(same.any()):
+                break
+            signs = _signs((int(same.sum()), c, 1, 1), generator, x)
+            candidate[same] = torch.where(mask[same], x[same] + self.threat.eps * signs, best[same])
+        return candidate
 
     def _l2_step(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator) -> Tensor:
         assert self.threat is not None

@@ -139,6 +139,29 @@ def measure(
     }
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README table: one line per row (HopSkipJump: the median L2 at each budget)."""
+    lines = ["| model | attack, budget | contender | success | median norm | queries / success | CPU s | wall s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        model, rest = r["key"].split(" ", 1)
+        setting = rest.rsplit(" " + r["contender"], 1)[0]
+        variant = rest[len(setting) + len(r["contender"]) + 2:]
+        who = r["contender"] + (f" {variant}" if variant else "")
+        if "median_l2_at" in r:
+            at = " / ".join(f"{v:.2f}" for v in r["median_l2_at"].values())
+            lines.append(f"| {model} | {setting}, median L2 at 1k / 5k / 10k queries | {who} | | {at} | | "
+                         f"{r['cpu_seconds']:.1f} | {r['wall_seconds']:.0f} |")
+            continue
+        norm = r.get("median_norm")
+        shown = "" if norm is None else ("inf" if math.isinf(norm) else f"{norm:.3g}")
+        per = "" if r.get("queries_per_success") is None else f"{r['queries_per_success']:,.0f}"
+        blank = f" ({r['blank_returns']} blank)" if r.get("blank_returns") else ""
+        lines.append(f"| {model} | {setting} | {who} | {100 * r['success_rate']:.0f}%{blank} | {shown} | {per} | "
+                     f"{r['cpu_seconds']:.1f} | {r['wall_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100)
@@ -150,7 +173,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "blackbox.json")
     parser.add_argument("--only", default=None, help="(re)measure only rows whose key contains this")
     parser.add_argument("--redo", action="store_true", help="re-measure rows already in --out")
+    parser.add_argument("--table", action="store_true", help="print --out as the README's markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())["rows"]))
+        return
     torch.set_num_threads(1)
     torch.manual_seed(0)
 

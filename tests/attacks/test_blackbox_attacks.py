@@ -224,3 +224,19 @@ def test_targeted_hsja_reaches_the_targets_on_a_trained_model(digits, norm, eps)
     has_start = torch.tensor([bool((y == t).any()) for t in targets])
     assert float(result.success[has_start].float().mean()) >= 0.75
     assert float(result.norms[norm].max()) <= eps * (1 + 1e-5)
+
+
+def test_a_large_query_is_split_into_model_calls_of_at_most_query_batch():
+    from hardened.attacks.base import QUERY_BATCH, Oracle
+
+    sizes: list[int] = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    hook = model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    x = torch.rand(2 * QUERY_BATCH + 7, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    oracle = Oracle(model, 3, n=len(x))
+    logits = oracle.query(x, torch.arange(len(x)))
+    hook.remove()
+    assert sizes == [QUERY_BATCH, QUERY_BATCH, 7]
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x), atol=1e-6)
+    assert oracle.forward_count == len(x) and int(oracle.queries.sum()) == len(x)

@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--pgd-model", type=Path, default=Path("/tmp/pgd-lenet.safetensors"))
     parser.add_argument("--out", type=Path, default=RESULTS / "blackbox.json")
     parser.add_argument("--only", default=None, help="(re)measure only rows whose key contains this")
+    parser.add_argument("--skip", default=None, help="do not measure rows whose key contains this")
     parser.add_argument("--redo", action="store_true", help="re-measure rows already in --out")
     parser.add_argument("--table", action="store_true", help="print --out as the README's markdown table and stop")
     args = parser.parse_args()
@@ -206,7 +207,7 @@ def main() -> None:
     }
 
     def row(key: str, contender: str, compute: Callable[[], dict[str, Any]]) -> None:
-        selected = args.only is None or args.only in key
+        selected = (args.only is None or args.only in key) and (args.skip is None or args.skip not in key)
         if key in kept and not (args.redo and selected):
             report["rows"].append(kept[key])
             return

@@ -271,7 +271,7 @@ def test_square_agrees_with_the_reference_implementation(seed):
     model = tiny_mlp(seed=3, size=16)
     train(model, data, config=TrainConfig(epochs=10, batch_size=32, lr=3e-3, seed=0), progress=False)
     test = blob_data(n=60, size=16, classes=3, seed=2)
-    ours = Square(eps=0.3, queries=200, seed=seed)(model.eval(), test.x, test.y)
+    ours = Square(eps=0.3, queries=200, seed=seed, rescale_schedule=False)(model.eval(), test.x, test.y)
     theirs = _reference_square_robust(model, test.x, test.y, "linf", 0.3, 200, seed)
     # the same search with different random draws (measured: 0.667 vs 0.683 and 0.667)
     assert abs(ours.robust_accuracy - theirs) <= 5 / 60 + 1e-9, (ours.robust_accuracy, theirs)
@@ -283,7 +283,7 @@ def test_square_is_no_weaker_than_the_reference_on_small_images(trained, norm, e
     # image, is weaker (measured robust accuracy: Linf 0.62 ours vs 0.95-1.0; L2 0.37-0.47 vs
     # 0.48-0.60): ours may be stronger, never weaker beyond noise.
     model, test = trained
-    ours = Square(eps=eps, norm=norm, queries=200, seed=0)(model, test.x, test.y)
+    ours = Square(eps=eps, norm=norm, queries=200, seed=0, rescale_schedule=False)(model, test.x, test.y)
     theirs = _reference_square_robust(model, test.x, test.y, norm, eps, 200, 0)
     assert ours.robust_accuracy <= theirs + 3 / 60 + 1e-9, (ours.robust_accuracy, theirs)
 
@@ -309,6 +309,11 @@ def test_new_attacks_on_cuda_keep_the_device(name, norm):
     assert result.x_adv.device.type == "cuda" and result.success.device.type == "cuda"
     if name == "square":
         assert result.queries is not None and result.queries.device.type == "cuda"
+
+
+def test_the_schedule_is_rescaled_by_default_in_linf_only():
+    assert Square(eps=0.3).rescale_schedule and not Square(eps=2.0, norm="l2").rescale_schedule
+    assert not Square(eps=0.3, rescale_schedule=False).rescale_schedule
 
 
 @pytest.mark.parametrize("channels", [1, 3])

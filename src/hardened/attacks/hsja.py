@@ -131,10 +131,10 @@ def hopskipjump(
         if starts is not None and starts.shape[0]:
             order = (starts - x).flatten(1).norm(dim=1).argsort()
             for first in range(0, starts.shape[0], 10):
-                chunk = starts[order[first : first + 10]]
-                hits = phi(chunk[: phi.left])
+                candidates = starts[order[first : first + 10]]
+                hits = phi(candidates[: phi.left])
                 if bool(hits.any()):
-                    keep(chunk[int(hits.nonzero()[0, 0])].clone())
+                    keep(candidates[int(hits.nonzero()[0, 0])].clone())
                     break
         tried = 0
         while best is None and tried < init_tries and phi.left > 0:

@@ -14,7 +14,10 @@ improves or the sample becomes adversarial:
 
 A Linf window whose new signs would leave the clipped image unchanged gets new signs (up to
 10 draws), so no query is spent on a no-op. The window's share of the image, ``p``, is halved on the paper's schedule (after 10, 50, 200,
-500, 1000, 2000, 4000, 6000 and 8000 iterations; optionally rescaled to the query budget).
+500, 1000, 2000, 4000, 6000 and 8000 iterations), rescaled to the query budget by default in
+Linf (as the paper's code and torchattacks do) and not in L2: on mnist-5k ``lenet`` models at
+1,000 queries rescaling cuts Linf's queries per success from 133 to 38 (standard) and raises
+its success 0.23 -> 0.28 (PGD-trained), but lowers L2's success 0.43 -> 0.31 (PGD-trained).
 Every model evaluation of a sample counts as one query (``AttackResult.queries``); a sample
 never costs more than ``queries`` per run (``restarts`` runs at most).
 """
@@ -114,8 +117,9 @@ class Square(Attack):
             ``queries``); an unbroken sample keeps its highest-loss point.
         p_init: the window's initial share of the image (0.8 as the paper's AutoAttack).
         loss: ``"margin"`` (logit margin, default) or ``"ce"``.
-        rescale_schedule: map the query budget onto the 10,000-iteration schedule of ``p``
-            (AutoAttack's standard version does not).
+        rescale_schedule: map the query budget onto the 10,000-iteration schedule of ``p``;
+            ``None`` (default): for Linf, not for L2 (see the module's note; AutoAttack's
+            standard version, 5,000 Linf queries, does not rescale).
         bounds: the pixel box.
         seed: seed of the random search; the same seed gives the same result.
     """
@@ -136,7 +140,7 @@ class Square(Attack):
         p_init: float = 0.8,
         loss: str = "margin",
         restarts: int = 1,
-        rescale_schedule: bool = False,
+        rescale_schedule: bool | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
     ) -> None:
@@ -146,7 +150,8 @@ class Square(Attack):
         self.restarts = check_int(restarts, "restarts", minimum=1)
         self.p_init = check_real(p_init, "p_init", minimum=0.0, maximum=1.0, open_below=True)
         self.loss = check_loss(loss)
-        self.rescale_schedule = check_flag(rescale_schedule, "rescale_schedule")
+        rescale = self.threat.norm == "linf" if rescale_schedule is None else rescale_schedule
+        self.rescale_schedule = check_flag(rescale, "rescale_schedule")
         self.seed = check_seed(seed)
 
     def _perturb(self, oracle: Oracle, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:

@@ -16,7 +16,7 @@ from hardened._util.progress import progress_bar
 from hardened.attacks import ATTACKS, Attack, attack_in_batches, make_attack
 from hardened.cli._common import Common, Option, console, out, setup, shared_options
 from hardened.errors import ConfigError, QueryBudgetExceeded, TargetError
-from hardened.models.blackbox import HttpTarget, TorchTarget, attack_target
+from hardened.models.blackbox import BlackBox, HttpTarget, TorchTarget, attack_target
 from hardened.report.plots import plot_adversarial_grid
 
 _STARTS = {"uniform": True, "radial": "radial", "none": False}
@@ -124,7 +124,8 @@ def attack_command(
         if target is None and per_image is None:
             result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)
         else:
-            queryable = TorchTarget(session.model.model) if target is None else target
+            model = session.model.model if target is None else target
+            queryable = model if isinstance(model, BlackBox) else TorchTarget(model)
             try:
                 result = attack_target(instance, queryable, x, y, batch_size=common.batch_size, bar=bar,
                                        queries_per_image=per_image)

@@ -77,20 +77,20 @@ class SpatialStage(Stage[SpatialBudget]):
         if x.dim() != 4 or min(x.shape[-2:]) < 4:
             raise StageSkipped(f"rotations and translations need images of at least 4×4 pixels, got {tuple(x.shape[1:])}")
         sets = {
-            "rotations": {"rotation": budget.spatial_rotation, "translation": 0.0},
-            "translations": {"rotation": 0.0, "translation": budget.spatial_translation},
-            "both": {"rotation": budget.spatial_rotation, "translation": budget.spatial_translation},
+            "rotations": (budget.spatial_rotation, 0.0),
+            "translations": (0.0, budget.spatial_translation),
+            "both": (budget.spatial_rotation, budget.spatial_translation),
         }
         clean = float((predict_logits(ctx.model, x).argmax(1).to(y.device) == y).float().mean())
         rows, accuracy, data, worst = [], {}, {}, torch.zeros(0)
-        for label, ranges in sets.items():
-            attack = SpatialGrid(points=budget.spatial_points, **ranges)
+        for label, (rotation, translation) in sets.items():
+            attack = SpatialGrid(rotation=rotation, translation=translation, points=budget.spatial_points)
             began = time.perf_counter()
             worst = attack.worst_transforms(ctx.model, x, y)
             correct = predict_logits(ctx.model, attack.transforms.apply(x, worst)).argmax(1).to(y.device) == y
             tried = int(attack.transforms.grid(budget.spatial_points, x).shape[0])
             accuracy[label] = float(correct.float().mean())
-            rows.append([label, f"±{ranges['rotation']:g}°", f"±{ranges['translation']:g} px", tried,
+            rows.append([label, f"±{rotation:g}°", f"±{translation:g} px", tried,
                          pct(clean), pct(accuracy[label]), tried * len(x)])
             data[label] = {"transforms": tried, "robust_accuracy": accuracy[label], "queries": tried * len(x),
                            "seconds": time.perf_counter() - began, "correct": correct.cpu().tolist()}

@@ -185,7 +185,7 @@ def audit_splits() -> Splits:
 # and 2, rank 1 batch 1), certificates of 6 images (3 per rank)
 AUDIT_BUDGET = dataclasses.replace(
     BUDGETS["quick"], name="toy", n_eval=150, eps_linf=(0.0, 0.1, 0.2), eps_l2=(0.0, 0.5), headline_linf=0.1,
-    headline_l2=0.5, n_minimal=4, bisection_steps=3, n_certify=6, smoothing_n=64,
+    headline_l2=0.5, n_minimal=4, fmn_steps=20, n_certify=6, smoothing_n=64,
 )
 
 

@@ -367,5 +367,5 @@ def test_audit_stages_are_listed_without_running_an_audit():
 
     code = "from hardened.audit import AUDIT_STAGES; print(','.join(AUDIT_STAGES.names()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert set(out.strip().split(",")) == {"clean", "robustness", "explain-attacks", "gallery", "certify",
-                                           "guard", "sanity"}
+    assert set(out.strip().split(",")) == {"clean", "robustness", "minimal", "spatial", "explain-attacks",
+                                           "gallery", "certify", "guard", "sanity"}

@@ -18,7 +18,7 @@ from hardened.models import OutputsOnly, load_model
 from hardened.models.blackbox import CallableTarget
 from helpers import TINY_BUDGET, tiny_audit_splits, tiny_cnn
 
-STAGES = ("clean", "robustness", "explain_attacks", "gallery", "certify", "guard", "sanity")
+STAGES = ("clean", "robustness", "minimal", "spatial", "explain_attacks", "gallery", "certify", "guard", "sanity")
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
     reason='the ONNX extra is not installed (pip install "hardened[onnx]")',
@@ -84,7 +84,7 @@ def test_an_onnx_model_audited_outputs_only_has_every_section_and_counts_its_que
     result = _audit(model, tmp_path / "report")
     stages = _by_name(result)
     status = {n: s.status for n, s in stages.items()}
-    assert status == dict.fromkeys(STAGES, "ok") | {"explain_attacks": "skipped"}, status
+    assert status == dict.fromkeys(STAGES, "ok") | {"explain_attacks": "skipped", "minimal": "skipped"}, status
     assert "no gradients" in stages["explain_attacks"].message or "not gradients" in stages["explain_attacks"].message
     module = {s.name: s for s in tiny_audit[0].stages}
     assert stages["clean"].data["accuracy"] == module["clean"].data["accuracy"]
@@ -99,7 +99,7 @@ def test_an_onnx_model_audited_outputs_only_has_every_section_and_counts_its_que
     assert not stages["sanity"].summary.gradient_checks
     # every image sent is counted, per section and in all (the fingerprint's probe images too)
     per_stage = [s.data["queries"] for s in result.stages]
-    assert all(q > 0 for n, q in zip(STAGES, per_stage, strict=True) if n not in ("explain_attacks", "sanity"))
+    assert all(q > 0 for n, q in zip(STAGES, per_stage, strict=True) if n not in ("explain_attacks", "sanity", "minimal"))
     assert result.queries == model.queries == sum(per_stage) + 8
     stored = json.loads((tmp_path / "report" / "audit.json").read_text())
     assert stored["queries"] == result.queries and stored["access"]["kind"] == "outputs-only"

@@ -18,9 +18,9 @@ from hardened.models import HttpTarget
 from hardened.registry import Registry
 from helpers import TINY_BUDGET
 
-STAGES = ("clean", "robustness", "explain_attacks", "gallery", "certify", "guard", "sanity")
+STAGES = ("clean", "robustness", "minimal", "spatial", "explain_attacks", "gallery", "certify", "guard", "sanity")
 BUDGET = dataclasses.replace(TINY_BUDGET, n_eval=12, eps_linf=(0.0, 0.3), eps_l2=(0.0, 1.0), n_minimal=4,
-                             bisection_steps=2, n_gallery=2, n_guided=6, n_certify=2, smoothing_n=100,
+                             fmn_steps=10, n_gallery=2, n_guided=6, n_certify=2, smoothing_n=100,
                              n_guard_fit=120, n_guard_eval=30, headline_linf=0.3, headline_l2=1.0)
 
 
@@ -33,7 +33,7 @@ def test_an_outputs_only_audit_of_a_served_model_completes_with_query_counts(
                        model_name=server.url, surrogate=digits_model)
     stages = {s.name: s for s in result.stages}
     assert tuple(stages) == STAGES
-    assert {n: s.status for n, s in stages.items()} == dict.fromkeys(STAGES, "ok") | {"explain_attacks": "skipped"}, \
+    assert {n: s.status for n, s in stages.items()} == dict.fromkeys(STAGES, "ok") | {"explain_attacks": "skipped", "minimal": "skipped"}, \
         {n: s.message for n, s in stages.items()}
     assert "gives scores, not gradients" in stages["explain_attacks"].message
     expected = float((predict_logits(digits_model, splits.test.x).argmax(1) == splits.test.y).float().mean())

@@ -30,6 +30,7 @@ from hardened.evaluate.transfer import craft_transfer
 __all__ = ["SQUARE_QUERIES", "score_based_robustness"]
 
 MINIMAL_QUERIES = 100  # per image and bisection round
+MINIMAL_STEPS = 7  # bisection rounds (FMN, the minimal stage's attack, needs gradients)
 TRANSFER_ATTACK = "mifgsm"
 
 
@@ -96,7 +97,7 @@ def score_based_robustness(ctx: StageContext[RobustnessBudget]) -> StageOutput:
     xm, ym = ctx.test.x[: budget.n_minimal], ctx.test.y[: budget.n_minimal]
     eps_max = max(budget.eps_linf) * 2
     minimal = minimal_eps(ctx.model, xm, ym, eps_max=eps_max, attack="square", norm="linf",
-                          steps=budget.bisection_steps, queries=MINIMAL_QUERIES, seed=ctx.seed)
+                          steps=MINIMAL_STEPS, queries=MINIMAL_QUERIES, seed=ctx.seed)
     fooled = len([e for e in minimal.eps if math.isfinite(e)]) / max(len(minimal.eps), 1)
     labels = ", ".join(m.label for m in members)
     transfer = "" if ctx.surrogate is None else " and transfer from the surrogate model"
@@ -126,7 +127,7 @@ def score_based_robustness(ctx: StageContext[RobustnessBudget]) -> StageOutput:
                            [[m["name"], "fired" if m["fired"] else "pass", m["meaning"]] for m in masking]))
     tables.append(Table.of(
         f"Minimal Linf perturbation ({len(minimal.eps)} images, Square bisection with {MINIMAL_QUERIES} queries "
-        f"per round, to {eps_max / 2**budget.bisection_steps:.2g})",
+        f"per round, to {eps_max / 2**MINIMAL_STEPS:.2g})",
         ["median", f"fooled within eps ≤ {eps_max:g}"], [[f"{minimal.median():.3g}", pct(fooled)]]))
     notes = [
         substitute_note("Gradient attacks (FGSM, APGD) and the zero-gradient check", ctx.access.lrp or "",

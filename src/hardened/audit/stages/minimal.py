@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from hardened._util.batching import predict_logits
-from hardened.audit.stage import Stage, StageContext, StageOutput, Summary, register_stage
+from hardened.audit.stage import (
+    Stage,
+    StageContext,
+    StageOutput,
+    StageSkipped,
+    Summary,
+    register_stage,
+)
 from hardened.audit.tables import Table, pct
 from hardened.evaluate.masking import plan_countermeasures
 from hardened.evaluate.sweeps import MinimalPerturbation, SweepResult, minimal_norm
@@ -95,6 +102,9 @@ class MinimalStage(Stage[MinimalBudget]):
     weight = 1.5
 
     def run(self, ctx: StageContext[MinimalBudget]) -> StageOutput:
+        if ctx.access.outputs_only:
+            raise StageSkipped("FMN needs gradients and this model answers outputs only; the robustness "
+                               "section gives its minimal Linf perturbations by Square bisection")
         budget = ctx.budget
         x, y = ctx.test.x[: budget.n_minimal], ctx.test.y[: budget.n_minimal]
         target, answers = attack_model(ctx.model, x, y)

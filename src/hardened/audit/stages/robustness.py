@@ -33,6 +33,7 @@ class RobustnessBudget:
     headline_l2: float
     cascade_batch: int  # the unit a torchrun audit splits over its ranks (AuditBudget)
     pgd_steps: int  # the transfer attack's steps on the surrogate of an outputs-only model
+    n_minimal: int  # an outputs-only model's minimal Linf perturbations (Square bisection)
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,17 @@ class RobustnessSummary(Summary):
     preset: str
     masking_fired: tuple[str, ...]
     countermeasures: tuple[str, ...]
+    minimal_linf_median: float | None = None  # outputs-only models (Square bisection); else the minimal stage's
 
     def sentence(self) -> str:
         flag = f" (masking check fired: {', '.join(self.masking_fired)})" if self.masking_fired else ""
+        minimal = ("" if self.minimal_linf_median is None else
+                   f"; half of the images are fooled by a Linf change of {self.minimal_linf_median:.3g} or less")
         text = (
             f"Under the {self.preset} attack cascade at most {100 * self.linf_accuracy:.1f}% of the images stay "
             f"correct at Linf eps={self.linf_eps:g}{flag}, {100 * self.linf_max_accuracy:.1f}% at "
-            f"eps={self.linf_max_eps:g}{flag} and {100 * self.l2_accuracy:.1f}% at L2 eps={self.l2_eps:g}{flag}. "
-            "These are upper bounds: the points these attacks did not break."
+            f"eps={self.linf_max_eps:g}{flag} and {100 * self.l2_accuracy:.1f}% at L2 eps={self.l2_eps:g}{flag}"
+            f"{minimal}. These are upper bounds: the points these attacks did not break."
         )
         if self.masking_fired:
             answered = f" The attacks used {', '.join(self.countermeasures)}." if self.countermeasures else ""

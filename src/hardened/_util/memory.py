@@ -102,12 +102,15 @@ def fit_batch_size(
 ) -> int:
     """Images per batch that fit in ``fraction`` of ``memory_bytes`` (default: the memory
     available on ``x``'s device): that budget over ``per_image_bytes``, times ``GRAD_FACTOR``
-    when ``grad`` (attacks, LRP, gradients). At least 1, at most ``limit`` and ``cap``."""
+    when ``grad`` (attacks, LRP, gradients), rounded down to a power of two (so that small
+    changes in free memory do not change the batches, nor with them a seeded run's random
+    draws). At least 1, at most ``limit`` and ``cap``."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     budget = available_memory(x.device) if memory_bytes is None else int(memory_bytes)
     cost = per_image_bytes(model, x) * (GRAD_FACTOR if grad else 1)
-    size = max(1, min(int(budget * fraction) // max(cost, 1), cap))
+    fits = max(1, min(int(budget * fraction) // max(cost, 1), cap))
+    size = 1 << (fits.bit_length() - 1)
     return size if limit is None else max(1, min(size, int(limit)))
 
 

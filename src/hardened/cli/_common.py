@@ -31,7 +31,7 @@ from hardened.errors import ConfigError, InputError
 from hardened.models import LoadedModel, load_model
 
 __all__ = [
-    "Common", "Option", "Session", "shared_options", "setup", "console", "out", "resolve_device",
+    "SIZED_BATCH", "Common", "Option", "Session", "shared_options", "setup", "console", "out", "resolve_device",
     "seed_everything", "check_fit", "load_checked_model", "parse_floats", "parse_ints",
     "parse_key_values", "SEED_MAX",
 ]
@@ -68,7 +68,7 @@ SPECS: dict[str, _Spec] = {
     "download": _Spec(bool, "--download", "download missing MNIST/Fashion-MNIST/CIFAR/SVHN files (sha256-checked)", False),
     "device": _Spec(str, "--device", "auto, cpu, cuda or cuda:N", "auto"),
     "seed": _Spec(int, "--seed", "seed for every random choice", 0, {"min": 0, "max": SEED_MAX}),
-    "batch_size": _Spec(int, "--batch-size", "images per batch", 128, {"min": 1}),
+    "batch_size": _Spec(int, "--batch-size", "images per batch", 128, {"min": 1}),  # or SIZED_BATCH
     "out": _Spec(Path, "--out", "output folder"),
 }
 
@@ -80,6 +80,10 @@ class Option:
     default: Any = _NO_DEFAULT
     help: str | None = None
     optional: bool = False
+
+
+#: ``--batch-size`` for commands whose batches are sized from memory unless it is given
+SIZED_BATCH = Option(None, "images per batch (default: sized to the memory available)", optional=True)
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class Common:
     download: bool = False
     device: str = "auto"
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int | None = 128
     out: Path = Path(".")
 
 

@@ -12,9 +12,10 @@ import typer
 from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
 from hardened._util.lock import locks_output
+from hardened._util.memory import resolve_batch_size
 from hardened._util.progress import progress_bar
 from hardened.attacks import ATTACKS, attack_in_batches, make_attack
-from hardened.cli._common import Common, Option, console, out, setup, shared_options
+from hardened.cli._common import SIZED_BATCH, Common, Option, console, out, setup, shared_options
 from hardened.errors import ConfigError, QueryBudgetExceeded, TargetError
 from hardened.models.blackbox import HttpTarget, attack_target
 from hardened.report.plots import plot_adversarial_grid
@@ -48,13 +49,16 @@ def _budget_options(
     return options
 
 
+REMOTE_BATCH = 250  # images per request to --target-url unless --batch-size says otherwise
+
+
 def _describe(options: dict[str, object]) -> str:
     """The budget in words for the progress bar and the summary line."""
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed",
-                "data_dir", "download", out=Path("attack-results"), batch_size=250,
+                "data_dir", "download", out=Path("attack-results"), batch_size=SIZED_BATCH,
                 model=Option(None, "model file or pkg.module:factory (or attack --target-url)", optional=True))
 @locks_output("common.out")
 def attack_command(
@@ -112,10 +116,11 @@ def attack_command(
                                                          num_classes=test.num_classes)
     with progress_bar(len(x), f"{attack} {budget}", True) as bar:
         if target is None:
-            result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)
+            batch = resolve_batch_size(common.batch_size, session.model.model, x)
+            result = attack_in_batches(instance, session.model.model, x, y, batch_size=batch, bar=bar)
         else:
             try:
-                result = attack_target(instance, target, x, y, batch_size=common.batch_size, bar=bar)
+                result = attack_target(instance, target, x, y, batch_size=common.batch_size or REMOTE_BATCH, bar=bar)
             except (QueryBudgetExceeded, TargetError) as error:
                 if error.partial is not None:
                     partial = {"target": target_url, "partial": True, **error.partial.to_dict()}
@@ -133,7 +138,7 @@ def attack_command(
     write_json(out_dir / "summary.json", summary)
     written = [out_dir / "adversarial.npz", out_dir / "summary.json"]
     try:
-        clean_logits = predict_logits(session.model.model, x) if target is None else target(x)
+        clean_logits = predict_logits(session.model.model, x, batch) if target is None else target(x)
     except QueryBudgetExceeded:
         clean_logits = None  # the budget is spent: the grid (which needs clean scores) is skipped
     if clean_logits is not None:

@@ -152,9 +152,10 @@ class RobustnessStage(Stage[RobustnessBudget]):
         sweeps: dict[str, list[SweepResult]] = {}
         for norm, eps in (("linf", budget.eps_linf), ("l2", budget.eps_l2)):
             one_step = robust_accuracy_sweep(ctx.model, x, y, eps_values=eps, attack="fgsm" if norm == "linf" else "fgm",
-                                             norm=norm)
+                                             norm=norm, batch_size=ctx.batch_size)
             cascades[norm] = cascade_sweep(ctx.model, x, y, eps_values=eps, norm=norm, preset=budget.cascade_preset,
-                                           seed=ctx.seed, state_dir=_state(ctx, norm), batch_size=budget.cascade_batch)
+                                           seed=ctx.seed, state_dir=_state(ctx, norm),
+                                           batch_size=min(budget.cascade_batch, ctx.batch_size))  # memory permitting
             sweeps[norm] = [one_step, cascades[norm].sweep]
         masking = _merge_findings(cascades)
         fired = tuple(m["name"] for m in masking if m["fired"])
@@ -164,7 +165,7 @@ class RobustnessStage(Stage[RobustnessBudget]):
         eps_max = max(budget.eps_linf) * 2
         target, bisection_answers = _bisection_model(ctx.model, xm, ym)
         minimal = minimal_eps(target, xm, ym, eps_max=eps_max, attack="pgd", norm="linf",
-                              steps=budget.bisection_steps, seed=ctx.seed)
+                              steps=budget.bisection_steps, seed=ctx.seed, batch_size=ctx.batch_size)
         fooled = len([e for e in minimal.eps if math.isfinite(e)]) / max(len(minimal.eps), 1)
 
         strength = f"{budget.cascade_preset} preset: {' then '.join(members)}"

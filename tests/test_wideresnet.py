@@ -66,6 +66,32 @@ def test_a_users_safetensors_weights_load_through_the_factory(tmp_path):
         assert torch.equal(loaded(x), source(x))
 
 
+def test_a_zoo_name_with_weights_loads_them_and_without_weights_says_what_to_give(tmp_path):
+    torch.manual_seed(1)
+    source = build_model("wrn-16-2").eval()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = load_model("wrn-16-2", path)
+    assert loaded.info.arch == "wrn_16_2"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), source(x))
+    with pytest.raises(ModelLoadError, match="--weights"):
+        load_model("wrn-28-10")
+
+
+def test_resnet18_with_the_imagenet_stem_has_torchvisions_parameter_count():
+    # torchvision's resnet18 (1000 classes): 11,689,512 parameters; the CIFAR stem's 3×3 conv
+    # has 9,408 - 1,728 fewer
+    assert _meta_count("resnet18", stem="imagenet", num_classes=1000) == 11_689_512
+    assert _meta_count("resnet18", num_classes=1000) == 11_689_512 - 9_408 + 1_728
+    with pytest.raises(ConfigError, match="stem"):
+        check_arch_kwargs("resnet18", {"stem": "vgg"})
+    model = build_model("resnet18", stem="imagenet", width=4, input_shape=[3, 224, 224]).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224)).shape == (1, 10)
+
+
 def test_mismatching_weights_name_the_first_keys(tmp_path):
     state = build_model("wrn", depth=16, width=4).state_dict()  # wider than wrn-16-2
     state.pop("fc.bias")

@@ -101,3 +101,16 @@ def test_available_memory_reads_meminfo(tmp_path, monkeypatch):
     assert available_memory("cpu", meminfo) == 12345 * 1024
     assert available_memory("cpu", tmp_path / "missing") == FALLBACK_BYTES
     assert available_memory("cpu") > 0  # this machine's /proc/meminfo
+
+
+def test_a_remembered_size_is_reused_so_a_resumed_run_cuts_the_same_batches(tmp_path, monkeypatch):
+    model = nn.Linear(4, 2)
+    record = tmp_path / "batch_size.json"
+    first = resolve_batch_size(None, model, torch.rand(3, 4), remember=record)
+    assert record.is_file()
+    monkeypatch.setattr("hardened._util.memory.available_memory", lambda *a, **k: 10)  # memory has gone
+    assert resolve_batch_size(None, model, torch.rand(3, 4), remember=record) == first
+    assert resolve_batch_size(None, model, torch.rand(3, 4)) == 1  # unremembered: sized again
+    assert resolve_batch_size(5, model, torch.rand(3, 4), remember=record) == 5  # --batch-size wins
+    record.write_text('{"batch_size": "many"}')
+    assert resolve_batch_size(None, model, torch.rand(3, 4), remember=record) == 1  # not valid: sized again

@@ -16,6 +16,7 @@ when psutil is installed, else ``MemAvailable`` from ``/proc/meminfo``, else ``F
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,11 +116,40 @@ def fit_batch_size(
 
 
 def resolve_batch_size(
-    batch_size: int | None, model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, *, grad: bool = True
+    batch_size: int | None,
+    model: nn.Module | Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    grad: bool = True,
+    remember: Path | None = None,
 ) -> int:
-    """``batch_size`` when given (``--batch-size``), else ``fit_batch_size(model, x)``."""
+    """``batch_size`` when given (``--batch-size``), else ``fit_batch_size(model, x)``.
+
+    ``remember``: a JSON file in a resumable run's folder. The size chosen first is written
+    there and reused when the run resumes, so a resumed run cuts the same batches as the first
+    one (its saved state is keyed by them) whatever memory is free by then.
+    """
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1 or None (sized to memory), got {batch_size!r}")
         return batch_size
-    return fit_batch_size(model, x, grad=grad) if x.shape[0] else 1
+    stored = _remembered(remember)
+    if stored is not None:
+        return stored
+    size = fit_batch_size(model, x, grad=grad) if x.shape[0] else 1
+    if remember is not None:
+        from hardened._util.atomic import write_json
+
+        write_json(remember, {"batch_size": size, "sized_from": "memory"})
+    return size
+
+
+def _remembered(path: Path | None) -> int | None:
+    """The batch size stored in ``path`` (``None``: no file, or not a valid record)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("batch_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None

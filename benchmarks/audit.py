@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hardened._util.atomic import write_json  # noqa: E402
 
+RESULTS = Path(__file__).parent / "results"
+
 
 def run_once(budget: str, cache: Path, folder: Path) -> dict[str, Any]:
     env = {**os.environ, "HARDENED_CACHE_DIR": str(cache)}
@@ -64,7 +66,8 @@ def main() -> None:
         from audit_models import run_setting
 
         with tempfile.TemporaryDirectory() as tmp:
-            record = run_setting(args.model, Path(tmp), args.epochs, args.budget)
+            record = run_setting(args.model, Path(tmp), args.epochs, args.budget,
+                                 progress=RESULTS / f"audit_{args.model}.partial.json")
         record["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                              "python": platform.python_version(), "torch": torch.__version__}

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from hardened._util.atomic import write_json
 from hardened.data import Dataset
 from hardened.data.dataset import stratified_split
 from hardened.data.files import load_image_folder
@@ -82,8 +83,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measured(name: str, run: Callable[..., Any], records: dict[str, dict[str, float]]) -> Callable[..., Any]:
-    """``run`` that records its wall and CPU seconds and peak RSS under ``records[name]``."""
+def measured(name: str, run: Callable[..., Any], records: dict[str, dict[str, float]],
+             progress: Path | None = None) -> Callable[..., Any]:
+    """``run`` that records its wall and CPU seconds and peak RSS under ``records[name]`` (and
+    writes ``records`` to ``progress`` after each section, so a long run's figures survive)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         peak_rss_reset()
@@ -94,6 +97,8 @@ def measured(name: str, run: Callable[..., Any], records: dict[str, dict[str, fl
             records[name] = {"wall_seconds": round(time.perf_counter() - wall, 1),
                              "cpu_seconds": round(time.process_time() - cpu, 1),
                              "peak_rss_mib": round(peak_rss_mib(), 0), "load_average": os.getloadavg()[0]}
+            if progress is not None:
+                write_json(progress, records)
 
     return wrapper
 
@@ -151,8 +156,9 @@ def natural_guard(model: torch.nn.Module, train: Dataset, test: Dataset, batch: 
     return out
 
 
-def run_setting(name: str, root: Path, epochs: int, budget: str) -> dict[str, Any]:
-    """Train briefly, audit with each section measured, and run the natural-photo guard."""
+def run_setting(name: str, root: Path, epochs: int, budget: str, progress: Path | None = None) -> dict[str, Any]:
+    """Train briefly, audit with each section measured, and run the natural-photo guard;
+    ``progress``: where the sections measured so far are written as they finish."""
     from hardened._util.memory import fit_batch_size
     from hardened.audit import run_audit
     from hardened.audit.pipeline import all_stages
@@ -160,15 +166,15 @@ def run_setting(name: str, root: Path, epochs: int, budget: str) -> dict[str, An
     model, data, arch = setting(name, root / "images")
     splits = stratified_split(data, test_fraction=0.2, seed=0)
     records: dict[str, dict[str, float]] = {}
-    training = measured("train", brief_training, records)(model, splits.train, epochs)
+    training = measured("train", brief_training, records, progress)(model, splits.train, epochs)
     model.eval()
-    batch = measured("batch sizing", fit_batch_size, records)(model, splits.test.x[:1])
+    batch = measured("batch sizing", fit_batch_size, records, progress)(model, splits.test.x[:1])
     stages = list(all_stages())
     for stage in stages:
-        stage.run = measured(stage.name, stage.run, records)  # type: ignore[method-assign]
-    result = measured("audit (total)", run_audit, records)(model, splits, out_dir=root / "report", budget=budget,
+        stage.run = measured(stage.name, stage.run, records, progress)  # type: ignore[method-assign]
+    result = measured("audit (total)", run_audit, records, progress)(model, splits, out_dir=root / "report", budget=budget,
                                                              seed=0, model_name=name, stages=stages, batch_size=batch)
-    guard = measured("guard on natural photos", natural_guard, records)(model, splits.train, splits.test, batch)
+    guard = measured("guard on natural photos", natural_guard, records, progress)(model, splits.train, splits.test, batch)
     return {
         "model": name, **arch, "training": training,
         "data": {"name": data.name, "input_shape": list(data.input_shape), "train": len(splits.train),

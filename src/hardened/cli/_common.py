@@ -68,7 +68,7 @@ SPECS: dict[str, _Spec] = {
     "download": _Spec(bool, "--download", "download missing MNIST/Fashion-MNIST/CIFAR/SVHN files (sha256-checked)", False),
     "device": _Spec(str, "--device", "auto, cpu, cuda or cuda:N", "auto"),
     "seed": _Spec(int, "--seed", "seed for every random choice", 0, {"min": 0, "max": SEED_MAX}),
-    "batch_size": _Spec(int, "--batch-size", "images per batch", 128, {"min": 1}),  # or SIZED_BATCH
+    "batch_size": _Spec(int, "--batch-size", "images per batch", 128, {"min": 1}),
     "out": _Spec(Path, "--out", "output folder"),
 }
 

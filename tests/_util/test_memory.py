@@ -114,3 +114,11 @@ def test_a_remembered_size_is_reused_so_a_resumed_run_cuts_the_same_batches(tmp_
     assert resolve_batch_size(5, model, torch.rand(3, 4), remember=record) == 5  # --batch-size wins
     record.write_text('{"batch_size": "many"}')
     assert resolve_batch_size(None, model, torch.rand(3, 4), remember=record) == 1  # not valid: sized again
+
+
+def test_a_runs_own_record_is_read_but_not_written(tmp_path):
+    settings = tmp_path / "settings.json"
+    assert resolve_batch_size(None, nn.Linear(4, 2), torch.rand(3, 4), remember=settings, store=False) >= 1
+    assert not settings.exists()
+    settings.write_text('{"format": 1, "batch_size": 48, "eps": [0.1]}')
+    assert resolve_batch_size(None, nn.Linear(4, 2), torch.rand(3, 4), remember=settings, store=False) == 48

@@ -122,12 +122,14 @@ def resolve_batch_size(
     *,
     grad: bool = True,
     remember: Path | None = None,
+    store: bool = True,
 ) -> int:
     """``batch_size`` when given (``--batch-size``), else ``fit_batch_size(model, x)``.
 
-    ``remember``: a JSON file in a resumable run's folder. The size chosen first is written
-    there and reused when the run resumes, so a resumed run cuts the same batches as the first
-    one (its saved state is keyed by them) whatever memory is free by then.
+    ``remember``: a JSON file in a resumable run's folder whose top-level ``batch_size`` is
+    reused when the run resumes, so that it cuts the same batches as the first time (its saved
+    state is keyed by them) whatever memory is free by then. With ``store`` the size chosen is
+    written there; without, the file is the run's own record (a cascade's ``settings.json``).
     """
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -137,7 +139,7 @@ def resolve_batch_size(
     if stored is not None:
         return stored
     size = fit_batch_size(model, x, grad=grad) if x.shape[0] else 1
-    if remember is not None:
+    if remember is not None and store:
         from hardened._util.atomic import write_json
 
         write_json(remember, {"batch_size": size, "sized_from": "memory"})

@@ -77,8 +77,8 @@ def evaluate_command(
     session = setup(common, writes=[(out_dir, True)])
     target, loaded = session.device, session.model
     test = session.splits.test.head(n)
-    batch_size = resolve_batch_size(common.batch_size, loaded.model, test.x[:1].to(target),
-                                    remember=out_dir / "batch_size.json")  # the cascade resumes by batch
+    batch_size = resolve_batch_size(common.batch_size, loaded.model, test.x[:1].to(target), store=False,
+                                    remember=out_dir / "cascade-state" / "settings.json")  # resumes by batch
     options: dict[str, object] = {}
     if steps is not None:
         options["steps"] = steps

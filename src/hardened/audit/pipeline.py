@@ -172,7 +172,7 @@ def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudge
     on_device = splits.test.to(device)
     # an outputs-only model is sized as opaque (a multiple of its input), unless a surrogate runs
     sizing = surrogate if surrogate is not None else (model if not access.outputs_only else model.__call__)
-    sized = resolve_batch_size(batch_size, sizing, on_device.x[:1], remember=stage_dir / "batch_size.json") \
+    sized = resolve_batch_size(batch_size, sizing, on_device.x[:1], remember=folder / "batch_size.json") \
         if info.is_main else None
     batch = from_rank0(sized, "the audit's batch size")
     results: dict[str, StageResult] = {}

@@ -48,6 +48,24 @@ def test_an_outputs_only_model_gets_a_multiple_of_the_input():
     assert per_image_bytes(lambda t: t.flatten(1)[:, :2], x) == OPAQUE_FACTOR * 300 * 4
 
 
+class _OutsideAutograd(nn.Module):
+    """A module whose forward leaves autograd (as an onnxruntime wrapper does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(x.detach().numpy().reshape(len(x), -1)[:, :2].copy())
+
+
+class _NeedsNoGrad(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(x.numpy().reshape(len(x), -1)[:, :2].copy())  # raises on a grad tensor
+
+
+def test_a_module_outside_autograd_is_sized_as_opaque():
+    x = torch.rand(2, 3, 4, 4)
+    assert per_image_bytes(_OutsideAutograd(), x) == OPAQUE_FACTOR * 48 * 4
+    assert per_image_bytes(_NeedsNoGrad(), x) == OPAQUE_FACTOR * 48 * 4
+
+
 def test_the_model_and_its_mode_are_left_as_they_were():
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).train()
     state = {k: v.clone() for k, v in model.state_dict().items()}

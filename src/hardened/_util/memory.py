@@ -7,8 +7,9 @@ the backward pass (distinct storages, parameters and buffers excluded); their di
 the per-image part, free of the fixed costs. That works for any autograd-run module
 (eager, traced or scripted TorchScript, onnx2torch). A backward pass roughly doubles it (the
 activation gradients, ``GRAD_FACTOR``); a forward under ``no_grad`` keeps far less, so the
-same count is a safe upper bound for it. Outputs-only models (no autograd) get a fixed multiple
-of the input size (``OPAQUE_FACTOR``).
+same count is a safe upper bound for it. Outputs-only models (no autograd: a plain function, or
+a module whose forward leaves autograd, e.g. onnxruntime) get a fixed multiple of the input size
+(``OPAQUE_FACTOR``).
 
 Available memory: free CUDA memory on a GPU; on the CPU ``psutil.virtual_memory().available``
 when psutil is installed, else ``MemAvailable`` from ``/proc/meminfo``, else ``FALLBACK_BYTES``.
@@ -72,7 +73,9 @@ def _saved_bytes(model: Callable[[Tensor], Tensor], x: Tensor, exclude: set[int]
     leaf = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(leaf)
-    return sum(seen.values()) + (out.numel() * out.element_size() if isinstance(out, Tensor) else 0)
+    if not isinstance(out, Tensor) or not out.requires_grad:
+        raise TypeError("the output is outside autograd")  # nothing here is measurable
+    return sum(seen.values()) + out.numel() * out.element_size()
 
 
 def per_image_bytes(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> int:
@@ -85,9 +88,12 @@ def per_image_bytes(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) ->
     if not isinstance(model, nn.Module):
         return own * OPAQUE_FACTOR
     exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    with eval_mode(model):
-        one = _saved_bytes(model, image, exclude)
-        two = _saved_bytes(model, image.expand(2, *image.shape[1:]), exclude)
+    try:
+        with eval_mode(model):
+            one = _saved_bytes(model, image, exclude)
+            two = _saved_bytes(model, image.expand(2, *image.shape[1:]), exclude)
+    except (RuntimeError, TypeError, ValueError):  # a module that runs outside autograd (onnxruntime)
+        return own * OPAQUE_FACTOR
     return max(two - one, own) + own
 
 

@@ -57,10 +57,13 @@ def test_a_quantised_model_is_broken_and_the_fired_check_is_named(digits, net, t
     assert summary.linf_max_eps == 0.3 and summary.linf_max_accuracy < 0.10  # single digit, as plain PGD is not
     assert "zero-gradients" in summary.masking_fired
     assert any("BPDA" in a for a in summary.countermeasures)
-    assert "(masking check fired: zero-gradients)" in result.verdict and "upper bound" in result.verdict
+    fired = result.verdict.split("(masking check fired: ", 1)[1].split(")", 1)[0].split(", ")
+    assert "zero-gradients" in fired and "upper bound" in result.verdict
     assert "masking: zero-gradients" in sanity.summary.flagged
     fired = [m for m in robustness.data["masking"] if m["fired"]]
-    assert [m["name"] for m in fired] == ["zero-gradients"] and "linf 0.3" in fired[0]["fired_at"]
+    # the quantiser shatters gradients; the smoothed-gradient member may also see it (another masking sign)
+    assert [m["name"] for m in fired][0] == "zero-gradients" and "linf 0.3" in fired[0]["fired_at"]
+    assert {m["name"] for m in fired} <= {"zero-gradients", "smoothed-gradient"}
     broken = {c["label"]: c["broken"] for c in robustness.data["cascades"]["linf"][-1]["contributions"]}
     assert sum(broken.values()) > 0 and set(broken) == set(robustness.data["members"])
     checks = next(t for t in robustness.tables if t.title.startswith("Gradient-masking checks"))

@@ -286,8 +286,8 @@ for option, value in (("--guard-floor", "0"), ("--guard-floor", "2"), ("--guard-
     row(_with(FGSM, option, value), "train option")
 row(FGSM + ["--lr-schedule", "piecewise"], "train piecewise without milestones")
 row(FGSM + ["--lr-schedule", "piecewise", "--lr-milestones", "0.7,0.3"], "train milestones not increasing")
-row(["train", "--data", "digits", "--recipe", "madry-cifar10", "--out", "{out}/m.safetensors"],
-    "train recipe whose architecture is missing")
+row(["train", "--recipe", "madry-cifar10", "--data-dir", "{out}", "--out", "{out}/m.safetensors"],
+    "train recipe whose data is not on this machine")
 row(SEED_COMMANDS["train"] + ["--method", "trades", "--eps", "0.1", "--beta", "-1"], "train trades --beta negative")
 row(SEED_COMMANDS["train"] + ["--method", "noise", "--sigma", "-1"], "train noise --sigma negative")
 row(SEED_COMMANDS["train"] + ["--method", "semi-supervised", "--eps", "0.1", "--unlabeled-fraction", "1.5"],

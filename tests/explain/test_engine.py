@@ -90,7 +90,9 @@ def test_unsupported_layer_names_layer_and_serving_rules() -> None:
         explain_images(pooled, torch.rand(1, 1, 4, 4), composite=composite)
 
 
-def test_batchnorm_outside_sequential_is_a_clear_error() -> None:
+def test_a_batchnorm_with_no_layer_before_it_takes_the_epsilon_rule() -> None:
+    """Unfoldable (as a WideResNet's pre-activation BatchNorm): Epsilon, as an element-wise
+    affine layer; before the first layer, ZBox's bounds cannot pass it and the message says so."""
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -101,8 +103,13 @@ def test_batchnorm_outside_sequential_is_a_clear_error() -> None:
         def forward(self, x):
             return self.fc(self.conv(self.bn(x)).flatten(1))
 
-    with pytest.raises(ConfigError, match="BatchNormFolding"):
-        explain_images(Odd().eval(), torch.rand(1, 1, 4, 4))
+    model = Odd().eval()
+    rules = make_composite("epsilon").assign(model)
+    assert isinstance(rules["bn"], Epsilon)
+    attribution = explain_images(model, torch.rand(2, 1, 4, 4), composite="epsilon")
+    assert torch.isfinite(attribution.relevance).all()
+    with pytest.raises(ConfigError, match=r"ZBox: cannot map the pixel bounds through layer 'bn' \(BatchNorm2d\)"):
+        explain_images(model, torch.rand(1, 1, 4, 4))
 
 
 def test_targets_out_of_range_and_unknown_names() -> None:

@@ -4,17 +4,26 @@ A stage declares the knobs it reads as a small frozen dataclass (its *budget sli
 hands the stage only that slice, and the stage cache is keyed by it, so changing a knob re-runs
 exactly the stages that read it. A slice field missing from ``AuditBudget`` keeps the slice's own
 default, so a new stage with new knobs is still one new file.
+
+The named budgets are set for images of up to ``REFERENCE_PIXELS`` values (CIFAR's 3×32×32;
+MNIST's 28×28 is smaller). For larger images ``scale_budget`` shrinks them so that an audit
+costs about the same: the work is images × steps × cost per image, and the cost per image grows
+with the pixel count, so the image counts and the per-image steps (PGD steps, noise samples) are
+each scaled by ``sqrt(REFERENCE_PIXELS / pixels)`` (1/7 at 3×224×224), with floors that keep
+every section meaningful. The scaled budget's name says so, and with it the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from hardened.errors import ConfigError
 
-__all__ = ["BUDGETS", "AuditBudget", "budget_slice", "check_budget"]
+__all__ = ["BUDGETS", "REFERENCE_PIXELS", "AuditBudget", "budget_slice", "check_budget", "scale_budget"]
 
 B = TypeVar("B")
 
@@ -91,6 +100,33 @@ def check_budget(budget: str | AuditBudget) -> AuditBudget:
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
     return BUDGETS[budget]
+
+
+REFERENCE_PIXELS = 3 * 32 * 32
+#: the knobs ``scale_budget`` shrinks for large images, each with the least it keeps
+SCALED_FLOORS: dict[str, int] = {
+    "n_eval": 16, "n_minimal": 8, "n_guided": 8, "n_certify": 4, "smoothing_n": 100,
+    "n_guard_fit": 64, "n_guard_eval": 32, "pgd_steps": 10, "n_spatial": 16, "fmn_steps": 20,
+}
+
+
+def scale_budget(budget: AuditBudget, input_shape: Sequence[int]) -> AuditBudget:
+    """``budget`` for images of ``input_shape`` (C×H×W): unchanged up to ``REFERENCE_PIXELS``
+    values, else every knob of ``SCALED_FLOORS`` times ``sqrt(REFERENCE_PIXELS / pixels)``
+    (rounded up, at least its floor and at most its value), named to say so."""
+    pixels = math.prod(int(d) for d in input_shape)
+    if pixels <= REFERENCE_PIXELS:
+        return budget
+    factor = math.sqrt(REFERENCE_PIXELS / pixels)
+    changes = {
+        name: min(getattr(budget, name), max(floor, math.ceil(getattr(budget, name) * factor)))
+        for name, floor in SCALED_FLOORS.items()
+    }
+    shape = "×".join(str(int(d)) for d in input_shape)
+    name = (f"{budget.name}, scaled by {factor:.2g} for {shape} inputs ({pixels / REFERENCE_PIXELS:.0f}× "
+            f"the pixels of 3×32×32): {changes['n_eval']} images, {changes['pgd_steps']} PGD steps, "
+            f"{changes['smoothing_n']} noise samples")
+    return replace(budget, name=name, **changes)
 
 
 def budget_slice(budget: AuditBudget, slice_type: type[B]) -> B:

@@ -37,11 +37,12 @@ from hardened._util.atomic import write_json, write_text
 from hardened._util.device import model_device
 from hardened._util.digests import model_digest
 from hardened._util.lock import LOCK_NAME, lock_output_dir
+from hardened._util.memory import resolve_batch_size
 from hardened._util.paths import inside
 from hardened._util.progress import progress_bar
 from hardened.audit import cache
 from hardened.audit.access import ModelAccess, audited_model, model_access, model_fingerprint
-from hardened.audit.budget import AuditBudget, budget_slice, check_budget
+from hardened.audit.budget import AuditBudget, budget_slice, check_budget, scale_budget
 from hardened.audit.result import AUDIT_SCHEMA_VERSION, AuditResult, StageResult
 from hardened.audit.stage import Stage, StageContext, StageSkipped, registered_stages
 from hardened.audit.verdict import verdict
@@ -102,19 +103,25 @@ def run_audit(
     progress: bool = False,
     stages: Sequence[Stage[Any]] | None = None,
     surrogate: nn.Module | None = None,
+    batch_size: int | None = None,
 ) -> AuditResult:
     """Audit ``model`` on ``splits`` and write ``index.html``, ``audit.json`` and PNGs to ``out_dir``.
 
     ``model`` is an ``nn.Module`` or an outputs-only model (``BlackBox``, ``OnnxRuntimeModel``,
     a function ``x -> scores``). ``surrogate``: a white-box model with the same input and
     classes, for transfer attacks on an outputs-only model (ignored for a white-box one).
-    ``stages`` defaults to every registered stage. The model is never modified; its train/eval
+    ``stages`` defaults to every registered stage. A named ``budget`` is scaled down for images
+    larger than 3×32×32 (``scale_budget``; a custom ``AuditBudget`` is used as given).
+    ``batch_size`` (images per batch) defaults to what fits in memory for this model
+    (``hardened._util.memory.fit_batch_size``). The model is never modified; its train/eval
     mode is restored after every stage. ``out_dir`` is locked while the audit runs: a second
     audit on the same folder (another process) is refused at once with a ``ConfigError``.
     In a torchrun job every rank calls this with the same arguments (checked: ``ConfigError``
     when they differ) and gets the same result; only rank 0 writes (see the module docstring).
     """
     plan = check_budget(budget)
+    if not isinstance(budget, AuditBudget):
+        plan = scale_budget(plan, splits.test.input_shape)
     info = world() if is_distributed() else WorldInfo()
     # rank 0 alone checks the folder it writes (another rank could see it half set up)
     folder = check_output_dir(out_dir) if info.is_main else Path(out_dir)
@@ -131,7 +138,7 @@ def run_audit(
         check_same_settings({"budget": plan, "seed": seed, "stages": [s.name for s in chosen], **digests}, "audit")
     with lock_output_dir(folder) if info.is_main else nullcontext():
         result = _run_stages(module, splits, folder, plan, seed, chosen, progress and info.is_main, model_name,
-                             digests, info, access, helper)
+                             digests, info, access, helper, batch_size)
         if info.is_main:
             from hardened.report.html import render_audit_html
 
@@ -153,14 +160,21 @@ def _queries(model: nn.Module) -> int:
 
 def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudget, seed: int,
                 chosen: Sequence[Stage[Any]], progress: bool, model_name: str, digests: dict[str, str],
-                info: WorldInfo, access: ModelAccess, surrogate: nn.Module | None) -> AuditResult:
-    """Run or reuse each stage in ``chosen`` order (rank 0 holds the folder's lock)."""
+                info: WorldInfo, access: ModelAccess, surrogate: nn.Module | None,
+                batch_size: int | None = None) -> AuditResult:
+    """Run or reuse each stage in ``chosen`` order (rank 0 holds the folder's lock). The batch
+    size is rank 0's (sized to its memory unless given; one size for every rank's batches)."""
     device = model_device(surrogate if surrogate is not None else model)
     figures_dir = folder / "figures"
     stage_dir = folder / "stages"
     figures_dir.mkdir(parents=True, exist_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     on_device = splits.test.to(device)
+    # an outputs-only model is sized as opaque (a multiple of its input), unless a surrogate runs
+    sizing = surrogate if surrogate is not None else (model if not access.outputs_only else model.__call__)
+    sized = resolve_batch_size(batch_size, sizing, on_device.x[:1], remember=folder / "batch_size.json") \
+        if info.is_main else None
+    batch = from_rank0(sized, "the audit's batch size")
     results: dict[str, StageResult] = {}
     keys: dict[str, str] = {}
     start = time.perf_counter()
@@ -183,7 +197,7 @@ def _run_stages(model: nn.Module, splits: Splits, folder: Path, plan: AuditBudge
                 if info.is_main or stage.sharded:
                     ctx = StageContext(model, splits, on_device, share, seed, _figures(figures_dir, work_dir, info),
                                        device, {r: results[r] for r in stage.requires if r in results}, work_dir,
-                                       access, surrogate)
+                                       access, surrogate, batch)
                     before = _queries(model)
                     result = _run_stage(stage, ctx)
                     if access.outputs_only:

@@ -90,11 +90,13 @@ class StageOutput:
 @dataclass(frozen=True)
 class StageContext(Generic[B]):
     """What a stage may use: the model, the data (test split on the model's device), its budget
-    slice, the seed, where figures go, the results of the stages before it, and ``work_dir``: a
+    slice, the seed, where figures go, the results of the stages before it, ``work_dir``: a
     folder for resumable intermediate state, kept while the stage is unfinished (a killed or
     failed stage resumes from it) and removed once its result is cached. ``access`` says what
     the model allows (gradients, LRP: see ``hardened.audit.access``); ``surrogate`` is a
-    white-box model for transfer attacks on an outputs-only one (``None``: none given)."""
+    white-box model for transfer attacks on an outputs-only one (``None``: none given), and
+    ``batch_size``: images per batch for gradient work, sized to memory once per audit
+    (``fit_batch_size``)."""
 
     model: nn.Module
     splits: Splits
@@ -107,6 +109,7 @@ class StageContext(Generic[B]):
     work_dir: Path | None = None
     access: ModelAccess = FULL_ACCESS
     surrogate: nn.Module | None = None
+    batch_size: int = 256
 
     def figure(self, name: str) -> Path:
         """Where the figure ``name`` is written: ``figures_dir/name.png``."""

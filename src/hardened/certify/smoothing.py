@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from hardened._util.batching import eval_mode
 from hardened._util.checks import check_images, check_model_output
 from hardened._util.device import model_device
+from hardened._util.memory import fit_batch_size
 from hardened._util.seeding import make_generator
 from hardened.certify.stats import (
     binomial_test,
@@ -51,9 +52,7 @@ __all__ = [
 DEFAULT_N0 = 100
 DEFAULT_N = 100_000
 DEFAULT_ALPHA = 0.001
-_CPU_BUDGET_BYTES = 256 * 2**20
 _MAX_AUTO_BATCH = 4096
-_UNSEEN_LAYERS = 16  # a TorchScript model's layers, unseen without hooks: 16 tensors of its input's size
 
 
 @dataclass(frozen=True)
@@ -214,41 +213,10 @@ def check_certify_settings(
 def auto_batch_size(
     model: nn.Module, x: Tensor, limit: int | None = None, memory_bytes: int | None = None
 ) -> int:
-    """Noise batch size that fits in memory: the budget over the bytes one sample needs.
-
-    The bytes per sample are measured with forward hooks on a probe of ``x[:1]`` (input plus
-    every leaf module's output, doubled for temporaries; a TorchScript module takes no hooks,
-    so its layers count as ``_UNSEEN_LAYERS`` tensors the size of its input or output). The
-    budget is ``memory_bytes``, else half the free CUDA memory on a GPU or 256 MiB on the CPU. The result is capped at ``limit`` and 4096.
-    """
-    sizes: list[int] = []
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor):
-            sizes.append(output.numel() * output.element_size())
-
-    leaves = [m for m in model.modules() if not list(m.children())] or [model]
-    if isinstance(model, torch.jit.ScriptModule):  # takes no hooks: the layers are estimated below
-        leaves = []
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with eval_mode(model), torch.no_grad():
-            output = model(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not leaves:
-        sizes = [_UNSEEN_LAYERS * max(output.numel() * output.element_size(), x[:1].numel() * x.element_size())]
-    per_sample = 2 * (x[:1].numel() * x.element_size() + sum(sizes))
-    if memory_bytes is None:
-        if x.device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(x.device)
-            memory_bytes = free // 2
-        else:
-            memory_bytes = _CPU_BUDGET_BYTES
-    size = max(1, int(memory_bytes) // max(per_sample, 1))
-    size = min(size, _MAX_AUTO_BATCH)
-    return max(1, min(size, limit)) if limit is not None else size
+    """Noise batch size that fits in memory: ``hardened._util.memory.fit_batch_size`` for a
+    forward without gradients (a quarter of ``memory_bytes``, by default of the memory available
+    on ``x``'s device, over the measured bytes per sample), capped at ``limit`` and 4096."""
+    return fit_batch_size(model, x[:1], grad=False, limit=limit, memory_bytes=memory_bytes, cap=_MAX_AUTO_BATCH)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from hardened.errors import ConfigError, InputError
 from hardened.models import LoadedModel, load_model
 
 __all__ = [
-    "Common", "Option", "Session", "shared_options", "setup", "console", "out", "resolve_device",
+    "SIZED_BATCH", "Common", "Option", "Session", "shared_options", "setup", "console", "out", "resolve_device",
     "seed_everything", "check_fit", "load_checked_model", "parse_floats", "parse_ints",
     "parse_key_values", "SEED_MAX",
 ]
@@ -82,6 +82,10 @@ class Option:
     optional: bool = False
 
 
+#: ``--batch-size`` for commands whose batches are sized from memory unless it is given
+SIZED_BATCH = Option(None, "images per batch (default: sized to the memory available)", optional=True)
+
+
 @dataclass(frozen=True)
 class Common:
     """The shared options of one invocation, as parsed (options a command does not take stay at
@@ -97,7 +101,7 @@ class Common:
     download: bool = False
     device: str = "auto"
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int | None = 128
     out: Path = Path(".")
 
 

@@ -12,9 +12,10 @@ import typer
 from hardened._util.atomic import write_bytes, write_json
 from hardened._util.batching import predict_logits
 from hardened._util.lock import locks_output
+from hardened._util.memory import resolve_batch_size
 from hardened._util.progress import progress_bar
 from hardened.attacks import ATTACKS, Attack, attack_in_batches, make_attack
-from hardened.cli._common import Common, Option, console, out, setup, shared_options
+from hardened.cli._common import SIZED_BATCH, Common, Option, console, out, setup, shared_options
 from hardened.errors import ConfigError, QueryBudgetExceeded, TargetError
 from hardened.models.blackbox import BlackBox, HttpTarget, TorchTarget, attack_target
 from hardened.report.plots import plot_adversarial_grid
@@ -57,13 +58,16 @@ def _queries_per_image(attack: Attack) -> int | None:
     return int(params["queries"]) * int(params.get("restarts", 1)) + 2
 
 
+REMOTE_BATCH = 250  # images per request to --target-url unless --batch-size says otherwise
+
+
 def _describe(options: dict[str, object]) -> str:
     """The budget in words for the progress bar and the summary line."""
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed",
-                "data_dir", "download", out=Path("attack-results"), batch_size=250,
+                "data_dir", "download", out=Path("attack-results"), batch_size=SIZED_BATCH,
                 model=Option(None, "model file or pkg.module:factory (or attack --target-url)", optional=True))
 @locks_output("common.out")
 def attack_command(
@@ -120,14 +124,15 @@ def attack_command(
     target = None if target_url is None else HttpTarget(target_url, budget=query_budget,
                                                          num_classes=test.num_classes)
     per_image = _queries_per_image(instance)
+    batch = resolve_batch_size(common.batch_size, session.model.model, x) if target is None else None
     with progress_bar(len(x) if per_image is None else len(x) * per_image, f"{attack} {budget}", True) as bar:
         if target is None and per_image is None:
-            result = attack_in_batches(instance, session.model.model, x, y, batch_size=common.batch_size, bar=bar)
+            result = attack_in_batches(instance, session.model.model, x, y, batch_size=batch, bar=bar)
         else:
             model = session.model.model if target is None else target
             queryable = model if isinstance(model, BlackBox) else TorchTarget(model)
             try:
-                result = attack_target(instance, queryable, x, y, batch_size=common.batch_size, bar=bar,
+                result = attack_target(instance, queryable, x, y, batch_size=common.batch_size or REMOTE_BATCH, bar=bar,
                                        queries_per_image=per_image)
             except (QueryBudgetExceeded, TargetError) as error:
                 if error.partial is not None:
@@ -146,7 +151,7 @@ def attack_command(
     write_json(out_dir / "summary.json", summary)
     written = [out_dir / "adversarial.npz", out_dir / "summary.json"]
     try:
-        clean_logits = predict_logits(session.model.model, x) if target is None else target(x)
+        clean_logits = predict_logits(session.model.model, x, batch) if target is None else target(x)
     except QueryBudgetExceeded:
         clean_logits = None  # the budget is spent: the grid (which needs clean scores) is skipped
     if clean_logits is not None:

@@ -17,6 +17,7 @@ from torch import nn
 from hardened._util.lock import locks_output
 from hardened.audit import check_budget, check_output_dir, default_model, run_audit
 from hardened.cli._common import (
+    SIZED_BATCH,
     Common,
     Option,
     Session,
@@ -69,6 +70,7 @@ def _surrogate(spec: str | None, splits: Splits, seed: int, session: Session, ma
 
 
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "device", "seed", "data_dir", "download",
+                "batch_size", batch_size=SIZED_BATCH,
                 model=Option(None, "model file or pkg.module:factory; default: a lenet trained on mnist-5k (cached)",
                              optional=True),
                 out=Option(Path("audit-report"), "report folder (new, empty, or a previous audit)"))
@@ -118,7 +120,7 @@ def audit_command(
     helper = _surrogate(surrogate, splits, seed, session, main) if outputs_only else None
     with process_group(backend="gloo", timeout_s=AUDIT_WAIT_S) as info:  # object gathers: CPU collectives
         result = run_audit(audited, splits, out_dir=out_dir, budget=budget, seed=seed, model_name=name,
-                           progress=True, surrogate=helper)
+                           progress=True, surrogate=helper, batch_size=common.batch_size)
     if not info.is_main:
         return
     out.print(result.verdict)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from hardened._util.atomic import write_json, write_text
 from hardened._util.lock import locks_output
+from hardened._util.memory import resolve_batch_size
 from hardened.certify import CERTIFIERS
 from hardened.certify.ibp import certify_ibp
 from hardened.certify.report import (
@@ -26,7 +27,14 @@ from hardened.certify.report import (
 )
 from hardened.certify.runs import certify_sharded
 from hardened.certify.smoothing import check_certify_settings
-from hardened.cli._common import Common, Option, out, parse_floats, setup, shared_options
+from hardened.cli._common import (
+    Common,
+    Option,
+    out,
+    parse_floats,
+    setup,
+    shared_options,
+)
 from hardened.data import Dataset
 from hardened.distributed import process_group, world
 from hardened.errors import ConfigError
@@ -129,7 +137,7 @@ def _ibp(
     for spec, loaded, label in zip(specs, loaded_models, labels, strict=True):
         results = [
             certify_ibp(loaded.model, test.x.to(target), test.y.to(target), eps=e, norm=norm,
-                        batch_size=batch_size or 256)
+                        batch_size=resolve_batch_size(batch_size, loaded.model, test.x[:1].to(target), grad=False))
             for e in eps_values
         ]
         rows.append({"name": label, "model": spec, "results": [r.to_dict() for r in results]})

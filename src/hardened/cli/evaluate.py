@@ -13,9 +13,11 @@ from rich.table import Table
 
 from hardened._util.atomic import write_json
 from hardened._util.lock import locks_output
+from hardened._util.memory import resolve_batch_size
 from hardened.attacks import ATTACKS
 from hardened.cli._cascade import print_cascade
 from hardened.cli._common import (
+    SIZED_BATCH,
     Common,
     load_checked_model,
     out,
@@ -37,7 +39,7 @@ DEFAULT_ATTACK = CASCADE
 
 
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "batch_size", "device", "seed", "data_dir", "download",
-                out=Path("evaluate-results"), batch_size=250)
+                out=Path("evaluate-results"), batch_size=SIZED_BATCH)
 @locks_output("common.out")
 def evaluate_command(
     common: Common,
@@ -71,10 +73,12 @@ def evaluate_command(
     else:
         ATTACKS.canonical(attack)
     check_norm(norm)
-    out_dir, model, data, batch_size = common.out, str(common.model), common.data, common.batch_size  # required
+    out_dir, model, data = common.out, str(common.model), common.data  # required
     session = setup(common, writes=[(out_dir, True)])
     target, loaded = session.device, session.model
     test = session.splits.test.head(n)
+    batch_size = resolve_batch_size(common.batch_size, loaded.model, test.x[:1].to(target), store=False,
+                                    remember=out_dir / "cascade-state" / "settings.json")  # resumes by batch
     options: dict[str, object] = {}
     if steps is not None:
         options["steps"] = steps

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from hardened._util.atomic import write_bytes, write_json
 from hardened._util.lock import locks_output
-from hardened.cli._common import Common, out, parse_ints, setup, shared_options
+from hardened._util.memory import resolve_batch_size
+from hardened.cli._common import SIZED_BATCH, Common, out, parse_ints, setup, shared_options
 from hardened.errors import ConfigError, HardenedWarning
 from hardened.explain import COMPOSITES, explain_images, make_composite
 from hardened.explain.attribute import canonical_method
@@ -24,7 +25,7 @@ from hardened.report.heatmaps import plot_deletion_curves, plot_heatmap, plot_he
 
 
 @shared_options("model", "data", "out", "weights", "backend", "trust_pickle", "device", "seed", "data_dir", "download",
-                out=Path("explain-results"))
+                "batch_size", out=Path("explain-results"), batch_size=SIZED_BATCH)
 @locks_output("common.out")
 def explain_command(
     common: Common,
@@ -51,7 +52,8 @@ def explain_command(
     x = test.x[indices].to(where)
     labels = test.y[indices]
     goal = None if target is None else torch.full((len(indices),), int(target), dtype=torch.long, device=where)
-    options: dict[str, Any] = {"composite": composite, "seed": seed, "fallback": "gradient-x-input"}
+    options: dict[str, Any] = {"composite": composite, "seed": seed, "fallback": "gradient-x-input",
+                               "batch_size": resolve_batch_size(common.batch_size, loaded.model, x)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HardenedWarning)  # said once below, as a plain line
         main = explain_images(loaded.model, x, goal, method, **options)

@@ -11,9 +11,11 @@ from rich.table import Table
 
 from hardened._util.atomic import check_writable, write_json
 from hardened._util.lock import locks_output
+from hardened._util.memory import resolve_batch_size
 from hardened._util.seeding import make_generator
 from hardened._util.validate import check_real
 from hardened.cli._common import (
+    SIZED_BATCH,
     Common,
     Option,
     out,
@@ -49,8 +51,9 @@ def _summary_table(summary: ScoreSummary, title: str, threshold: float | None = 
 
 
 @guard_app.command("fit")
-@shared_options("model", "out", "data", "weights", "device", "seed", "data_dir", "download",
-                out=Option(help="folder to write the guard to"), data=Option(help=_ID_HELP), device="cpu")
+@shared_options("model", "out", "data", "weights", "device", "seed", "data_dir", "download", "batch_size",
+                out=Option(help="folder to write the guard to"), data=Option(help=_ID_HELP), device="cpu",
+                batch_size=SIZED_BATCH)
 def fit_command(
     common: Common,
     score: Annotated[str, typer.Option("--score", help=f"score: {', '.join(SCORES)}")] = "vae",
@@ -70,7 +73,8 @@ def fit_command(
         options["seed"] = seed
     session = setup(common, writes=[(out_dir, True)])
     target, splits, loaded = session.device, session.splits, session.model
-    scorer = make_score(score, loaded.model, **options)
+    batch = resolve_batch_size(common.batch_size, loaded.model, splits.test.x[:1].to(target), grad=False)
+    scorer = make_score(score, loaded.model, **{"batch_size": batch, **options})
     calibration, evaluation = calibration_split(splits.test, calibration_n or len(splits.test) // 2, seed)
     check_calibration(fpr, method, len(calibration))
     train = splits.train
@@ -80,7 +84,8 @@ def fit_command(
     scores = scorer.score(calibration.x.to(target))
     record = calibrate_threshold(scores, fpr=fpr, method=method)
     guard = GuardedClassifier(loaded.model, scorer, record, model_ref=str(Path(model).resolve()) if Path(model).exists() else model,
-                              model_info=loaded.info, classes=loaded.info.classes or splits.train.classes)
+                              model_info=loaded.info, classes=loaded.info.classes or splits.train.classes,
+                              batch_size=batch)
     extra = {"data": data, "seed": seed, "n_train": len(train), "calibration_n": len(calibration),
              "evaluation_n": len(evaluation)}
     guard.save(out_dir, extra=extra)

@@ -272,7 +272,7 @@ def _train(
 @shared_options(*_SHARED, out=Path("defend-compare"))
 def compare_command(
     common: Common,
-    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet, resnet_small or resnet18")] = "lenet",
+    arch: Annotated[str, typer.Option("--arch", help="mlp, lenet, resnet_small, resnet18, wrn-16-2, wrn-28-10 or wrn")] = "lenet",
     methods: Annotated[str, typer.Option("--methods", help="comma-separated training methods")] = ",".join(METHODS),
     eps: Annotated[float, typer.Option("--eps", help="radius of the threat model")] = 0.3,
     norm: NormOption = "linf",

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from hardened.errors import ConfigError
+from hardened.explain.rules import BATCHNORM_LAYERS, batchnorm_affine
 
 __all__ = ["Canonizer", "BatchNormFolding", "fold_pairs"]
 
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BATCHNORM = BATCHNORM_LAYERS
 
 
 class Canonizer(ABC):
@@ -101,12 +102,7 @@ class BatchNormFolding(Canonizer):
                     weight = layer.weight
                     bias = layer.bias
                     saved.append((layer, weight.detach().clone(), None if bias is None else bias.detach().clone()))
-                    var = bn.running_var if bn.running_var is not None else torch.ones_like(weight[:, 0].flatten())
-                    mean = bn.running_mean if bn.running_mean is not None else torch.zeros_like(var)
-                    scale = torch.rsqrt(var + bn.eps)
-                    if bn.weight is not None:
-                        scale = scale * bn.weight
-                    shift = -mean * scale + (bn.bias if bn.bias is not None else 0.0)
+                    scale, shift = batchnorm_affine(bn)
                     shape = (-1,) + (1,) * (weight.dim() - 1)
                     weight.mul_(scale.reshape(shape).to(weight.dtype))
                     new_bias = shift if bias is None else bias * scale + shift

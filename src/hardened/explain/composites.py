@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from hardened.errors import ConfigError
 from hardened.explain.canonizers import BatchNormFolding, Canonizer
 from hardened.explain.rules import (
+    BATCHNORM_LAYERS,
     LINEAR_LAYERS,
     POOL_LAYERS,
     TRANSPARENT_LAYERS,
@@ -118,7 +119,9 @@ def _serving_rules(module: nn.Module) -> list[str]:
 class Composite:
     """Rules per layer: ``name_map`` (exact module names) first, then ``first`` for the first
     Linear/Conv layer, then ``layer_map`` (first matching type wins). ``Normalize`` passes
-    relevance through unchanged unless mapped otherwise.
+    relevance through unchanged unless mapped otherwise; a BatchNorm that no canonizer folded
+    (one after a residual sum: a pre-activation block's) takes ``Epsilon`` with the sum rule's
+    epsilon unless mapped otherwise.
 
     Args:
         name: the composite's name (for results and messages).
@@ -154,6 +157,8 @@ class Composite:
         )
         for index, (name, module) in enumerate(leaves):
             label = name or "<model>"
+            if module in identities and name not in self.name_map:
+                continue  # folded into the layer before it
             rule = self.name_map.get(name)
             if rule is None and index == first_index and self.first is not None:
                 rule = self._first_rule(leaves[:index], bounds)
@@ -163,16 +168,12 @@ class Composite:
                 )
             if rule is None and isinstance(module, Normalize):
                 rule = Pass()
+            if rule is None and isinstance(module, BATCHNORM_LAYERS):
+                rule = Epsilon(self.sum_rule.epsilon)
             if rule is None:
                 if module in identities or isinstance(module, (*TRANSPARENT_LAYERS, Add)):
                     continue  # Add: the sum rule, registered by ``context``
                 serving = _serving_rules(module)
-                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-                    raise ConfigError(
-                        f"layer {label!r} ({type(module).__name__}) is not directly after a "
-                        "Linear/Conv layer in an nn.Sequential, so it cannot be folded: pass "
-                        "BatchNormFolding(pairs=[(layer_name, batchnorm_name)]) as a canonizer"
-                    )
                 raise ConfigError(
                     f"layer {label!r} ({type(module).__name__}) has no LRP rule in composite "
                     f"{self.name!r} and is not gradient-transparent; "
@@ -180,8 +181,8 @@ class Composite:
                         f"rules that handle it: {', '.join(serving)} (map it with name_map)"
                         if serving
                         else "no built-in rule handles it (supported: "
-                        f"{_type_names(LINEAR_LAYERS + POOL_LAYERS)}, Normalize, BatchNorm "
-                        f"via folding, and {_type_names(TRANSPARENT_LAYERS)}); replace the "
+                        f"{_type_names(LINEAR_LAYERS + POOL_LAYERS + BATCHNORM_LAYERS)}, Normalize "
+                        f"and {_type_names(TRANSPARENT_LAYERS)}); replace the "
                         "layer or use a gradient method"
                     )
                 )

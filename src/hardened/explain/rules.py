@@ -33,8 +33,10 @@ __all__ = [
     "ZBox",
     "Pass",
     "SumEpsilon",
+    "BATCHNORM_LAYERS",
     "LINEAR_LAYERS",
     "POOL_LAYERS",
+    "batchnorm_affine",
     "TRANSPARENT_LAYERS",
     "stabilize",
 ]
@@ -46,6 +48,10 @@ POOL_LAYERS: tuple[type[nn.Module], ...] = (
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
 )
+#: BatchNorm in eval mode: an element-wise affine map ``scale * a + shift`` (a diagonal linear
+#: layer). Folded into the layer before it where there is one (``BatchNormFolding``); the
+#: pre-activation BatchNorms of a WideResNet follow a sum and take the Epsilon rule instead.
+BATCHNORM_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: layers whose plain gradient already propagates relevance correctly (no rule needed):
 #: ReLU (relevance is zero where the activation is zero), max pooling (winner takes all),
 #: reshapes and dropout in eval mode.
@@ -64,6 +70,22 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     version: 7% of an LRP pass on lenet).
     """
     return torch.full_like(z, epsilon).copysign_(z + 0.0).add_(z)
+
+
+def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` per channel of an eval-mode BatchNorm: ``gamma / sqrt(var + eps)`` and
+    ``beta - mean * scale`` (no statistics: mean 0, var 1; no affine part: gamma 1, beta 0)."""
+    weight = getattr(bn, "weight", None)
+    var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)  # type: ignore[union-attr]
+    mean = bn.running_mean if bn.running_mean is not None else torch.zeros_like(var)  # type: ignore[union-attr]
+    scale = torch.rsqrt(var + bn.eps)  # type: ignore[operator]
+    if isinstance(weight, Tensor):
+        scale = scale * weight
+    shift = -mean * scale
+    bias = getattr(bn, "bias", None)
+    if isinstance(bias, Tensor):
+        shift = shift + bias
+    return scale.detach(), shift.detach()
 
 
 def _forward(module: nn.Module, a: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -86,6 +108,9 @@ def _vjp(module: nn.Module, a: Tensor, weight: Tensor | None, s: Tensor) -> Tens
     """``W^T s``: the backward of the layer's linear map (bias-free) applied to ``s``."""
     if isinstance(module, nn.Linear) and weight is not None:
         return s @ weight
+    if isinstance(module, BATCHNORM_LAYERS):
+        scale = batchnorm_affine(module)[0].to(s)
+        return s * scale.reshape((1, -1) + (1,) * (s.dim() - 2))
     conv_input = _CONV_INPUT.get(type(module))
     if (
         conv_input is not None
@@ -137,11 +162,12 @@ class Epsilon(Rule):
     """LRP-epsilon (Bach et al. 2015): ``R_j = sum_k a_j w_jk / (z_k + eps sign z_k) R_k``.
 
     With ``eps -> 0`` and no biases, relevance is conserved exactly. Also serves average
-    pooling (a linear layer with fixed weights).
+    pooling (a linear layer with fixed weights) and eval-mode BatchNorm (a diagonal one:
+    ``R_j = a_j scale_j / (z_j + eps sign z_j) R_j``, the shift absorbing its share).
     """
 
     epsilon: float = 1e-6
-    supports: ClassVar[tuple[type[nn.Module], ...]] = LINEAR_LAYERS + POOL_LAYERS
+    supports: ClassVar[tuple[type[nn.Module], ...]] = LINEAR_LAYERS + POOL_LAYERS + BATCHNORM_LAYERS
 
     def __post_init__(self) -> None:
         if not float(self.epsilon) >= 0:

@@ -21,6 +21,9 @@ from hardened.models.zoo import (
     mlp,
     resnet18,
     resnet_small,
+    wrn,
+    wrn_16_2,
+    wrn_28_10,
 )
 
 __all__ = [
@@ -46,4 +49,7 @@ __all__ = [
     "resnet_small",
     "save_model",
     "sidecar_path",
+    "wrn",
+    "wrn_16_2",
+    "wrn_28_10",
 ]

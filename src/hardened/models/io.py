@@ -36,7 +36,7 @@ from hardened._util.tensorfile import digest_matches, save_tensors
 from hardened.errors import InputError, ModelLoadError
 from hardened.models.onnx import BACKENDS, OnnxRuntimeModel, load_onnx
 from hardened.models.schema import check_sidecar
-from hardened.models.zoo import build_model
+from hardened.models.zoo import ARCHITECTURES, build_model
 
 __all__ = ["ModelInfo", "LoadedModel", "save_model", "load_model", "sidecar_path"]
 
@@ -245,6 +245,20 @@ def _load_factory(spec: str, weights: str | os.PathLike[str] | None) -> LoadedMo
     return LoadedModel(model.eval(), ModelInfo(arch=None, source=spec))
 
 
+def _load_zoo(name: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
+    """A zoo architecture at its defaults (``wrn-28-10``: 3×32×32, 10 classes) with a user's
+    weights, e.g. a RobustBench WideResNet checkpoint saved as safetensors."""
+    if weights is None:
+        raise ModelLoadError(
+            f"{name!r} names a zoo architecture, which needs weights: pass --weights FILE (safetensors or a "
+            "state dict), or give a model file"
+        )
+    key = name.lower().replace("-", "_")
+    model = build_model(key)
+    _load_state(model, _read_state(Path(weights)), str(weights))
+    return LoadedModel(model.eval(), ModelInfo(arch=key, source=f"{name} + {weights}"))
+
+
 def _load_torchscript(path: Path) -> nn.Module:
     try:
         model = torch.jit.load(str(path), map_location="cpu")
@@ -308,7 +322,8 @@ def load_model(
     trust_pickle: bool = False,
 ) -> LoadedModel:
     """Load a model from a ``.safetensors`` + sidecar, a TorchScript file, an ONNX file, a
-    ``torch.export`` program (``.pt2``, only with ``trust_pickle``) or ``pkg.mod:factory``.
+    ``torch.export`` program (``.pt2``, only with ``trust_pickle``), ``pkg.mod:factory``, or a
+    zoo architecture's name (``wrn-28-10``) with ``weights``.
 
     ``backend`` is ``"torch"`` (every format) or ``"onnxruntime"`` (ONNX files only: an
     outputs-only model for gradient-free attacks).
@@ -332,6 +347,8 @@ def load_model(
         return LoadedModel(loaders[path.suffix](), ModelInfo(arch=None, source=str(path)))
     if ":" in text and not path.exists():
         return _load_factory(text, weights)
+    if text.lower().replace("-", "_") in ARCHITECTURES and not path.exists():
+        return _load_zoo(text, weights)
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
     raise ModelLoadError(

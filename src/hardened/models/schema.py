@@ -28,8 +28,12 @@ _ALLOWED = {
     "lenet": _COMMON + ("channels", "hidden"),
     "strided_cnn": _COMMON + ("channels", "hidden"),
     "resnet_small": _COMMON + ("width", "blocks"),
-    "resnet18": _COMMON + ("width",),
+    "resnet18": _COMMON + ("width", "stem"),
+    "wrn": _COMMON + ("depth", "width"),
+    "wrn_28_10": _COMMON,
+    "wrn_16_2": _COMMON,
 }
+_RGB_DEFAULT = ("resnet", "wrn")  # architectures whose default input has 3 channels
 
 
 def check_arch_kwargs(
@@ -48,7 +52,7 @@ def check_arch_kwargs(
     out: dict[str, Any] = {}
     if "input_shape" in kwargs:
         out["input_shape"] = read.shape("input_shape")
-    channels = (out.get("input_shape") or ((3,) if arch.startswith("resnet") else (1,)))[0]
+    channels = (out.get("input_shape") or ((3,) if arch.startswith(_RGB_DEFAULT) else (1,)))[0]
     if "num_classes" in kwargs:
         out["num_classes"] = read.integer("num_classes", 1, MAX_CLASSES)
     for key in ("mean", "std"):
@@ -63,11 +67,22 @@ def check_arch_kwargs(
             out["channels"] = list(read.int_list("channels", 1, MAX_WIDTH, length=2))
         if "hidden" in kwargs:
             out["hidden"] = read.integer("hidden", 1, MAX_WIDTH)
-    if arch.startswith("resnet"):
+    if arch.startswith(_RGB_DEFAULT):
         if "width" in kwargs:
             out["width"] = read.integer("width", 1, MAX_WIDTH)
         if "blocks" in kwargs:
             out["blocks"] = read.integer("blocks", 1, MAX_DEPTH)
+        if "depth" in kwargs:
+            out["depth"] = read.integer("depth", 10, 6 * MAX_DEPTH + 4)
+            if (out["depth"] - 4) % 6:
+                raise read.fail("depth", "6n + 4 (16, 22, 28, 34...)", out["depth"])
+        if "stem" in kwargs:
+            from hardened.models.zoo import STEMS
+
+            stem = read.text("stem", max_length=16)
+            if stem not in STEMS:
+                raise read.fail("stem", f"one of {', '.join(STEMS)}", stem)
+            out["stem"] = stem
     count = count_parameters(arch, out, where=where, error=error)
     if count > MAX_PARAMETERS:
         raise error(

@@ -3,8 +3,11 @@
 ``mlp``, ``lenet`` and ``strided_cnn`` are plain ``nn.Sequential`` stacks of Linear/Conv2d/ReLU/MaxPool/Flatten,
 which every explanation rule and interval bound in the library can walk layer by layer.
 ``resnet_small`` and ``resnet18`` (He et al. 2016, "Deep residual learning", in the 32×32 CIFAR
-shape: a 3×3 stem, no stem pooling) are residual networks whose skip connection is an ``Add``
-module, so LRP gives it its own rule, and whose blocks name their BatchNorm pairs for folding.
+shape: a 3×3 stem, no stem pooling; ``resnet18(stem="imagenet")`` has ImageNet's 7×7 stride-2
+stem and max pooling, for 224×224 inputs) are residual networks whose skip connection is an
+``Add`` module, so LRP gives it its own rule, and whose blocks name their BatchNorm pairs for
+folding. ``wrn`` (``wrn_28_10``, ``wrn_16_2``) is the WideResNet of robust CIFAR-10 models
+(:mod:`hardened.models.wideresnet`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from torch import Tensor, nn
 
 from hardened.errors import ConfigError
 from hardened.models.normalize import Normalize
+from hardened.models.residual import Add
 from hardened.models.schema import check_arch_kwargs
+from hardened.models.wideresnet import wrn, wrn_16_2, wrn_28_10
 
 __all__ = [
-    "ARCHITECTURES", "Add", "arch_kwargs_for", "build_model", "mlp", "lenet", "strided_cnn", "resnet_small", "resnet18",
+    "ARCHITECTURES", "Add", "STEMS", "arch_kwargs_for", "build_model", "mlp", "lenet", "strided_cnn", "resnet_small",
+    "resnet18", "wrn", "wrn_16_2", "wrn_28_10",
 ]
 
 InputShape = tuple[int, int, int]
@@ -108,14 +114,6 @@ def strided_cnn(
     )
 
 
-class Add(nn.Module):
-    """``a + b`` as a module (no parameters): the residual addition, which LRP gives its own
-    rule (relevance split in proportion to the two summands) instead of copying it to both."""
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return a + b
-
-
 class _BasicBlock(nn.Module):
     """conv3-BN-ReLU-conv3-BN, plus the shortcut (identity, or conv1-BN when the shape
     changes), added, then ReLU. ``batchnorm_pairs`` names the (conv, BN) attribute pairs that
@@ -142,10 +140,24 @@ class _BasicBlock(nn.Module):
         return self.relu2(self.add(out, self.shortcut(x)))
 
 
+#: ResNet stems: ``cifar`` (3×3 conv, stride 1) for small images, ``imagenet`` (7×7 conv stride 2,
+#: then 3×3 max pooling stride 2: a quarter of the size) for 224×224 ones
+STEMS = ("cifar", "imagenet")
+
+
+def _stem(channels: int, width: int, stem: str) -> nn.Sequential:
+    if stem not in STEMS:
+        raise ConfigError(f"unknown ResNet stem {stem!r}: use one of {', '.join(STEMS)}")
+    if stem == "cifar":
+        return nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.MaxPool2d(3, 2, 1))
+
+
 class ResNet(nn.Module):
-    """A ResNet of basic blocks for small images: 3×3 stem conv-BN-ReLU, one stage per entry of
-    ``widths`` (``depths[i]`` blocks; every stage after the first halves the size), global
-    average pool, linear."""
+    """A ResNet of basic blocks: a stem (``STEMS``; 3×3 conv-BN-ReLU by default), one stage per
+    entry of ``widths`` (``depths[i]`` blocks; every stage after the first halves the size),
+    global average pool, linear."""
 
     def __init__(
         self,
@@ -155,13 +167,12 @@ class ResNet(nn.Module):
         depths: Sequence[int],
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
         m, s = _stats(input_shape, mean, std)
         self.normalize = Normalize(m, s)
-        self.stem = nn.Sequential(
-            nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
-        )
+        self.stem = _stem(input_shape[0], widths[0], stem)
         stages: list[nn.Module] = []
         cin = widths[0]
         for i, (cout, depth) in enumerate(zip(widths, depths, strict=True)):
@@ -203,10 +214,14 @@ def resnet18(
     width: int = 64,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    stem: str = "cifar",
 ) -> ResNet:
-    """ResNet-18 in the CIFAR shape (11.2M parameters at width 64): stages of 64, 128, 256,
-    512 channels with 2 basic blocks each; any input size (global pooling), 32×32 by default."""
-    return ResNet(input_shape, num_classes, (width, 2 * width, 4 * width, 8 * width), (2, 2, 2, 2), mean, std)
+    """ResNet-18 (11.2M parameters at width 64): stages of 64, 128, 256, 512 channels with 2
+    basic blocks each; any input size (global pooling), 32×32 by default. ``stem="imagenet"``
+    (7×7 stride-2 conv and max pooling) works at a quarter of the resolution: the shape for
+    224×224 inputs, 16× cheaper there than the CIFAR stem."""
+    return ResNet(input_shape, num_classes, (width, 2 * width, 4 * width, 8 * width), (2, 2, 2, 2), mean, std,
+                  stem)
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -215,6 +230,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "strided_cnn": strided_cnn,
     "resnet_small": resnet_small,
     "resnet18": resnet18,
+    "wrn": wrn,
+    "wrn_28_10": wrn_28_10,
+    "wrn_16_2": wrn_16_2,
 }
 
 

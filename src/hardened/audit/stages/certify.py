@@ -106,7 +106,8 @@ class CertifyStage(Stage[CertifyBudget]):
         try:
             if ctx.access.outputs_only:
                 raise StageSkipped(f"{ctx.access.lrp}, so its layers cannot be bounded")
-            ibp = certify_ibp(ctx.model, ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval], eps=budget.ibp_eps)
+            ibp = certify_ibp(ctx.model, ctx.test.x[: budget.n_eval], ctx.test.y[: budget.n_eval], eps=budget.ibp_eps,
+                              batch_size=ctx.batch_size)
             rate = float(ibp.certified.float().mean())
             data["ibp"] = {"eps": budget.ibp_eps, "norm": "linf", "certified_fraction": rate, "n": len(ibp.certified)}
             tables.append(Table.of("Interval bound propagation", ["Linf eps", "images", "certified"],

@@ -31,7 +31,7 @@ class CleanStage(Stage[NoBudget]):
     weight = 1.0
 
     def run(self, ctx: StageContext[NoBudget]) -> StageOutput:
-        result = calibration(ctx.model, ctx.test.x, ctx.test.y)
+        result = calibration(ctx.model, ctx.test.x, ctx.test.y, batch_size=ctx.batch_size)
         path = plot_reliability(result, ctx.figure("reliability"))
         table = Table.of("Clean performance", ["test images", "accuracy", "expected calibration error"],
                          [[result.n, pct(result.accuracy), pct(result.ece)]])

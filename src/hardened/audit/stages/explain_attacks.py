@@ -76,7 +76,7 @@ class ExplainAttacksStage(Stage[ExplainAttacksBudget]):
             suite = {label: attack for label, attack in suite.items() if not label.startswith("LRP-")}
             notes.append(substitute_note("LRP", ctx.access.lrp, "gradient explanations used: the saliency-guided "
                                          "attacks (saliency-grad, -flip, -mean) and I-FGSM ran without the LRP ones"))
-        comparison = compare_attacks(ctx.model, x, y, suite)
+        comparison = compare_attacks(ctx.model, x, y, suite, batch_size=ctx.batch_size)
         figures = {}
         for norm, label in (("l0", "L0"), ("l2", "L2"), ("linf", "Linf")):
             figures[f"Success rate against {label} norm"] = plot_success_curves(

@@ -39,7 +39,7 @@ class GalleryStage(Stage[GalleryBudget]):
         from hardened.explain import explain_images
 
         budget = ctx.budget
-        logits = predict_logits(ctx.model, ctx.test.x[:GALLERY_POOL])
+        logits = predict_logits(ctx.model, ctx.test.x[:GALLERY_POOL], batch_size=ctx.batch_size)
         correct = (logits.argmax(1).cpu() == ctx.test.y[:GALLERY_POOL]).nonzero().squeeze(1)[: budget.n_gallery]
         if len(correct) == 0:
             raise StageSkipped("no correctly classified test image to show")
@@ -54,7 +54,7 @@ class GalleryStage(Stage[GalleryBudget]):
             notes.append(substitute_note("PGD and heatmaps", access.lrp or "", f"Square (score-based, {SQUARE_QUERIES} "
                                          "queries per image) adversarials shown without heatmaps"))
         result = attack(ctx.model, x, y)
-        probs = predict_logits(ctx.model, x).softmax(1)
+        probs = predict_logits(ctx.model, x, batch_size=ctx.batch_size).softmax(1)
         classes = ctx.test.classes
         rows = {"original": x, "adversarial": result.x_adv, "perturbation": result.x_adv - x}
         titles = {
@@ -67,9 +67,10 @@ class GalleryStage(Stage[GalleryBudget]):
             label = "LRP" if method == "lrp" else "gradient×input"
             if access.lrp is not None:
                 notes.append(substitute_note("LRP", access.lrp, "gradient explanations used (gradient×input heatmaps)"))
-            relevance_clean = explain_images(ctx.model, x, target=y, method=method, seed=ctx.seed).relevance
+            relevance_clean = explain_images(ctx.model, x, target=y, method=method, seed=ctx.seed,
+                                             batch_size=ctx.batch_size).relevance
             relevance_adv = explain_images(ctx.model, result.x_adv, target=result.pred_adv, method=method,
-                                           seed=ctx.seed).relevance
+                                           seed=ctx.seed, batch_size=ctx.batch_size).relevance
             rows |= {f"{label} (original)": relevance_clean, f"{label} (adversarial)": relevance_adv}
             titles |= {
                 f"{label} (original)": [f"for {classes[int(t)]}" for t in y],

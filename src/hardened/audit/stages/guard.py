@@ -94,11 +94,12 @@ class GuardStage(Stage[GuardBudget]):
             try:
                 if name in FEATURE_SCORES and ctx.access.outputs_only:
                     raise ConfigError(f"{ctx.access.lrp}, so its features cannot be read")
-                score = make_score(name, None if name == "vae" else ctx.model, **options).fit(fit_data)
+                score = make_score(name, None if name == "vae" else ctx.model, **options,
+                                   batch_size=ctx.batch_size).fit(fit_data)
             except ConfigError as error:  # this score cannot read this model: the others stand
                 left_out[name] = str(error)
                 continue
-            guard = GuardedClassifier(ctx.model, score)
+            guard = GuardedClassifier(ctx.model, score, batch_size=ctx.batch_size)
             guard.calibrate(held_out.x, fpr=FALSE_POSITIVE_RATE)
             guards[name] = guard
             evaluations[name] = evaluate_guard(guard, id_x, probes, id_name=ctx.test.name)

@@ -108,7 +108,8 @@ class MinimalStage(Stage[MinimalBudget]):
         budget = ctx.budget
         x, y = ctx.test.x[: budget.n_minimal], ctx.test.y[: budget.n_minimal]
         target, answers = attack_model(ctx.model, x, y)
-        minimal = {norm: minimal_norm(target, x, y, attack="fmn", norm=norm, steps=budget.fmn_steps)
+        minimal = {norm: minimal_norm(target, x, y, attack="fmn", norm=norm, steps=budget.fmn_steps,
+                                        batch_size=ctx.batch_size)
                    for norm in ("linf", "l2")}
         grids = {"linf": budget.eps_linf, "l2": budget.eps_l2}
         curves = {norm: accuracy_curve(minimal[norm], grids[norm]) for norm in minimal}

@@ -132,9 +132,10 @@ class RobustnessStage(Stage[RobustnessBudget]):
         sweeps: dict[str, list[SweepResult]] = {}
         for norm, eps in (("linf", budget.eps_linf), ("l2", budget.eps_l2)):
             one_step = robust_accuracy_sweep(ctx.model, x, y, eps_values=eps, attack="fgsm" if norm == "linf" else "fgm",
-                                             norm=norm)
+                                             norm=norm, batch_size=ctx.batch_size)
             cascades[norm] = cascade_sweep(ctx.model, x, y, eps_values=eps, norm=norm, preset=budget.cascade_preset,
-                                           seed=ctx.seed, state_dir=_state(ctx, norm), batch_size=budget.cascade_batch)
+                                           seed=ctx.seed, state_dir=_state(ctx, norm),
+                                           batch_size=min(budget.cascade_batch, ctx.batch_size))  # memory permitting
             sweeps[norm] = [one_step, cascades[norm].sweep]
         masking = _merge_findings(cascades)
         fired = tuple(m["name"] for m in masking if m["fired"])

@@ -75,7 +75,7 @@ class SanityStage(Stage[SanityBudget]):
             checks += run_sanity_checks(
                 ctx.model, x, y, sweeps[norm], eps=headline, steps=budget.pgd_steps, seed=ctx.seed,
                 strong_steps_factor=budget.strong_steps_factor, strong_restarts=budget.strong_restarts,
-                unbounded_steps=2 * budget.pgd_steps,
+                unbounded_steps=2 * budget.pgd_steps, batch_size=ctx.batch_size,
             )
         checks += [masking_check(MaskingFinding(m["name"], m["fired"], m["meaning"], m["answer"], m["numbers"]),
                                  m["fired_at"]) for m in masking_findings(robustness)]

@@ -251,16 +251,9 @@ def gradient_check(model: nn.Module, x: Tensor, y: Tensor, *, share: float = 0.0
 def score_attack_check(broken: int, n: int, *, attack: str, alpha: float = 0.002) -> MaskingFinding:
     """Fires when the score-based ``attack`` broke more than ``alpha * n`` of ``n`` points that
     every gradient attack before it had missed (AutoAttack's ``check_square_sr``)."""
-    fraction = broken / n if n else 0.0
-    fired = fraction > alpha
-    meaning = (
-        f"{attack}, which uses only the outputs, broke {broken} point(s) ({100 * fraction:.1f}%) that the "
-        "gradient attacks missed: the gradients are misleading here, so the robust accuracy is an "
-        "upper bound that stronger attacks may lower further."
-        if fired else f"{attack} broke {broken} point(s) the gradient attacks missed: no sign of masking."
-    )
-    return MaskingFinding("score-attack", fired, meaning, "score-attack" if fired else None,
-                          {"broken": broken, "n": n, "alpha": alpha})
+    return _late_breaks("score-attack", broken, n, alpha, attack=attack, how="which uses only the outputs",
+                        missed_by="gradient attacks", why="the gradients are misleading here, so the robust "
+                        "accuracy is an upper bound that stronger attacks may lower further.")
 
 
 def smoothed_gradient_check(broken: int, n: int, *, attack: str, alpha: float = 0.02) -> MaskingFinding:
@@ -272,17 +265,24 @@ def smoothed_gradient_check(broken: int, n: int, *, attack: str, alpha: float = 
     ``alpha`` = 2%: the smoothed APGD-CE member breaks 0-1% more points than plain APGD-CE on
     unmasked lenets, and 39-49% on the PGD / TRADES lenets at L2 2.0 (benchmarks/strong_eval.py).
     """
+    return _late_breaks("smoothed-gradient", broken, n, alpha,
+                        attack=attack, how="which follows the gradient under input noise",
+                        missed_by="plain gradient attacks", why="the gradient at the images themselves is "
+                        "masked, so gradient-only figures on this model are optimistic and this one is an upper bound.")
+
+
+def _late_breaks(
+    name: str, broken: int, n: int, alpha: float, *, attack: str, how: str, missed_by: str, why: str
+) -> MaskingFinding:
+    """The finding of a cascade member that broke ``broken`` of ``n`` points the ``missed_by``
+    members before it had missed; it fires above ``alpha * n``, and its answer is that member."""
     fraction = broken / n if n else 0.0
     fired = fraction > alpha
     meaning = (
-        f"{attack}, which follows the gradient under input noise, broke {broken} point(s) "
-        f"({100 * fraction:.1f}%) that the plain gradient attacks missed: the gradient at the images "
-        "themselves is masked, so gradient-only figures on this model are optimistic and this one is "
-        "an upper bound."
-        if fired else f"{attack} broke {broken} point(s) the plain gradient attacks missed: no sign of masking."
+        f"{attack}, {how}, broke {broken} point(s) ({100 * fraction:.1f}%) that the {missed_by} missed: {why}"
+        if fired else f"{attack} broke {broken} point(s) the {missed_by} missed: no sign of masking."
     )
-    return MaskingFinding("smoothed-gradient", fired, meaning, "smoothed-gradient" if fired else None,
-                          {"broken": broken, "n": n, "alpha": alpha})
+    return MaskingFinding(name, fired, meaning, name if fired else None, {"broken": broken, "n": n, "alpha": alpha})
 
 
 def _children(model: nn.Module) -> list[nn.Module]:

@@ -19,12 +19,7 @@ from hardened.data.builtin import load_digits, load_mnist_5k
 from hardened.data.cifar import ALIASES as CIFAR_ALIASES
 from hardened.data.cifar import load_cifar
 from hardened.data.dataset import Dataset, Splits, stratified_split
-from hardened.data.download import (
-    IDX_SOURCES,
-    default_data_dir,
-    download_idx_files,
-    locate_idx_files,
-)
+from hardened.data.download import IDX_SOURCES, default_data_dir, find_or_download
 from hardened.data.files import load_image_folder, load_npz
 from hardened.data.idx import read_idx, write_idx
 from hardened.data.svhn import load_svhn
@@ -64,15 +59,11 @@ def load_idx_dataset(
     """MNIST or Fashion-MNIST from IDX files, with the official train/test split."""
     source = IDX_SOURCES[name]
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    paths = locate_idx_files(source, folder)
-    if paths is None:
-        if not download:
-            raise DataError(
-                f"{name} files not found in {folder / name} or {folder}: need "
-                f"{', '.join(source.files.values())} (gzipped or raw). Pass --download to fetch "
-                "them, or --data-dir / HARDENED_DATA_DIR pointing at a folder that has them"
-            )
-        paths = download_idx_files(source, folder, mirrors=mirrors)
+    paths = find_or_download(source, folder, download=download, mirrors=mirrors, missing=(
+        f"{name} files not found in {folder / name} or {folder}: need "
+        f"{', '.join(source.files.values())} (gzipped or raw). Pass --download to fetch "
+        "them, or --data-dir / HARDENED_DATA_DIR pointing at a folder that has them"
+    ))
     parts = {}
     for part in ("train", "test"):
         images = read_idx(paths[f"{part}_images"])

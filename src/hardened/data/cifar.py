@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hardened.data.dataset import Dataset, Splits
-from hardened.data.download import IdxSource, default_data_dir, download_idx_files, locate_idx_files
+from hardened.data.download import IdxSource, default_data_dir, find_or_download
 from hardened.errors import DataError
 
 __all__ = ["CIFAR_SOURCES", "CifarLayout", "load_cifar", "read_cifar_records"]
@@ -144,16 +144,11 @@ def load_cifar(
     if extracted is not None:
         raw = _read_folder(extracted, [*layout.train, *layout.test])
     else:
-        paths = locate_idx_files(source, root)
-        if paths is None:
-            archive = source.files["archive"]
-            if not download:
-                raise DataError(
-                    f"{key} not found: need {archive} (or its extracted folder {layout.folder}/) in "
-                    f"{root / key} or {root}. Pass --download to fetch it, or --data-dir / "
-                    "HARDENED_DATA_DIR pointing at a folder that has it"
-                )
-            paths = download_idx_files(source, root, mirrors=mirrors)
+        paths = find_or_download(source, root, download=download, mirrors=mirrors, missing=(
+            f"{key} not found: need {source.files['archive']} (or its extracted folder {layout.folder}/) in "
+            f"{root / key} or {root}. Pass --download to fetch it, or --data-dir / "
+            "HARDENED_DATA_DIR pointing at a folder that has it"
+        ))
         raw = _read_members(paths["archive"], members)
     parts = {}
     for part, files in (("train", layout.train), ("test", layout.test)):

@@ -19,7 +19,7 @@ from hardened._util.atomic import write_bytes
 from hardened._util.digests import sha256_hex
 from hardened.errors import DataError
 
-__all__ = ["IDX_SOURCES", "IdxSource", "default_data_dir", "locate_idx_files", "download_idx_files"]
+__all__ = ["IDX_SOURCES", "IdxSource", "default_data_dir", "locate_idx_files", "download_idx_files", "find_or_download"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,17 @@ def download_idx_files(
                 "or point --data-dir / HARDENED_DATA_DIR at a folder that has them"
             )
     return paths
+
+
+def find_or_download(
+    source: IdxSource, data_dir: Path, *, download: bool, missing: str, mirrors: tuple[str, ...] | None = None
+) -> dict[str, Path]:
+    """The source's files under ``data_dir`` (``locate_idx_files``), else downloaded when
+    ``download`` is set, else a ``DataError`` with the loader's own ``missing`` message (which
+    names the files, the folders looked in and ``--download``)."""
+    paths = locate_idx_files(source, data_dir)
+    if paths is not None:
+        return paths
+    if not download:
+        raise DataError(missing)
+    return download_idx_files(source, data_dir, mirrors=mirrors)

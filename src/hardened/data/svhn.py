@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hardened.data.dataset import Dataset, Splits
-from hardened.data.download import IdxSource, default_data_dir, download_idx_files, locate_idx_files
+from hardened.data.download import IdxSource, default_data_dir, find_or_download
 from hardened.errors import DataError
 
 __all__ = ["SVHN_SOURCE", "load_svhn", "read_svhn_mat"]
@@ -62,15 +62,11 @@ def load_svhn(
     """SVHN's official train/test split, float32 N×3×32×32 in [0, 1]; files are looked for in
     ``data_dir/svhn/`` then ``data_dir/`` (``download=True`` fetches them, sha256 checked)."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    paths = locate_idx_files(SVHN_SOURCE, root)
-    if paths is None:
-        if not download:
-            raise DataError(
-                f"svhn files not found in {root / 'svhn'} or {root}: need "
-                f"{', '.join(SVHN_SOURCE.files.values())}. Pass --download to fetch them, or "
-                "--data-dir / HARDENED_DATA_DIR pointing at a folder that has them"
-            )
-        paths = download_idx_files(SVHN_SOURCE, root, mirrors=mirrors)
+    paths = find_or_download(SVHN_SOURCE, root, download=download, mirrors=mirrors, missing=(
+        f"svhn files not found in {root / 'svhn'} or {root}: need "
+        f"{', '.join(SVHN_SOURCE.files.values())}. Pass --download to fetch them, or "
+        "--data-dir / HARDENED_DATA_DIR pointing at a folder that has them"
+    ))
     parts = {}
     for part in ("train", "test"):
         images, labels = read_svhn_mat(paths[part])

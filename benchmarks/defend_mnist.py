@@ -36,7 +36,7 @@ from hardened._util.atomic import write_json
 from hardened.evaluate import robust_accuracy_sweep
 from hardened.evaluate.cascade import run_cascade
 from hardened.models import arch_kwargs_for, build_model
-from hardened.train import TrainConfig, Trainer, accuracy, make_method
+from hardened.train import TrainConfig, Trainer, accuracy, make_method, split_unlabeled
 from hardened.train.options import collapse_guard
 from hardened.train.recipes import get_recipe
 
@@ -46,7 +46,15 @@ from _common import RESULTS, machine  # noqa: E402
 PUBLISHED = {
     "fast-raw": "Wong et al. 2020: 97.5% clean / 88.8% PGD / 82.9% AutoAttack (10 epochs)",
     "fast": "Wong et al. 2020: 97.5% clean / 88.8% PGD / 82.9% AutoAttack (10 epochs)",
+    "fast-lr1e-2": "Wong et al. 2020: 97.5% clean / 88.8% PGD / 82.9% AutoAttack (10 epochs, lr 5e-3)",
+    "fast-lr7e-3": "Wong et al. 2020: 97.5% clean / 88.8% PGD / 82.9% AutoAttack (10 epochs, lr 5e-3)",
+    "fast-nfgsm": "de Jorge et al. 2022 (N-FGSM, no MNIST figure); Wong et al. 2020 fast FGSM: 82.9% AutoAttack",
     "pgd": "Madry et al. 2018: 98.8% clean / ~89% PGD / 88.5% AutoAttack (100,000 steps of PGD-40)",
+    "semi-trades": "Carmon et al. 2019 (robust self-training): +5 to +10 points of robust accuracy over the "
+                   "labelled-only baseline (CIFAR-10 + 500k pseudo-labelled images; no MNIST figure)",
+    "trades-2k": "baseline of semi-trades: TRADES on the same 2,000 labelled images, as many steps",
+    "trades-2k-x2": "baseline of semi-trades: TRADES on the same 2,000 labelled images, twice the steps",
+    "pgd-2k": "baseline of semi-trades: PGD-10 on the same 2,000 labelled images, as many steps",
     "trades": "Zhang et al. 2019: 99.48% clean / 96.07% PGD-40 / 92.81% AutoAttack (100 epochs, SmallCNN)",
 }
 
@@ -56,14 +64,37 @@ def runs(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
     # eps warm-up over the first 30%: PGD-10 at the full 0.3 from the first step left the network
     # at chance after its first epoch (test accuracy 11.4%, lr 1e-3 cyclic)
     small = {"arch": "strided_cnn", "steps": 10, "step_size": 0.075, "batch_size": 100, "eps_warmup": 0.3}
+    semi = small | {"labels": SEMI_LABELS, "epochs": args.semi_epochs, "optimizer": "adam", "lr": 1e-3,
+                    "lr_schedule": "cyclic", "beta": 6.0}
     return {
         "fast": ("fast-mnist", {}),
         # the authors feed raw [0, 1] pixels: an identity Normalize layer instead of the data's mean/std
         "fast-raw": ("fast-mnist", {"arch_kwargs": {"mean": [0.0], "std": [1.0]}}),
+        # the recipe at a higher peak lr than Wong et al.'s 5e-3 (what short runs need)
+        "fast-lr1e-2": ("fast-mnist", {"lr": 1e-2}),
+        "fast-lr7e-3": ("fast-mnist", {"lr": 7e-3}),
+        # N-FGSM (de Jorge et al. 2022): noise U[-2·eps, 2·eps], step eps, no projection
+        "fast-nfgsm": ("fast-mnist", {"nfgsm_noise": 2.0, "step_size": 0.3}),
         "pgd": ("madry-mnist", small | {"epochs": args.pgd_epochs, "lr": 1e-3, "lr_schedule": "cyclic"}),
         "trades": ("trades-mnist", small | {"epochs": args.trades_epochs, "optimizer": "adam", "lr": 1e-3,
                                             "lr_schedule": "cyclic", "beta": 6.0}),
+        # semi-supervised (Carmon et al. 2019): 2,000 labelled images, the other 58,000 as the pool;
+        # the same labelled images and steps for the TRADES / PGD baselines (2k: same steps; 2k-x2: twice)
+        "trades-2k": ("trades-mnist", semi | {"method": "trades"}),
+        "trades-2k-x2": ("trades-mnist", semi | {"method": "trades", "epochs": 2 * args.semi_epochs}),
+        "pgd-2k": ("madry-mnist", semi | {"method": "pgd"}),
+        "semi-trades": ("trades-mnist", semi | {"method": "semi-supervised", "robust_loss": "trades"}),
     }
+
+
+SEMI_LABELS = 2000
+
+
+def labelled_split(train_set: hd.Dataset, labels: int | None, seed: int) -> tuple[hd.Dataset, torch.Tensor | None]:
+    """The first ``labels`` images of a seeded permutation keep their labels; the rest is the pool."""
+    if labels is None:
+        return train_set, None
+    return split_unlabeled(train_set, (len(train_set) - labels) / len(train_set), seed=seed)
 
 
 def cpu_seconds() -> float:
@@ -72,10 +103,11 @@ def cpu_seconds() -> float:
 
 
 def build(
-    recipe_name: str, overrides: dict[str, Any], seed: int, train_set: hd.Dataset, guard: str
+    recipe_name: str, overrides: dict[str, Any], seed: int, train_set: hd.Dataset, guard: str,
+    pool: torch.Tensor | None = None,
 ) -> tuple[Any, ...]:
     recipe = get_recipe(recipe_name)
-    o = dict(recipe.options) | {k: v for k, v in overrides.items() if k != "arch_kwargs"}
+    o = dict(recipe.options) | {k: v for k, v in overrides.items() if k not in ("arch_kwargs", "labels")}
     own = dict(recipe.arch_kwargs) if o["arch"] == recipe.options["arch"] else {"channels": (16, 32), "hidden": 100}
     arch_kwargs = arch_kwargs_for(train_set) | own | dict(overrides.get("arch_kwargs", {}))
     torch.manual_seed(seed)
@@ -83,11 +115,15 @@ def build(
     method_options: dict[str, Any] = {"eps": o["eps"], "norm": o["norm"], "step_size": o.get("step_size"),
                                       "eps_warmup": o.get("eps_warmup", 0.0)}
     if o["method"] == "fgsm":  # the recipe's detector; --guard report logs it without acting
-        method_options |= {"guard": collapse_guard(guard, 0.3, 0), "random_start": o.get("random_start", True)}
+        method_options |= {"guard": collapse_guard(guard, 0.3, 0), "random_start": o.get("random_start", True),
+                           "noise": o.get("nfgsm_noise"), "grad_align": o.get("grad_align", 0.0)}
     else:
         method_options["steps"] = o["steps"]
     if o["method"] == "trades":
         method_options["beta"] = o["beta"]
+    if o["method"] == "semi-supervised":  # Carmon et al.: the robust loss on both halves, equally weighted
+        method_options |= {"pool": pool, "robust_loss": o["robust_loss"], "beta": o["beta"],
+                           "labelled": "adversarial", "adversarial_lr_scale": 1.0}
     method = make_method(o["method"], **method_options)
     config = TrainConfig(
         epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], optimizer=o["optimizer"], seed=seed,
@@ -105,6 +141,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/defend_mnist"))
     parser.add_argument("--pgd-epochs", type=int, default=3)
     parser.add_argument("--trades-epochs", type=int, default=3)
+    parser.add_argument("--semi-epochs", type=int, default=60, help="epochs over the 2,000 labelled images")
     parser.add_argument("--n-pgd", type=int, default=1000)
     parser.add_argument("--n-cascade", type=int, default=1000)
     parser.add_argument("--preset", default="standard")
@@ -118,17 +155,22 @@ def main() -> None:
               "preset": args.preset, "n_pgd": args.n_pgd, "n_cascade": args.n_cascade}
     table = runs(args)
     for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
-        recipe_name, overrides = table[name]
+        base, _, seed_text = name.partition("@")  # NAME@S: the run NAME with seed S
+        if base not in table:
+            parser.error(f"unknown run {base!r}; choose from {', '.join(table)} (NAME@SEED for another seed)")
+        seed = int(seed_text) if seed_text else args.seed
+        recipe_name, overrides = table[base]
         row = (load_report(args.out) or {}).get("runs", {}).get(name, {})
         if row.get("done"):
             continue
-        row |= {"recipe": recipe_name, "overrides": overrides, "published": PUBLISHED[name],
-                "guard": args.guard if name.startswith("fast") else None}
-        model, method, config, options, arch_kwargs = build(recipe_name, overrides, args.seed, splits.train, args.guard)
+        row |= {"recipe": recipe_name, "overrides": overrides, "published": PUBLISHED[base], "seed": seed,
+                "guard": args.guard if base.startswith("fast") else None}
+        train_set, pool = labelled_split(splits.train, overrides.get("labels"), seed)
+        model, method, config, options, arch_kwargs = build(recipe_name, overrides, seed, train_set, args.guard, pool)
         row |= {"options": options, "arch_kwargs": arch_kwargs}
         folder = args.work / name
         tick, cpu = time.perf_counter(), cpu_seconds()
-        result = Trainer(model, splits.train, method=method, config=config, test_data=splits.test,
+        result = Trainer(model, train_set, method=method, config=config, test_data=splits.test,
                          checkpoint_dir=folder, log_path=folder / "log.jsonl", progress=False).fit(resume=True)
         row.setdefault("invocations", []).append({
             "train_wall_s": time.perf_counter() - tick, "train_cpu_s": cpu_seconds() - cpu,
@@ -145,9 +187,9 @@ def main() -> None:
         pgd_data, cascade_data = splits.test.head(args.n_pgd), splits.test.head(args.n_cascade)
         row["clean"] = accuracy(model, splits.test)
         row["pgd40"] = robust_accuracy_sweep(model, pgd_data.x, pgd_data.y, eps_values=[0.3], attack="pgd",
-                                             steps=40, seed=args.seed).robust_accuracy[0]
+                                             steps=40, seed=seed).robust_accuracy[0]
         save(args.out, header, name, row)
-        cascade = run_cascade(model, cascade_data.x, cascade_data.y, eps=0.3, preset=args.preset, seed=args.seed,
+        cascade = run_cascade(model, cascade_data.x, cascade_data.y, eps=0.3, preset=args.preset, seed=seed,
                               state_dir=folder / f"cascade-{args.preset}")
         row |= {"cascade": cascade.robust_accuracy, "cascade_clean": cascade.clean_accuracy,
                 "eval_wall_s": time.perf_counter() - tick, "eval_cpu_s": cpu_seconds() - cpu,

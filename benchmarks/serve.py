@@ -11,13 +11,15 @@ logs on, written to /dev/null); the load comes from ``benchmarks/serve_load.py``
 process (asyncio keep-alive connections, raw HTTP/1.1, a few tens of microseconds of client CPU
 per request), so client and server share the machine's cores but not an interpreter. Requests
 carry 1 or 32 28×28 MNIST images as JSON, or 32 as one ``.npy`` array. Rows: unguarded with micro-batching on
-(``--max-batch 64 --max-wait-ms 2``) and off (``--max-batch 1``), and the energy, all-layer
-Mahalanobis and VAE guards with batching on; per row requests/s, images/s and their ratio to the
+(``--max-batch 32 --max-wait-ms 2``, the default), off (``--max-batch 1``) and at ``--max-batch 64``,
+and the energy, all-layer Mahalanobis and VAE guards with batching on; per row requests/s, images/s and their ratio to the
 bare forward, client-measured p50/p99, the mean model batch, the service's own time split per
 request from its /metrics (parse, queue, inference, and the rest: HTTP, routing, answer), the
-server's and the client's CPU seconds, and the load average. JSON to benchmarks/results/serve.json.
+server's and the client's CPU seconds, and the load average. The plan runs ``--repeats`` whole
+passes (3) and every figure is the median over them; each guard's p50 ratio is taken against the
+unguarded row of the same pass. JSON to benchmarks/results/serve.json.
 
-    nice -n 10 python benchmarks/serve.py            # about 4 minutes on 2 CPU cores
+    nice -n 10 python benchmarks/serve.py            # about 10 minutes on 2 CPU cores
     nice -n 10 python benchmarks/serve.py --quick    # a third of the requests
 """
 
@@ -29,6 +31,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,13 +53,16 @@ from hardened.guard import GuardedClassifier, make_score  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[0] / "src"
 LOAD = HERE / "serve_load.py"
-BATCHING = {"on": ["--max-batch", "64", "--max-wait-ms", "2"], "off": ["--max-batch", "1", "--max-wait-ms", "0"]}
+BATCHING = {"on": ["--max-batch", "32", "--max-wait-ms", "2"], "off": ["--max-batch", "1", "--max-wait-ms", "0"],
+            "on-64": ["--max-batch", "64", "--max-wait-ms", "2"]}
 CONTENT_TYPES = {"json": "application/json", "npy": "application/x-npy"}
 # (target, batching, [(images per request, body form, clients, requests), ...]); --quick: a third
 PLAN: list[tuple[str, str, list[tuple[int, str, int, int]]]] = [
     ("unguarded", "on", [(1, "json", 1, 600), (1, "json", 8, 3000), (1, "json", 32, 4000), (1, "json", 64, 4000),
-                         (32, "json", 1, 100), (32, "json", 8, 300), (32, "npy", 1, 300), (32, "npy", 8, 600)]),
+                         (32, "json", 1, 100), (32, "json", 8, 300), (32, "npy", 1, 300), (32, "npy", 2, 600),
+                         (32, "npy", 8, 600)]),
     ("unguarded", "off", [(1, "json", 1, 600), (1, "json", 32, 3000), (32, "npy", 8, 600)]),
+    ("unguarded", "on-64", [(1, "json", 32, 4000), (32, "npy", 8, 600)]),
     ("energy", "on", [(1, "json", 1, 600), (1, "json", 32, 4000), (32, "npy", 8, 600)]),
     ("mahalanobis-all", "on", [(1, "json", 1, 600), (1, "json", 32, 4000), (32, "npy", 8, 600)]),
     ("vae", "on", [(1, "json", 1, 600), (1, "json", 32, 3000), (32, "npy", 8, 600)]),
@@ -181,21 +187,73 @@ def _bodies(x: torch.Tensor, k: int, form: str, work: Path) -> Path:
     return path
 
 
-def _guard_overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """p50 (and throughput) of each guard over the unguarded service at the same load level."""
-    def key(r: dict[str, Any]) -> tuple[int, str, int]:
-        return r["images_per_request"], r["body"], r["clients"]
+def _row(server: _Server, model: torch.nn.Module, x: torch.Tensor, bodies: Path, k: int, clients: int,
+         requests: int) -> dict[str, Any]:
+    """One load level, with the bare forward measured right before and after it (its floor)."""
+    before = _bare_forward(model, x, 32, seconds=1.0)  # the load drifts: measure around each row
+    run = _load(server, bodies, clients, requests)
+    after = _bare_forward(model, x, 32, seconds=1.0)
+    floor, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    run["images_per_s"] = round(run["requests_per_s"] * k, 1)
+    run["bare_forward_images_per_s"] = round(floor, 1)
+    run["vs_bare_forward"] = round(run["images_per_s"] / floor, 3)
+    # CPU per image: the server's (both its threads) against the bare forward's
+    run["server_cpu_ms_per_image"] = round(1000 * run["server_cpu_s"] / (requests * k), 4)
+    run["bare_cpu_ms_per_image"] = round(bare_cpu, 4)
+    run["cpu_vs_bare"] = round(bare_cpu / run["server_cpu_ms_per_image"], 3)
+    return run
 
-    base = {key(r): r for r in runs if r["target"] == "unguarded" and r["batching"] == "on"}
+
+def _print(run: dict[str, Any]) -> None:
+    split = run["per_request_ms"]
+    print(f"{run['pass']} {run['target']:>15} {run['batching']:>5} k={run['images_per_request']:<2} {run['body']:>4} "
+          f"c={run['clients']:<2}: {run['requests_per_s']:7.1f} req/s {run['images_per_s']:7.1f} img/s "
+          f"p50 {run['p50_ms']:7.2f} p99 {run['p99_ms']:7.2f} ms batch {run['mean_batch']:5.2f} "
+          f"parse/queue/inference/other {split['parse']:.2f}/{split['queue']:.2f}/{split['inference']:.2f}/"
+          f"{split['other']:.2f} codes {run['codes']} bare {run['bare_forward_images_per_s']:.0f} img/s "
+          f"({run['vs_bare_forward']:.2f}x) cpu {run['cpu_vs_bare']:.2f}x load {run['loadavg_1min']}", flush=True)
+
+
+_MEDIAN_FIELDS = ("seconds", "requests_per_s", "p50_ms", "p99_ms", "mean_batch", "server_cpu_s", "client_cpu_s",
+                  "images_per_s", "bare_forward_images_per_s", "vs_bare_forward", "server_cpu_ms_per_image",
+                  "bare_cpu_ms_per_image", "cpu_vs_bare")
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The passes of one row: the median of every measured figure, the codes summed, and each
+    pass's throughput ratio and p50 kept beside them."""
+    row = {k: v for k, v in rows[0].items() if k != "pass"}
+    for field in _MEDIAN_FIELDS:
+        row[field] = round(statistics.median(r[field] for r in rows), 4)
+    row["per_request_ms"] = {k: round(statistics.median(r["per_request_ms"][k] for r in rows), 3)
+                             for k in rows[0]["per_request_ms"]}
+    codes: dict[str, int] = {}
+    for r in rows:
+        for code, count in r["codes"].items():
+            codes[code] = codes.get(code, 0) + count
+    row["codes"] = codes
+    row["requests"] = sum(r["requests"] for r in rows)
+    row["loadavg_1min"] = [min(r["loadavg_1min"][0] for r in rows), max(r["loadavg_1min"][1] for r in rows)]
+    row["passes"] = [{"vs_bare_forward": r["vs_bare_forward"], "p50_ms": r["p50_ms"]} for r in rows]
+    return row
+
+
+def _guard_overhead(passes: dict[tuple[str, str, int, str, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each guard's p50 (and throughput) over the unguarded service's at the same load level and
+    in the same pass (so both saw the same load), then the median over the passes."""
     rows = []
-    for r in runs:
-        ref = base.get(key(r))
-        if r["target"] != "unguarded" and ref is not None:
-            rows.append({"target": r["target"], "images_per_request": r["images_per_request"], "body": r["body"],
-                         "clients": r["clients"], "p50_ratio": round(r["p50_ms"] / ref["p50_ms"], 2),
-                         "throughput_ratio": round(r["requests_per_s"] / ref["requests_per_s"], 2),
-                         "guard_ms_per_request": round(r["per_request_ms"]["inference"]
-                                                       - ref["per_request_ms"]["inference"], 3)})
+    for (target, batching, k, form, clients), runs in passes.items():
+        base = passes.get(("unguarded", batching, k, form, clients))
+        if target == "unguarded" or base is None:
+            continue
+        pairs = list(zip(runs, base, strict=False))
+        p50 = [r["p50_ms"] / b["p50_ms"] for r, b in pairs]
+        throughput = [r["requests_per_s"] / b["requests_per_s"] for r, b in pairs]
+        guard_ms = [r["per_request_ms"]["inference"] - b["per_request_ms"]["inference"] for r, b in pairs]
+        rows.append({"target": target, "images_per_request": k, "body": form, "clients": clients,
+                     "p50_ratio": round(statistics.median(p50), 2), "p50_ratios": [round(v, 2) for v in p50],
+                     "throughput_ratio": round(statistics.median(throughput), 2),
+                     "guard_ms_per_request": round(statistics.median(guard_ms), 3)})
     return rows
 
 
@@ -203,6 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--vae-epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="passes over every row; rows report medians")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve.json")
     args = parser.parse_args()
     started, cpu_start = time.perf_counter(), time.process_time()
@@ -217,41 +276,30 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "model": record, "python_workers": "server: uvicorn event loop + "
                                "one batcher thread (torch 1 thread); client: one asyncio process",
                                "bare_forward_images_per_s": {"before": floor_before}, "runs": []}
-    for target, batching, levels in PLAN:
-        target_args = ["--model", str(model_file)] if target == "unguarded" else ["--guard", str(folders[target])]
-        server = _Server([*target_args, *BATCHING[batching]])
-        try:
-            subprocess.run([sys.executable, str(LOAD), server.url, str(bodies[1, "json"]), "8", "200"], check=True,
-                           capture_output=True)  # warm the allocator and the code paths
-            for k, form, clients, requests in levels:
-                requests = max(requests // 3, 30) if args.quick else requests
-                before = _bare_forward(model, splits.test.x, 32, seconds=1.0)  # the load drifts: measure
-                run = {"target": target, "batching": batching, "images_per_request": k, "body": form,
-                       "clients": clients, **_load(server, bodies[k, form], clients, requests)}
-                after = _bare_forward(model, splits.test.x, 32, seconds=1.0)  # around each row
-                floor, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-                run["images_per_s"] = round(run["requests_per_s"] * k, 1)
-                run["bare_forward_images_per_s"] = round(floor, 1)
-                run["vs_bare_forward"] = round(run["images_per_s"] / floor, 3)
-                # CPU per image: the server's (both its threads) against the bare forward's
-                run["server_cpu_ms_per_image"] = round(1000 * run["server_cpu_s"] / (requests * k), 4)
-                run["bare_cpu_ms_per_image"] = round(bare_cpu, 4)
-                run["cpu_vs_bare"] = round(bare_cpu / run["server_cpu_ms_per_image"], 3)
-                results["runs"].append(run)
-                split = run["per_request_ms"]
-                print(f"{target:>15} {batching:>3} k={k:<2} {form:>4} c={clients:<2}: {run['requests_per_s']:7.1f} req/s "
-                      f"{run['images_per_s']:7.1f} img/s p50 {run['p50_ms']:7.2f} p99 {run['p99_ms']:7.2f} ms "
-                      f"batch {run['mean_batch']:5.2f} parse/queue/inference/other {split['parse']:.2f}/"
-                      f"{split['queue']:.2f}/{split['inference']:.2f}/{split['other']:.2f} codes {run['codes']} "
-                      f"bare {floor:.0f} img/s ({run['vs_bare_forward']:.2f}x) cpu {run['cpu_vs_bare']:.2f}x "
-                      f"load {run['loadavg_1min']}", flush=True)
-        finally:
-            server.stop()
+    passes: dict[tuple[str, str, int, str, int], list[dict[str, Any]]] = {}
+    for number in range(args.repeats):  # whole passes, so that a drifting load touches every row alike
+        for target, batching, levels in PLAN:
+            target_args = ["--model", str(model_file)] if target == "unguarded" else ["--guard", str(folders[target])]
+            server = _Server([*target_args, *BATCHING[batching]])
+            try:
+                subprocess.run([sys.executable, str(LOAD), server.url, str(bodies[1, "json"]), "8", "200"], check=True,
+                               capture_output=True)  # warm the allocator and the code paths
+                for k, form, clients, requests in levels:
+                    requests = max(requests // 3, 30) if args.quick else requests
+                    run = _row(server, model, splits.test.x, bodies[k, form], k, clients, requests)
+                    run = {"target": target, "batching": batching, "images_per_request": k, "body": form,
+                           "clients": clients, "pass": number, **run}
+                    passes.setdefault((target, batching, k, form, clients), []).append(run)
+                    _print(run)
+            finally:
+                server.stop()
+    results["runs"] = [_median_row(rows) for rows in passes.values()]
+    results["guard_overhead"] = _guard_overhead(passes)
+    results["repeats"] = args.repeats
     floor_after = _floor(model, splits.test.x)
     floors = results["bare_forward_images_per_s"]
     floors["after"] = floor_after
     print(f"bare forward after: {floor_after}")
-    results["guard_overhead"] = _guard_overhead(results["runs"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["benchmark_cpu_s"] = round(time.process_time() - cpu_start, 1)
     results["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -12,7 +14,7 @@ from hardened.data import Dataset, Splits
 from hardened.errors import ConfigError, InputError, NotFittedError
 from hardened.guard import SCORES, GuardedClassifier, make_score, penultimate_features
 from hardened.guard.base import BaseScore
-from hardened.guard.baselines import last_linear
+from hardened.guard.baselines import _LayerDistances, last_linear
 from hardened.guard.probes import uniform_noise
 from hardened.guard.wgan_inverter import ImageFrame
 from hardened.train import TrainConfig, train
@@ -320,3 +322,34 @@ def test_mahalanobis_all_layers_separates_streams_saves_and_differentiates(
     assert grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="layers must be one of"):
         make_score("mahalanobis", digits_model, layers="some")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dims=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    classes=st.integers(1, 6),
+    n=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+    stack_limit=st.sampled_from([0, 1024]),
+)
+def test_layer_distances_equal_the_float64_difference_form(dims, classes, n, seed, stack_limit):
+    """Per layer and stacked, the expanded distances equal min_k (f - mu_k)ᵀ P (f - mu_k) in float64."""
+    g = torch.Generator().manual_seed(seed)
+    means = [torch.randn(classes, d, generator=g) for d in dims]
+    precisions = []
+    for d in dims:
+        a = torch.randn(d, d, generator=g)
+        precisions.append(a @ a.T / d + 0.1 * torch.eye(d))
+    features = [3 * torch.randn(n, d, generator=g) for d in dims]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_LayerDistances, "STACK_LIMIT", stack_limit)
+        distances = _LayerDistances(means, precisions)
+    assert distances.stacked == (len(dims) > 1 and sum(dims) <= stack_limit)
+    got = distances(features)
+    expected = torch.stack([
+        torch.einsum("nkd,de,nke->nk", diff := f.double()[:, None] - m.double()[None], p.double(), diff).amin(1)
+        for f, m, p in zip(features, means, precisions, strict=True)], 1)
+    assert got.shape == (n, len(dims)) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+    one = distances([f[:1] for f in features])
+    torch.testing.assert_close(one, got[:1], rtol=1e-6, atol=1e-5)  # alone or in a batch: the same

@@ -60,6 +60,12 @@ def test_train_ensemble_and_semi_supervised(tmp_path, source):
            "--unlabeled-fraction", "0.5", "--labeler", source, "--epochs", "1", "--out", str(semi))
     counters = load_model(semi).info.training["counters"]
     assert counters["pseudo_labelled"] == 719 and counters["pool_samples"] > 0
+    rst = tmp_path / "rst.safetensors"
+    invoke("train", *BASE, "--method", "rst", "--eps", "0.15", "--steps", "2", "--unlabeled-fraction", "0.5",
+           "--labeler", source, "--robust-loss", "trades", "--beta", "3", "--labelled", "adversarial",
+           "--epochs", "1", "--out", str(rst))
+    params = load_model(rst).info.training["method"]
+    assert (params["robust_loss"], params["beta"], params["labelled"]) == ("trades", 3.0, "adversarial")
 
 
 def test_train_bad_settings_fail_with_a_message(tmp_path, source):
@@ -73,6 +79,8 @@ def test_train_bad_settings_fail_with_a_message(tmp_path, source):
     assert "at least one --source-model" in fails("train", *BASE, "--method", "ensemble",
                                                   "--eps", "0.1", "--out", out)
     assert "unknown training method" in fails("train", *BASE, "--method", "magic", "--out", out)
+    assert "are for --method semi-supervised" in fails("train", *BASE, "--method", "pgd", "--eps", "0.1",
+                                                       "--robust-loss", "trades", "--out", out)
     assert "are for --method fgsm" in fails("train", *BASE, "--method", "pgd", "--eps", "0.1",
                                             "--nfgsm-noise", "2", "--out", out)
     assert "N-FGSM noise" in fails("train", *BASE, "--method", "fgsm", "--eps", "0.1",

@@ -128,6 +128,45 @@ def test_semi_supervised_takes_a_given_labeler_and_lowers_the_adversarial_lr(dig
     assert kinds == [("labelled", 1.0), ("pool", 0.25)]
 
 
+def test_semi_supervised_trades_loss_is_the_trades_loss_on_both_batches(digits):
+    """robust_loss="trades": each update is TRADES' loss, the pool's on its pseudo-labels."""
+    labelled, pool = split_unlabeled(digits.train, 0.5, seed=2)
+    labeler = digits_mlp(seed=3)
+    method = make_method("semi-supervised", pool=pool, eps=EPS, steps=3, labeler=labeler, robust_loss="trades",
+                         beta=2.5, labelled="adversarial")
+    assert method.params()["robust_loss"] == "trades" and method.params()["beta"] == 2.5
+    model = digits_mlp(seed=4)
+    method.prepare(model, labelled)
+    x, y = labelled.x[:16], labelled.y[:16]
+    ctx = StepContext(epoch=0, step=0, generator=torch.Generator().manual_seed(0), lr=1.0)
+    first = next(iter(method.updates(model, x, y, ctx)))
+    trades = make_method("trades", eps=EPS, steps=3, beta=2.5)
+    trades._begin(ctx)
+    expected = trades.batch_loss(model, x, y, torch.Generator().manual_seed(0))
+    assert first.kind == "labelled"
+    torch.testing.assert_close(first.loss, expected)
+    # the pool update is TRADES on the pseudo-labels: its CE part is > 0 and beta scales the KL part
+    updates = list(method.updates(model, x, y, StepContext(epoch=0, step=1, generator=torch.Generator().manual_seed(1), lr=1.0)))
+    assert [u.kind for u in updates] == ["labelled", "pool"]
+    assert torch.isfinite(updates[1].loss) and updates[1].loss > 0
+
+
+def test_semi_supervised_trades_adds_robustness(digits, baseline):
+    labelled, pool = split_unlabeled(digits.train, 0.75, seed=0)
+    method = make_method("semi-supervised", pool=pool, eps=EPS, steps=5, robust_loss="trades", beta=3.0)
+    model = digits_mlp()
+    result = train(model, labelled, method=method, config=CONFIG)
+    assert result.counters["pool_samples"] == result.counters["labelled_samples"] > 0
+    assert pgd_accuracy(model, digits) > baseline[1] + 0.1
+
+
+def test_semi_supervised_rejects_an_unknown_robust_loss():
+    with pytest.raises(ConfigError, match="robust_loss must be one of pgd, trades"):
+        make_method("semi-supervised", pool=torch.rand(4, 1, 8, 8), eps=0.1, robust_loss="mart")
+    with pytest.raises(ConfigError, match="beta must be"):
+        make_method("semi-supervised", pool=torch.rand(4, 1, 8, 8), eps=0.1, robust_loss="trades", beta=-1.0)
+
+
 def test_semi_supervised_outside_a_trainer_needs_a_labeler(digits):
     labelled, pool = split_unlabeled(digits.train, 0.5, seed=1)
     method = make_method("semi-supervised", pool=pool, eps=EPS, steps=2)

@@ -26,17 +26,20 @@ class eval_mode:
 
     def __init__(self, model: nn.Module | Callable[[Tensor], Tensor]) -> None:
         self.model = model
-        self._modes: list[tuple[nn.Module, bool]] = []
+        self._modes: list[nn.Module] = []
 
     def __enter__(self) -> nn.Module | Callable[[Tensor], Tensor]:
         if isinstance(self.model, nn.Module):
-            self._modes = [(m, m.training) for m in self.model.modules()]
-            self.model.eval()
+            # only the modules in training mode change (and are restored): a model already in
+            # eval mode, as a served one is, costs one walk over its modules and no eval() call
+            self._modes = [m for m in self.model.modules() if m.training]
+            if self._modes:
+                self.model.eval()
         return self.model
 
     def __exit__(self, *exc: object) -> None:
-        for module, mode in self._modes:
-            module.training = mode
+        for module in self._modes:
+            module.training = True
 
 
 @torch.no_grad()

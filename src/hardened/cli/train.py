@@ -44,6 +44,8 @@ RandomStartOption = Annotated[bool, typer.Option("--random-start/--no-random-sta
 BetaOption = Annotated[float, typer.Option("--beta", help="TRADES weight of the KL term")]
 SigmaOption = Annotated[float, typer.Option("--sigma", help="noise: std of the Gaussian noise")]
 LrScaleOption = Annotated[float, typer.Option("--adversarial-lr-scale", help="semi-supervised: lr factor of the adversarial pool updates")]
+RobustLossOption = Annotated[str, typer.Option("--robust-loss", help="semi-supervised: robust loss of the pool updates, pgd or trades (with --beta; Carmon et al. 2019 use trades)")]
+LabelledOption = Annotated[str, typer.Option("--labelled", help="semi-supervised: loss of the labelled updates, standard (clean CE) or adversarial (the robust loss)")]
 UnlabeledOption = Annotated[float | None, typer.Option("--unlabeled-fraction", help="semi-supervised: part of the training set used as the unlabeled pool (labels dropped)")]
 GuardOption = Annotated[str, typer.Option("--guard", help="fgsm catastrophic-overfitting guard: stop (restore the best weights), lower (restore, halve the step, go on), report or off")]
 GuardGapOption = Annotated[float, typer.Option("--guard-gap", help="FGSM-minus-PGD accuracy gap that counts as a collapse")]
@@ -54,7 +56,7 @@ GuardFloorOption = Annotated[float, typer.Option("--guard-floor", help="the FGSM
 GuardStartOption = Annotated[float, typer.Option("--guard-start", help="fraction of the steps before the guard acts (it measures from the start)")]
 GuardEveryOption = Annotated[int, typer.Option("--guard-every", min=0, help="check the guard every N steps (0: each epoch)")]
 EpochsOption = Annotated[int, typer.Option("--epochs", min=1)]
-LrOption = Annotated[float | None, typer.Option("--lr", help="learning rate, the peak of a cyclic schedule (default 1e-3; fgsm with adam: 5e-3, Wong et al. 2020)")]
+LrOption = Annotated[float | None, typer.Option("--lr", help="learning rate, the peak of a cyclic schedule (default 1e-3; fgsm with adam: 1e-2)")]
 ScheduleOption = Annotated[str | None, typer.Option("--lr-schedule", help="constant, cosine or cyclic (default: cyclic for fgsm, else constant)")]
 NTrainOption = Annotated[int | None, typer.Option("--n-train", min=1, help="use only the first N training images")]
 EvalNOption = Annotated[int, typer.Option("--eval-n", min=0, help="held-out images for the per-epoch clean/PGD accuracy")]
@@ -89,6 +91,8 @@ def train_command(
     unlabeled_fraction: UnlabeledOption = None,
     labeler: Annotated[str | None, typer.Option("--labeler", help="semi-supervised: model file that pseudo-labels the pool (default: train one)")] = None,
     adversarial_lr_scale: LrScaleOption = 0.5,
+    robust_loss: RobustLossOption = "pgd",
+    labelled: LabelledOption = "standard",
     guard: GuardOption = "stop",
     guard_drop: GuardDropOption = 0.3,
     guard_every: GuardEveryOption = 0,
@@ -191,7 +195,8 @@ def _milestones(text: str | None) -> tuple[float, ...]:
 def _train(
     common: Common, *, arch: str, method: str, eps: float | None, norm: str, steps: int, step_size: float | None,
     random_start: bool, beta: float, sigma: float, source_model: list[str] | None,
-    unlabeled_fraction: float | None, labeler: str | None, adversarial_lr_scale: float, guard: str,
+    unlabeled_fraction: float | None, labeler: str | None, adversarial_lr_scale: float, robust_loss: str,
+    labelled: str, guard: str,
     guard_drop: float, guard_every: int, guard_gap: float, guard_floor: float, guard_start: float, nfgsm_noise: float | None,
     grad_align: float, eps_warmup: float, epochs: int, lr: float | None, lr_schedule: str | None, lr_peak: float,
     lr_milestones: str | None, lr_gamma: float, optimizer: str, momentum: float, weight_decay: float,
@@ -199,12 +204,12 @@ def _train(
     checkpoint_every: int, resume: bool, amp: bool | None, recipe: str | None, arch_kwargs: dict[str, Any],
 ) -> None:
     out_path, data, seed, batch_size = common.out, common.data, common.seed, common.batch_size
-    key = method.lower()
+    key = METHODS.canonical(method.lower())
     options = method_options(key, MethodSettings(
         eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
         beta=beta, sigma=sigma, adversarial_lr_scale=adversarial_lr_scale,
         guard=collapse_guard(guard, guard_drop, guard_every, guard_gap, guard_floor, guard_start), eps_warmup=eps_warmup,
-        noise=nfgsm_noise, grad_align=grad_align,
+        noise=nfgsm_noise, grad_align=grad_align, robust_loss=robust_loss, labelled=labelled,
     ))
     if key != "fgsm" and (nfgsm_noise is not None or grad_align):
         raise ConfigError("--nfgsm-noise and --grad-align are for --method fgsm")
@@ -214,8 +219,10 @@ def _train(
         raise ConfigError("--method ensemble needs at least one --source-model FILE")
     if key == "semi-supervised" and unlabeled_fraction is None:
         raise ConfigError("--method semi-supervised needs --unlabeled-fraction (e.g. 0.5)")
-    if key != "semi-supervised" and (unlabeled_fraction is not None or labeler is not None):
-        raise ConfigError("--unlabeled-fraction and --labeler are for --method semi-supervised")
+    if key != "semi-supervised" and (
+        unlabeled_fraction is not None or labeler is not None or robust_loss != "pgd" or labelled != "standard"
+    ):
+        raise ConfigError("--unlabeled-fraction, --labeler, --robust-loss and --labelled are for --method semi-supervised")
     folder = checkpoint_dir or out_path.with_suffix("").with_name(out_path.with_suffix("").name + ".checkpoints")
     log_path = out_path.with_suffix(".log.jsonl")
     session = setup(common, writes=[(out_path, False), (log_path, False), (folder, True)], load=False)

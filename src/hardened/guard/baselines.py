@@ -134,7 +134,7 @@ def _tap_outputs(layers: list[nn.Module]) -> Iterator[list[Tensor]]:
     captured: list[Tensor] = []
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        captured.append(output.flatten(2).mean(dim=2) if output.dim() > 2 else output)
+        captured.append(output.mean(dim=tuple(range(2, output.dim()))) if output.dim() > 2 else output)
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -163,8 +163,70 @@ def _gaussian(f: Tensor, labels: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
 
 
 def _min_distance(f: Tensor, means: Tensor, precision: Tensor) -> Tensor:
-    diff = f[:, None, :] - means[None, :, :]  # N×K×D
-    return torch.einsum("nkd,de,nke->nk", diff, precision, diff).amin(dim=1)
+    """``min_k (f_n - mu_k)ᵀ P (f_n - mu_k)`` for features ``f`` N×D, means K×D, symmetric P D×D."""
+    return _ClassGaussians(means, precision).min_distance(f)
+
+
+class _ClassGaussians:
+    """One layer's class means K×D and shared precision P (D×D, symmetric), with what every
+    distance reuses precomputed: ``P mu_k`` and ``mu_kᵀ P mu_k``.
+
+    ``min_distance`` expands ``(f - mu_k)ᵀ P (f - mu_k)`` as ``fᵀPf - 2 fᵀ(P mu_k) + mu_kᵀ P mu_k``:
+    N·D² + N·K·D multiply-adds instead of the difference form's N·K·D² (ten times fewer for ten
+    classes), in a handful of tensor operations (a served one-image request is bound by their
+    count). The expansion cancels large terms, so it runs in float64: in float32 an image scored
+    alone and the same image in a batch differed by 1e-3 (relative) in the all-layer score.
+    """
+
+    def __init__(self, means: Tensor, precision: Tensor) -> None:
+        means, self.precision = means.double(), precision.double()
+        self.projected_means_t = (means @ self.precision).T.contiguous()  # D×K
+        self.mean_norms = (self.projected_means_t.T * means).sum(dim=1)  # K
+
+    def min_distance(self, f: Tensor) -> Tensor:
+        """Shape N (float32) for features ``f`` N×D."""
+        f = f.double()
+        quadratic = ((f @ self.precision) * f).sum(dim=1, keepdim=True)  # N×1
+        squared = torch.addmm(self.mean_norms, f, self.projected_means_t, alpha=-2.0) + quadratic
+        return squared.amin(dim=1).clamp_min(0.0).float()  # rounding can undershoot 0 on a mean
+
+
+class _LayerDistances:
+    """Every layer's minimum class distance (N×L) from per-layer features, precomputed per layer.
+
+    With several layers of few dimensions in all (<= ``STACK_LIMIT``, e.g. a lenet's 16 + 32 +
+    128 + 10), the layers are stacked: one block-diagonal precision and one matrix of projected
+    means, so every layer's distances come from ten tensor operations instead of five per layer
+    (a served one-image request is bound by their count, not by arithmetic).
+    """
+
+    STACK_LIMIT = 1024
+
+    def __init__(self, means: list[Tensor], precisions: list[Tensor]) -> None:
+        self.layers = [_ClassGaussians(m, p) for m, p in zip(means, precisions, strict=True)]
+        dims = [m.shape[1] for m in means]
+        self.stacked = len(means) > 1 and sum(dims) <= self.STACK_LIMIT and len({m.shape[0] for m in means}) == 1
+        if not self.stacked:
+            return
+        classes, total, device = means[0].shape[0], sum(dims), means[0].device
+        self.shape = (len(means), classes)
+        self.precision = torch.block_diag(*(g.precision for g in self.layers))
+        self.segments = torch.zeros(total, len(means), dtype=torch.float64, device=device)
+        self.cross = torch.zeros(total, len(means) * classes, dtype=torch.float64, device=device)
+        offset = 0
+        for k, (gaussians, dim) in enumerate(zip(self.layers, dims, strict=True)):
+            self.segments[offset:offset + dim, k] = 1.0
+            self.cross[offset:offset + dim, k * classes:(k + 1) * classes] = gaussians.projected_means_t
+            offset += dim
+        self.norms = torch.cat([g.mean_norms for g in self.layers])
+
+    def __call__(self, features: list[Tensor]) -> Tensor:
+        if not self.stacked:
+            return torch.stack([g.min_distance(f) for f, g in zip(features, self.layers, strict=True)], 1)
+        f = torch.cat(features, dim=1).double()
+        quadratic = ((f @ self.precision) * f) @ self.segments  # N×L
+        cross = torch.addmm(self.norms, f, self.cross, alpha=-2.0).view(f.shape[0], *self.shape)  # N×L×K
+        return (cross + quadratic.unsqueeze(2)).amin(dim=2).clamp_min(0.0).float()
 
 
 @SCORES.register("mahalanobis")
@@ -198,6 +260,8 @@ class Mahalanobis(ClassifierScore):
         self.ridge = float(ridge)
         self.means: list[Tensor] = []
         self.precisions: list[Tensor] = []
+        self._distances: _LayerDistances | None = None  # built from means/precisions on first use
+        self._layers: tuple[nn.Module, list[nn.Module]] | None = None  # (model, its feature layers)
         self.z_mean: Tensor | None = None
         self.z_std: Tensor | None = None
 
@@ -206,7 +270,9 @@ class Mahalanobis(ClassifierScore):
         if self.layers == "penultimate":
             features, logits = _penultimate_and_logits(self.model, x)
             return [features], logits
-        with _tap_outputs(_feature_layers(self.model)) as outputs:
+        if self._layers is None or self._layers[0] is not self.model:
+            self._layers = (self.model, _feature_layers(self.model))
+        with _tap_outputs(self._layers[1]) as outputs:
             logits = self.model(x)
         return list(outputs), logits
 
@@ -235,6 +301,7 @@ class Mahalanobis(ClassifierScore):
         # contiguous, as they come back from a saved file: the same layout gives the same sums
         self.means = [m.float().contiguous() for m, _ in fitted]
         self.precisions = [p.float().contiguous() for _, p in fitted]
+        self._distances = None
         self.fit_record = {"classes": int(self.means[0].shape[0]),
                            "feature_dims": [int(m.shape[1]) for m in self.means]}
         if self.layers == "all":
@@ -247,11 +314,12 @@ class Mahalanobis(ClassifierScore):
         if not self.means:
             raise NotFittedError("the mahalanobis score is not fitted (no class means): call fit(train_data) first")
         features, _ = self._features(x)
-        distances = [_min_distance(f.float(), m, p) for f, m, p in zip(features, self.means, self.precisions, strict=True)]
+        if self._distances is None:
+            self._distances = _LayerDistances(self.means, self.precisions)
         if self.layers == "penultimate":
-            return distances[0]
+            return self._distances.layers[0].min_distance(features[0])
         assert self.z_mean is not None and self.z_std is not None
-        return ((torch.stack(distances, 1) - self.z_mean) / self.z_std).sum(dim=1)
+        return ((self._distances(features) - self.z_mean) / self.z_std).sum(dim=1)
 
     def _options(self) -> dict[str, Any]:
         return {"layers": self.layers, "ridge": self.ridge, "batch_size": self.batch_size}
@@ -281,3 +349,4 @@ class Mahalanobis(ClassifierScore):
             raise ConfigError("the saved Mahalanobis score lacks its means/precision tensors")
         self.means = [tensors[m].float().to(device) for m, _ in keys]
         self.precisions = [tensors[p].float().to(device) for _, p in keys]
+        self._distances = None

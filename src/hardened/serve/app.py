@@ -77,7 +77,7 @@ class ServeSettings:
         api_key: when set, ``/v1/*`` needs it in the ``X-API-Key`` header (401 without).
     """
 
-    max_batch: int = 64
+    max_batch: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_body_bytes: int = 16 * 2**20

@@ -402,6 +402,34 @@ class _Adversarial(Method):
         self._begin(ctx)
         yield from super().updates(model, x, y, ctx)
 
+    def _trades_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | ImageStreams, beta: float
+    ) -> Tensor:
+        """TRADES (Zhang et al. 2019): CE(f(x), y) + beta · KL(softmax f(x) || softmax f(x')), batch mean.
+
+        x' maximises the KL term by ``steps`` ascent steps from ``x + 0.001·N(0, I)``.
+        """
+        threat, step_size = self._current()
+        oracle = Oracle(model, 0)
+        with eval_mode(model):
+            with torch.no_grad():
+                p_clean = model(x).float().softmax(1)
+            noise = draw_per_image(_gaussian, x, generator)
+
+            def kl(logits: Tensor, index: Tensor | None) -> Tensor:
+                return F.kl_div(logits.float().log_softmax(1), rows(p_clean, index), reduction="none").sum(1)
+
+            x_adv = iterate(
+                oracle, x, threat.clip(x + 0.001 * noise), threat=threat, steps=self.steps,
+                step_size=step_size, objective=kl, direction=steepest(threat.norm),
+            )
+        self._count("adversarial_examples", x.shape[0])
+        self._count("gradient_evaluations", oracle.gradient_count)
+        logits = model(torch.cat([x, x_adv.detach()]))
+        clean, adv = logits[: len(x)], logits[len(x):]
+        robust = F.kl_div(adv.float().log_softmax(1), clean.float().softmax(1), reduction="batchmean")
+        return F.cross_entropy(clean, y) + beta * robust
+
     def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | ImageStreams) -> Tensor:
         threat, step_size = self._current()
         x_adv, grads = craft(
@@ -579,26 +607,7 @@ class TRADES(_Adversarial):
         return {"beta": self.beta, **out}
 
     def batch_loss(self, model: nn.Module, x: Tensor, y: Tensor, generator: Any) -> Tensor:
-        threat, step_size = self._current()
-        oracle = Oracle(model, 0)
-        with eval_mode(model):
-            with torch.no_grad():
-                p_clean = model(x).float().softmax(1)
-            noise = draw_per_image(_gaussian, x, generator)
-
-            def kl(logits: Tensor, index: Tensor | None) -> Tensor:
-                return F.kl_div(logits.float().log_softmax(1), rows(p_clean, index), reduction="none").sum(1)
-
-            x_adv = iterate(
-                oracle, x, threat.clip(x + 0.001 * noise), threat=threat, steps=self.steps,
-                step_size=step_size, objective=kl, direction=steepest(threat.norm),
-            )
-        self._count("adversarial_examples", x.shape[0])
-        self._count("gradient_evaluations", oracle.gradient_count)
-        logits = model(torch.cat([x, x_adv.detach()]))
-        clean, adv = logits[: len(x)], logits[len(x):]
-        robust = F.kl_div(adv.float().log_softmax(1), clean.float().softmax(1), reduction="batchmean")
-        return F.cross_entropy(clean, y) + self.beta * robust
+        return self._trades_loss(model, x, y, generator, self.beta)
 
 
 @METHODS.register("noise")
@@ -743,16 +752,22 @@ def split_unlabeled(data: Dataset, fraction: float, seed: int = 0) -> tuple[Data
     return labelled, data.x[order[:cut]]
 
 
+SEMI_ROBUST_LOSSES = ("pgd", "trades")
+"""The robust losses of ``SemiSupervised`` (``robust_loss=``)."""
+
+
 @METHODS.register("semi-supervised", aliases=("rst", "semi", "semisupervised"))
 class SemiSupervised(_Adversarial):
     """Robust self-training (Carmon et al. 2019) with pseudo-labels on an unlabeled pool.
 
     Before training, a non-robust ``labeler`` (given, or a copy of the initial model trained
     with standard training on the labelled data for ``labeler_epochs``) labels ``pool``. Each
-    step then makes two updates: standard CE on the labelled batch (learning rate × 1), then PGD
-    training on a pool batch of the same size with its pseudo-labels (learning rate ×
-    ``adversarial_lr_scale``). ``labelled="adversarial"`` trains the labelled batch on PGD
-    examples too. ``counters["pool_samples"]`` counts pool images used.
+    step then makes two updates: standard CE on the labelled batch (learning rate × 1), then
+    robust training on a pool batch of the same size with its pseudo-labels (learning rate ×
+    ``adversarial_lr_scale``). The robust loss is ``robust_loss="pgd"`` (CE on PGD examples) or
+    ``"trades"`` (the TRADES loss with ``beta``, as Carmon et al. use). ``labelled="adversarial"``
+    trains the labelled batch with the same robust loss too. ``counters["pool_samples"]``
+    counts pool images used.
     """
 
     name = "semi-supervised"
@@ -762,10 +777,14 @@ class SemiSupervised(_Adversarial):
         step_size: float | None = None, random_start: bool = True,
         labeler: nn.Module | None = None, labeler_epochs: int | None = None,
         adversarial_lr_scale: float = 0.5, labelled: str = "standard", eps_warmup: float = 0.0,
-        bounds: tuple[float, float] = (0.0, 1.0),
+        bounds: tuple[float, float] = (0.0, 1.0), robust_loss: str = "pgd", beta: float = 6.0,
     ) -> None:
         super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
                          random_start=random_start, bounds=bounds, eps_warmup=eps_warmup)
+        if robust_loss not in SEMI_ROBUST_LOSSES:
+            raise ConfigError(f"robust_loss must be one of {', '.join(SEMI_ROBUST_LOSSES)}, got {robust_loss!r}")
+        if not (isinstance(beta, numbers.Real) and math.isfinite(beta) and beta >= 0):
+            raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
         if not isinstance(pool, Tensor) or pool.dim() != 4:
             raise ConfigError("the unlabeled pool must be an N×C×H×W image tensor")
         if pool.shape[0] == 0:
@@ -784,6 +803,8 @@ class SemiSupervised(_Adversarial):
         self.labeler_epochs = None if labeler_epochs is None else int(labeler_epochs)
         self.adversarial_lr_scale = float(adversarial_lr_scale)
         self.labelled = labelled
+        self.robust_loss = robust_loss
+        self.beta = float(beta)
         self.pseudo_labels: Tensor | None = None
 
     def params(self) -> dict[str, Any]:
@@ -793,7 +814,8 @@ class SemiSupervised(_Adversarial):
             "labeler_epochs": self.labeler_epochs,
             "adversarial_lr_scale": self.adversarial_lr_scale,
             "labelled": self.labelled,
-        }
+            "robust_loss": self.robust_loss,
+        } | ({"beta": self.beta} if self.robust_loss == "trades" else {})
 
     def prepare(
         self, model: nn.Module, data: Dataset, *, config: TrainConfig | None = None, fit: FitFunction | None = None
@@ -836,10 +858,9 @@ class SemiSupervised(_Adversarial):
             raise ConfigError("SemiSupervised.prepare() must run before training (the trainer does it)")
         self._begin(ctx)
         random = ctx.randomness(self.per_image)
-        if self.labelled == "adversarial":
-            x = self._adversarial(model, x, y, random)
         self._count("labelled_samples", len(x))
-        yield StepLoss(F.cross_entropy(model(x), y), 1.0, "labelled")
+        labelled = self._robust(model, x, y, random) if self.labelled == "adversarial" else F.cross_entropy(model(x), y)
+        yield StepLoss(labelled, 1.0, "labelled")
         size = len(self.pool)
 
         def pick(rows: Tensor, g: torch.Generator | None) -> Tensor:  # one pool image per labelled image
@@ -848,8 +869,13 @@ class SemiSupervised(_Adversarial):
         index = draw_per_image(pick, x, random).to(self.pool.device)
         pool_x, pool_y = self.pool[index], self.pseudo_labels[index]
         self._count("pool_samples", len(index))
-        loss = F.cross_entropy(model(self._adversarial(model, pool_x, pool_y, random)), pool_y)
-        yield StepLoss(loss, self.adversarial_lr_scale, "pool")
+        yield StepLoss(self._robust(model, pool_x, pool_y, random), self.adversarial_lr_scale, "pool")
+
+    def _robust(self, model: nn.Module, x: Tensor, y: Tensor, random: torch.Generator | ImageStreams) -> Tensor:
+        """The robust loss on a batch: CE on PGD examples, or the TRADES loss."""
+        if self.robust_loss == "trades":
+            return self._trades_loss(model, x, y, random, self.beta)
+        return F.cross_entropy(model(self._adversarial(model, x, y, random)), y)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -148,6 +148,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guard", default="stop", help="the fgsm run's detector action (report: log only)")
     parser.add_argument("--out", type=Path, default=RESULTS / "defend_mnist.json")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="rerun the cascade of finished runs measured with an older preset (kept as cascade_before)")
+    parser.add_argument("--reference", type=int, default=0, metavar="N",
+                        help="also run the reference AutoAttack (pyautoattack, standard) on the first N test "
+                             "images of each finished run, beside the cascade on the same images")
     args = parser.parse_args()
     torch.set_num_threads(1)
     splits = hd.load_splits("mnist", data_dir=args.data_dir)
@@ -162,6 +167,17 @@ def main() -> None:
         recipe_name, overrides = table[base]
         row = (load_report(args.out) or {}).get("runs", {}).get(name, {})
         if row.get("done"):
+            if args.reevaluate and row.get("cascade_preset_version") != CASCADE_VERSION:
+                reevaluate(row, args.work / name, splits.test.head(args.n_cascade), seed, args.preset)
+                save(args.out, header, name, row)
+                print(f"{name}: cascade {row['cascade']:.3f} (was {row['cascade_before']['cascade']:.3f})", flush=True)
+            version, old = row.get("cascade_preset_version", 1), row.get("reference", {})
+            if args.reference and (old.get("n"), old.get("cascade_preset_version", 1)) != (args.reference, version):
+                row["reference"] = reference_row(args.work / name, splits.test.head(args.n_cascade), args.reference,
+                                                 seed, args.preset, version, old if old.get("n") == args.reference else {})
+                save(args.out, header, name, row)
+                print(f"{name}: AutoAttack {row['reference']['autoattack']:.3f}, cascade "
+                      f"{row['reference']['cascade']:.3f} on the first {args.reference}", flush=True)
             continue
         row |= {"recipe": recipe_name, "overrides": overrides, "published": PUBLISHED[base], "seed": seed,
                 "guard": args.guard if base.startswith("fast") else None}
@@ -190,8 +206,11 @@ def main() -> None:
                                              steps=40, seed=seed).robust_accuracy[0]
         save(args.out, header, name, row)
         cascade = run_cascade(model, cascade_data.x, cascade_data.y, eps=0.3, preset=args.preset, seed=seed,
-                              state_dir=folder / f"cascade-{args.preset}")
+                              state_dir=cascade_dir(folder, args.preset, CASCADE_VERSION))
         row |= {"cascade": cascade.robust_accuracy, "cascade_clean": cascade.clean_accuracy,
+                "cascade_preset_version": CASCADE_VERSION,
+                "cascade_members": [{k: c.to_dict()[k] for k in ("label", "attacked", "broken", "escalated", "queries")}
+                                    for c in cascade.contributions],
                 "eval_wall_s": time.perf_counter() - tick, "eval_cpu_s": cpu_seconds() - cpu,
                 "eval_loadavg": os.getloadavg(), "done": True}
         hd.save_model(model, folder / "model.safetensors", arch=options["arch"],
@@ -201,6 +220,52 @@ def main() -> None:
         save(args.out, header, name, row)
         print(f"{name}: clean {row['clean']:.4f} pgd40 {row['pgd40']:.3f} cascade {row['cascade']:.3f} "
               f"train {row['train_seconds']:.0f}s ({result.stopped or 'ran to the end'})", flush=True)
+
+
+CASCADE_VERSION = 2
+"""2: ``standard`` has Square at 1,000 queries, escalated to 5,000 when it breaks a point the
+gradient attacks missed (1: Square at 300, no escalation)."""
+
+
+def cascade_dir(folder: Path, preset: str, version: int) -> Path:
+    """Where a run's cascade keeps its state, per preset version."""
+    return folder / (f"cascade-{preset}" if version == 1 else f"cascade-{preset}-v{version}")
+
+
+def reevaluate(row: dict[str, Any], folder: Path, data: hd.Dataset, seed: int, preset: str) -> None:
+    """The cascade of a finished run again, with this version's preset (the old figure is kept)."""
+    model = hd.load_model(folder / "model.safetensors").model.eval()
+    tick, cpu = time.perf_counter(), cpu_seconds()
+    result = run_cascade(model, data.x, data.y, eps=0.3, preset=preset, seed=seed,
+                         state_dir=cascade_dir(folder, preset, CASCADE_VERSION))
+    row.setdefault("cascade_before", {"cascade": row.get("cascade"), "cascade_preset_version": 1})
+    row |= {"cascade": result.robust_accuracy, "cascade_preset_version": CASCADE_VERSION,
+            "cascade_members": [{k: c.to_dict()[k] for k in ("label", "attacked", "broken", "escalated", "queries")}
+                                for c in result.contributions],
+            "reeval_wall_s": round(time.perf_counter() - tick, 1), "reeval_cpu_s": round(cpu_seconds() - cpu, 1)}
+
+
+def reference_row(
+    folder: Path, data: hd.Dataset, n: int, seed: int, preset: str, version: int, done: dict[str, Any]
+) -> dict[str, Any]:
+    """The reference AutoAttack on the first ``n`` of the cascade's images ``data`` (kept from
+    ``done`` when it holds it) and the cascade on the same ones (its per-image result read back
+    from the run's cascade state)."""
+    from strong_eval_members import reference
+
+    model = hd.load_model(folder / "model.safetensors").model.eval().requires_grad_(False)
+    out = {k: v for k, v in done.items() if k.startswith("autoattack")}
+    if not out:
+        tick, cpu = time.perf_counter(), cpu_seconds()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            auto = reference(model, data.x[:n].contiguous(), data.y[:n].contiguous(), "linf", 0.3, seed)
+        out = {"autoattack": auto["robust_accuracy"], "autoattack_after_each": auto["after_each"],
+               "autoattack_seconds": round(time.perf_counter() - tick, 1),
+               "autoattack_cpu_s": round(cpu_seconds() - cpu, 1), "autoattack_loadavg": os.getloadavg()}
+    cascade = run_cascade(model, data.x, data.y, eps=0.3, preset=preset, seed=seed,
+                          state_dir=cascade_dir(folder, preset, version))
+    return {"n": n, "cascade_preset_version": version, **out, "cascade": float(cascade.robust[:n].float().mean())}
 
 
 def load_report(path: Path) -> dict[str, Any] | None:

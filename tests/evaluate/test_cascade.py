@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
 from hardened.attacks import ATTACKS, make_attack
 from hardened.errors import ConfigError, DataError, InputError
+from hardened.evaluate import cascade as cascade_module
 from hardened.evaluate.cascade import (
     PRESETS,
     CascadeStep,
@@ -183,13 +185,36 @@ def test_the_quick_preset_breaks_the_quantised_toy_model(defences, toy_test):
 def test_a_score_based_member_that_finds_what_gradients_missed_fires_the_check(defences, toy_test):
     x, y = toy_test.x[:30], toy_test.y[:30]
     steps = [CascadeStep("fgsm", {}), CascadeStep("square", {"queries": 300})]
-    result = run_cascade(defences["quantised"], x, y, eps=0.3, preset=steps, masking="off")
+    result = run_cascade(defences["quantised"], x, y, eps=0.3, preset=steps, masking="off", escalate=False)
     fgsm, square = result.contributions
     assert fgsm.broken == 0 and square.broken > 0 and not square.gradient_attack and square.backwards == 0
     assert square.queries <= 300 * square.attacked
     [check] = [f for f in result.findings if f.name == "score-attack"]
     assert check.fired and check.numbers["broken"] == square.broken
     assert {result.broken_by[k] for k in range(30) if not result.robust[k] and result.clean_correct[k]} == {"square(queries=300)"}
+
+
+@NEEDS_APGD
+def test_a_score_based_member_that_breaks_what_gradients_missed_is_escalated(defences, toy_test, monkeypatch, tmp_path):
+    """Square breaks points the (masked) gradient attack missed: it runs again with the larger
+    budget on the points still robust, which can only lower the robust accuracy; resumable."""
+    monkeypatch.setattr(cascade_module, "ESCALATED_QUERIES", 400)
+    x, y = toy_test.x[:30], toy_test.y[:30]
+    steps = [CascadeStep("fgsm", {}), CascadeStep("square", {"queries": 100})]
+    plain = run_cascade(defences["quantised"], x, y, eps=0.3, preset=steps, masking="off", escalate=False)
+    result = run_cascade(defences["quantised"], x, y, eps=0.3, preset=steps, masking="off", state_dir=tmp_path)
+    fgsm, square, escalated = result.contributions
+    assert square.broken > 0 and not square.escalated
+    assert escalated.escalated and escalated.options == {"queries": 400} and escalated.label == "square(queries=400)"
+    assert escalated.attacked == int(plain.robust.sum()) and escalated.queries <= 400 * escalated.attacked
+    assert result.robust_accuracy == pytest.approx(plain.robust_accuracy - escalated.broken / 30)
+    assert bool((result.robust <= plain.robust).all())
+    again = run_cascade(defences["quantised"], x, y, eps=0.3, preset=steps, masking="off", state_dir=tmp_path)
+    assert torch.equal(again.robust, result.robust) and again.resumed > 0
+    # nothing to escalate: Square broke nothing the gradient attack missed, or it had the full budget
+    assert cascade_module._escalation([fgsm, replace(square, broken=0)]) is None
+    assert cascade_module._escalation([fgsm, replace(square, options={"queries": 400})]) is None
+    assert cascade_module._escalation([square]) is None  # no gradient attack before it
 
 
 def test_cascade_sweep_gives_clean_accuracy_at_zero_and_one_cascade_per_eps(toy_net, toy_test, tmp_path):

@@ -66,7 +66,7 @@ def test_concurrent_clients_get_their_own_answers_in_batches(start_server, guard
 
 def test_full_queue_is_503_and_sigterm_drains(start_server):
     server = start_server(["--model", "slow_model:slow_model", "--input-shape", "1,8,8", "--trust-factory",
-                           "--max-batch", "1", "--max-wait-ms", "0", "--max-queue", "3"])
+                           "--max-batch", "1", "--max-wait-ms", "0", "--max-queue", "3", "--no-trace"])  # its 50 ms sleep is Python: a trace drops it
     body = {"images": np.zeros((1, 8, 8)).tolist()}
 
     def ask(_: int) -> httpx.Response:

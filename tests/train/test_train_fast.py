@@ -187,7 +187,7 @@ def test_rs_fgsm_example_is_the_authors_formula_with_an_unclipped_start(seed):
 
 
 def test_fast_adam_default_lr_is_higher_only_for_fgsm():
-    assert default_lr("fgsm", "adam", None) == 1e-2
+    assert default_lr("fgsm", "adam", None) == 7e-3
     assert default_lr("fgsm", "sgd", None) == default_lr("pgd", "adam", None) == 1e-3
     assert default_lr("fgsm", "adam", 2e-4) == 2e-4
 

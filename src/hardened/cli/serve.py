@@ -83,6 +83,7 @@ def serve_command(
     max_images: Annotated[int, typer.Option("--max-images", min=1, help="most images per request")] = 64,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="largest request body in MiB")] = 16.0,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="HARDENED_API_KEY", help="require this key in the X-API-Key header (better: set HARDENED_API_KEY)")] = None,
+    trace: Annotated[bool, typer.Option("--trace/--no-trace", help="run the batch function as one traced TorchScript graph where it gives the same answers as eager")] = True,
 ) -> None:
     """Serve a guarded (or bare, or smoothed) classifier over HTTP: POST /v1/predict, /metrics."""
     from hardened.serve import require_serve_extra
@@ -94,7 +95,8 @@ def serve_command(
 
     seed_everything(common.seed)
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             max_images=max_images, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key)
+                             max_images=max_images, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
+                             trace=trace)
     predictor = _predictor(common, guard_dir, trust_factory, smooth, n0, n, alpha, input_shape)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -56,7 +56,7 @@ GuardFloorOption = Annotated[float, typer.Option("--guard-floor", help="the FGSM
 GuardStartOption = Annotated[float, typer.Option("--guard-start", help="fraction of the steps before the guard acts (it measures from the start)")]
 GuardEveryOption = Annotated[int, typer.Option("--guard-every", min=0, help="check the guard every N steps (0: each epoch)")]
 EpochsOption = Annotated[int, typer.Option("--epochs", min=1)]
-LrOption = Annotated[float | None, typer.Option("--lr", help="learning rate, the peak of a cyclic schedule (default 1e-3; fgsm with adam: 1e-2)")]
+LrOption = Annotated[float | None, typer.Option("--lr", help="learning rate, the peak of a cyclic schedule (default 1e-3; fgsm with adam: 7e-3)")]
 ScheduleOption = Annotated[str | None, typer.Option("--lr-schedule", help="constant, cosine or cyclic (default: cyclic for fgsm, else constant)")]
 NTrainOption = Annotated[int | None, typer.Option("--n-train", min=1, help="use only the first N training images")]
 EvalNOption = Annotated[int, typer.Option("--eval-n", min=0, help="held-out images for the per-epoch clean/PGD accuracy")]

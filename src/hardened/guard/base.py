@@ -345,6 +345,8 @@ class ClassifierScore(BaseScore):
                     score = self._score(batch) if batch.shape[0] else torch.zeros(0, device=x.device)
                 scores.append(score.detach().float().reshape(-1))
                 logits.append((seen[0] if seen else self.model(batch)).detach().float())
+        if len(scores) == 1:  # one batch (a served request): no copy
+            return scores[0], logits[0]
         return torch.cat(scores), torch.cat(logits)
 
 

@@ -75,9 +75,12 @@ class ServeSettings:
         max_images: most images in one request (413 beyond).
         max_pixels: most pixels in one uploaded image (413 beyond).
         api_key: when set, ``/v1/*`` needs it in the ``X-API-Key`` header (401 without).
+        trace: trace the predictor's batch function into one TorchScript graph where it gives
+            the same answers (``hardened.serve.tracing``); else it runs eager.
     """
 
     max_batch: int = 32
+    trace: bool = True
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_body_bytes: int = 16 * 2**20
@@ -144,9 +147,15 @@ class _Service:
         self.metrics = ServiceMetrics(queue_depth=lambda: self.batcher.queue_depth)
         self.batcher.on_batch = self.metrics.observe_batch
         self.ready = False
+        self.preparation = "not prepared yet"
 
     def warm_up(self) -> None:
-        """One batch of zeros through the predictor: loads kernels and allocates before the first client."""
+        """Prepare the predictor (trace it where that gives the same answers), then one batch of
+        zeros through it: loads kernels and allocates before the first client."""
+        prepare = getattr(self.predictor, "prepare", None)
+        self.preparation = prepare(self.settings.max_batch, trace=self.settings.trace) if prepare else "served eager"
+        access_log.info(orjson.dumps({"event": "prepared", "kind": self.predictor.kind,
+                                      "batch_function": self.preparation}).decode())
         self.predictor.predict(torch.zeros(1, *self.predictor.input_shape))
 
     async def predict(self, request: Request) -> Response:

@@ -19,6 +19,9 @@ from hardened._util.device import model_device
 from hardened.certify.smoothing import SmoothedClassifier, check_certify_settings
 from hardened.errors import ConfigError
 from hardened.guard import GuardedClassifier
+from hardened.guard.base import ClassifierScore
+from hardened.guard.guarded import guarded_from
+from hardened.serve.tracing import TracedBatch, trace_batch
 
 __all__ = ["Predictor", "GuardPredictor", "ModelPredictor", "SmoothedPredictor"]
 
@@ -26,12 +29,19 @@ Answer = dict[str, Any]
 
 
 class Predictor(Protocol):
-    """``kind``, the ``input_shape`` C×H×W it takes, and ``predict(x) -> one answer per image``."""
+    """``kind``, the ``input_shape`` C×H×W it takes, ``predict(x) -> one answer per image``, and
+    ``prepare(max_batch)``, called once before serving (it may trace the batch function and says
+    what it did)."""
 
     kind: str
     input_shape: tuple[int, int, int]
 
     def predict(self, x: Tensor) -> list[Answer]: ...
+
+    def prepare(self, max_batch: int, *, trace: bool = True) -> str: ...
+
+
+_EAGER = TracedBatch(None, 0, "served eager")
 
 
 def _answer(index: int, label: int | None, classes: tuple[str, ...] | None, probabilities: list[float],
@@ -51,9 +61,27 @@ class GuardPredictor:
     def __init__(self, guard: GuardedClassifier) -> None:
         self.guard = guard
         self.input_shape = guard.input_shape
+        self.traced = _EAGER
+
+    def prepare(self, max_batch: int, *, trace: bool = True) -> str:
+        """Trace the score and logits pass (a classifier score read from the guard's own model)."""
+        score = self.guard.score
+        if not trace:
+            return _EAGER.reason
+        if not (isinstance(score, ClassifierScore) and score.model is self.guard.model):
+            return f"the {score.name} score is served eager (only scores read from the classifier are traced)"
+        self.traced = trace_batch(score.score_and_logits, [score.model], self.input_shape,
+                                  min(max_batch, score.batch_size), device=model_device(score.model))
+        return self.traced.reason
 
     def predict(self, x: Tensor) -> list[Answer]:
-        result = self.guard.predict_batch(x)
+        if self.traced.graph is not None and 1 <= x.shape[0] <= self.traced.max_batch:
+            x = self.guard.score.check_input(x).to(model_device(self.guard.model))  # the eager path's checks
+            outputs = self.traced(x)
+            assert outputs is not None
+            result = guarded_from(outputs[0], outputs[1], self.guard.threshold)
+        else:
+            result = self.guard.predict_batch(x)
         probabilities = result.probabilities
         if probabilities is None:  # guarded_predict always fills it; a subclass might not
             raise ConfigError("the guard's predict_batch returned no probabilities")
@@ -82,9 +110,22 @@ class ModelPredictor:
                  classes: tuple[str, ...] | None = None, batch_size: int = 256) -> None:
         self.model, self.classes, self.batch_size = model, classes, batch_size
         self.input_shape = input_shape
+        self.traced = _EAGER
+
+    def _logits(self, x: Tensor) -> tuple[Tensor]:
+        return (predict_logits(self.model, x, self.batch_size).float(),)
+
+    def prepare(self, max_batch: int, *, trace: bool = True) -> str:
+        """Trace the classifier's forward for batches up to ``max_batch``."""
+        if trace:
+            self.traced = trace_batch(self._logits, [self.model], self.input_shape, min(max_batch, self.batch_size),
+                                      device=model_device(self.model))
+        return self.traced.reason
 
     def predict(self, x: Tensor) -> list[Answer]:
-        logits = predict_logits(self.model, x.to(model_device(self.model)), self.batch_size).float()
+        x = x.to(model_device(self.model))
+        outputs = self.traced(x)
+        logits = outputs[0] if outputs is not None else self._logits(x)[0]
         probabilities = logits.softmax(dim=1).cpu()
         labels = probabilities.argmax(dim=1).tolist()
         return [_answer(i, label, self.classes, probabilities[i].tolist(), accepted=True)
@@ -107,6 +148,10 @@ class SmoothedPredictor:
         _, self.n0, self.n, self.alpha, _ = check_certify_settings(sigma, n0, n, alpha)
         self.smoothed = SmoothedClassifier(model, sigma, seed=seed, batch_size=batch_size)
         self.input_shape, self.classes = input_shape, classes
+
+    def prepare(self, max_batch: int, *, trace: bool = True) -> str:
+        """Nothing to trace: CERTIFY draws its noise per image (served eager)."""
+        return "served eager (randomized smoothing samples noise per image)"
 
     def predict(self, x: Tensor) -> list[Answer]:
         answers = []

@@ -17,10 +17,8 @@ from torch import Tensor, nn
 from hardened._util.batching import predict_logits
 from hardened._util.device import model_device
 from hardened.certify.smoothing import SmoothedClassifier, check_certify_settings
-from hardened.errors import ConfigError
 from hardened.guard import GuardedClassifier
 from hardened.guard.base import ClassifierScore
-from hardened.guard.guarded import guarded_from
 from hardened.serve.tracing import TracedBatch, trace_batch
 
 __all__ = ["Predictor", "GuardPredictor", "ModelPredictor", "SmoothedPredictor"]
@@ -62,42 +60,49 @@ class GuardPredictor:
         self.guard = guard
         self.input_shape = guard.input_shape
         self.traced = _EAGER
+        self._traced_threshold: float | None = None
+
+    def _outputs(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Labels, accepted, scores, scored and probabilities (N×K) of a batch, as tensors."""
+        r = self.guard.predict_batch(x)
+        assert r.probabilities is not None
+        return r.predictions, r.accepted, r.scores, r.scored, r.probabilities
 
     def prepare(self, max_batch: int, *, trace: bool = True) -> str:
-        """Trace the score and logits pass (a classifier score read from the guard's own model)."""
+        """Trace the whole guarded pass, scores to accept flags at the current threshold (a
+        classifier score read from the guard's own model); a later threshold runs eager."""
         score = self.guard.score
         if not trace:
             return _EAGER.reason
         if not (isinstance(score, ClassifierScore) and score.model is self.guard.model):
             return f"the {score.name} score is served eager (only scores read from the classifier are traced)"
-        self.traced = trace_batch(score.score_and_logits, [score.model], self.input_shape,
+        self._traced_threshold = self.guard.threshold
+        self.traced = trace_batch(self._outputs, [score.model], self.input_shape,
                                   min(max_batch, score.batch_size), device=model_device(score.model))
         return self.traced.reason
 
     def predict(self, x: Tensor) -> list[Answer]:
-        if self.traced.graph is not None and 1 <= x.shape[0] <= self.traced.max_batch:
-            x = self.guard.score.check_input(x).to(model_device(self.guard.model))  # the eager path's checks
+        guard = self.guard
+        if (self.traced.graph is not None and 1 <= x.shape[0] <= self.traced.max_batch
+                and guard.threshold == self._traced_threshold):
+            x = guard.score.check_input(x).to(model_device(guard.model))  # the eager path's checks
             outputs = self.traced(x)
             assert outputs is not None
-            result = guarded_from(outputs[0], outputs[1], self.guard.threshold)
         else:
-            result = self.guard.predict_batch(x)
-        probabilities = result.probabilities
-        if probabilities is None:  # guarded_predict always fills it; a subclass might not
-            raise ConfigError("the guard's predict_batch returned no probabilities")
+            outputs = self._outputs(x)
+        # whole tensors to lists at once: per-image indexing would be one tensor operation per image
+        labels, accepted, scores, scored, probabilities = (t.tolist() for t in outputs)
+        threshold = float(guard.threshold) if guard.threshold is not None else math.nan
         answers = []
-        for i, (label, score, scored, accepted) in enumerate(zip(
-                result.predictions.tolist(), result.scores.tolist(), result.scored.tolist(),
-                result.accepted.tolist(), strict=True)):
+        for i, (label, score, ok, keep) in enumerate(zip(labels, scores, scored, accepted, strict=True)):
             reason = None
-            if not scored:
-                reason = f"the {self.guard.score.name} score of this image is not finite: it cannot be scored"
-            elif not accepted:
-                reason = (f"unreliable input: {self.guard.score.name} score {score:.4g} exceeds the "
-                          f"threshold {result.threshold:.4g} (out of distribution or adversarial)")
-            answers.append(_answer(i, label, self.guard.classes, probabilities[i].tolist(), accepted=accepted,
-                                   reason=reason, score=score if math.isfinite(score) else None,
-                                   threshold=result.threshold))
+            if not ok:
+                reason = f"the {guard.score.name} score of this image is not finite: it cannot be scored"
+            elif not keep:
+                reason = (f"unreliable input: {guard.score.name} score {score:.4g} exceeds the "
+                          f"threshold {threshold:.4g} (out of distribution or adversarial)")
+            answers.append(_answer(i, label, guard.classes, probabilities[i], accepted=keep, reason=reason,
+                                   score=score if math.isfinite(score) else None, threshold=threshold))
         return answers
 
 
@@ -112,24 +117,23 @@ class ModelPredictor:
         self.input_shape = input_shape
         self.traced = _EAGER
 
-    def _logits(self, x: Tensor) -> tuple[Tensor]:
-        return (predict_logits(self.model, x, self.batch_size).float(),)
+    def _outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Labels and probabilities (N×K) of a batch."""
+        probabilities = predict_logits(self.model, x, self.batch_size).float().softmax(dim=1)
+        return probabilities.argmax(dim=1), probabilities
 
     def prepare(self, max_batch: int, *, trace: bool = True) -> str:
-        """Trace the classifier's forward for batches up to ``max_batch``."""
+        """Trace the classifier's forward and softmax for batches up to ``max_batch``."""
         if trace:
-            self.traced = trace_batch(self._logits, [self.model], self.input_shape, min(max_batch, self.batch_size),
+            self.traced = trace_batch(self._outputs, [self.model], self.input_shape, min(max_batch, self.batch_size),
                                       device=model_device(self.model))
         return self.traced.reason
 
     def predict(self, x: Tensor) -> list[Answer]:
         x = x.to(model_device(self.model))
-        outputs = self.traced(x)
-        logits = outputs[0] if outputs is not None else self._logits(x)[0]
-        probabilities = logits.softmax(dim=1).cpu()
-        labels = probabilities.argmax(dim=1).tolist()
-        return [_answer(i, label, self.classes, probabilities[i].tolist(), accepted=True)
-                for i, label in enumerate(labels)]
+        outputs = self.traced(x) or self._outputs(x)
+        labels, probabilities = (t.tolist() for t in outputs)
+        return [_answer(i, label, self.classes, probabilities[i], accepted=True) for i, label in enumerate(labels)]
 
 
 class SmoothedPredictor:

@@ -83,7 +83,7 @@ def serve_command(
     max_images: Annotated[int, typer.Option("--max-images", min=1, help="most images per request")] = 64,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="largest request body in MiB")] = 16.0,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="HARDENED_API_KEY", help="require this key in the X-API-Key header (better: set HARDENED_API_KEY)")] = None,
-    trace: Annotated[bool, typer.Option("--trace/--no-trace", help="run the batch function as one traced TorchScript graph where it gives the same answers as eager")] = True,
+    trace: Annotated[bool, typer.Option("--trace/--no-trace", help="run the batch function as one traced TorchScript graph where it gives the same answers as eager (off: on CPU under load it was slower)")] = False,
 ) -> None:
     """Serve a guarded (or bare, or smoothed) classifier over HTTP: POST /v1/predict, /metrics."""
     from hardened.serve import require_serve_extra

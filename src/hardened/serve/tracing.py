@@ -1,12 +1,12 @@
 """A served batch function traced into one TorchScript graph, when that gives the same answers.
 
 Why: the service runs the model on a worker thread while the event loop parses requests on
-another, and every eager PyTorch operation gives up and retakes the interpreter lock. With a
-thread beside it that runs Python in bursts (as the event loop does), a 32-image LeNet batch with
-the all-layer Mahalanobis guard took 3.46 ms eager against 2.92 ms traced, and the guard cost
-5% over the bare model traced against 12% eager (its hooks and distances are dozens of small
-operations). ``torch.jit.trace`` records the operations once; the graph then runs them without
-returning to Python.
+another, and every eager PyTorch operation gives up and retakes the interpreter lock. In one
+process, beside a thread that runs Python in bursts (as the event loop does), a 32-image LeNet
+batch took 2.87 ms traced against 3.21 ms eager, 2.93 / 3.60 ms with the energy guard and 2.94 /
+3.72 ms with the all-layer Mahalanobis guard. But in the service under load on 2 CPU cores (8
+clients, 32-image requests) the traced service was slower, 0.43× the bare forward against
+0.76× eager, using 1.7× the CPU; so ``hardened serve`` traces only with ``--trace``.
 
 ``trace_batch`` traces ``function`` on an example batch and accepts the graph only if it gives
 the eager function's outputs (within ``rtol``/``atol``) on fresh random batches of every size

@@ -2,11 +2,19 @@
 
 Each run starts from a recipe of ``hardened.train.recipes`` and changes only what the CPU budget
 forces (the JSON lists every override beside the recipe): ``fast`` is ``fast-mnist`` as
-published (Wong et al. 2020: 10 epochs); ``pgd`` and ``trades`` are ``madry-mnist`` /
-``trades-mnist`` with 10 attack steps, the ``strided_cnn`` network and as many epochs as
-``--pgd-epochs`` / ``--trades-epochs`` give. Evaluation: clean accuracy on the 10,000 test
-images, PGD-40 (step 2.5·eps/40, random start) on the first ``--n-pgd`` and the cascade preset
-``--preset`` (``standard``: APGD-CE, APGD-T, Square) on the first ``--n-cascade``.
+published (Wong et al. 2020: 10 epochs), ``fast-raw`` / ``fast-lr7e-3`` / ``fast-lr1e-2`` /
+``fast-nfgsm`` change one thing each (raw pixels, the peak lr, N-FGSM); ``pgd`` and ``trades``
+are ``madry-mnist`` / ``trades-mnist`` with 10 attack steps, the ``strided_cnn`` network and as
+many epochs as ``--pgd-epochs`` / ``--trades-epochs`` give. The semi-supervised comparison
+(Carmon et al. 2019): ``semi-trades`` keeps the labels of 2,000 training images and
+pseudo-labels the other 58,000 (TRADES on both halves, equally weighted), against
+``trades-2k`` / ``pgd-2k`` (the same 2,000 labelled images, as many steps) and
+``trades-2k-x2`` (twice the steps), ``--semi-epochs`` epochs over the 2,000. ``NAME@SEED``
+runs NAME with another seed. Evaluation: clean accuracy on the 10,000 test images, PGD-40
+(step 2.5·eps/40, random start) on the first ``--n-pgd`` and the cascade preset ``--preset``
+(``standard``) on the first ``--n-cascade``; ``--reference N`` adds the reference AutoAttack on
+the first N of those and the cascade on the same N; ``--reevaluate`` reruns the cascade of runs
+measured with an older version of the preset (the old figure is kept as ``cascade_before``).
 
 Resumable: training checkpoints into ``--work/NAME`` every epoch (and every
 ``--checkpoint-every`` steps), the cascade keeps its state there too, and finished runs are kept

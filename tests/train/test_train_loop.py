@@ -104,12 +104,14 @@ def test_resume_after_a_crash_neither_loses_nor_repeats_steps(data, tmp_path):
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
 
 
-def test_resume_restores_pseudo_labels_without_relabelling(data, tmp_path):
+@pytest.mark.parametrize("robust", [{}, {"robust_loss": "trades", "beta": 3.0, "labelled": "adversarial"}],
+                         ids=["pgd", "trades-both"])
+def test_resume_restores_pseudo_labels_without_relabelling(data, tmp_path, robust):
     labelled, pool = split_unlabeled(data, 0.5)
     config = TrainConfig(epochs=2, batch_size=64, lr=3e-3, eval_n=0)
 
     def method():
-        return make_method("semi-supervised", pool=pool, eps=0.15, steps=2, labeler_epochs=1)
+        return make_method("semi-supervised", pool=pool, eps=0.15, steps=2, labeler_epochs=1, **robust)
 
     reference = fresh()
     ref = train(reference, labelled, method=method(), config=config)

@@ -136,6 +136,14 @@ def process_group(
         ) from error
     try:
         yield world()
+        # leave together: a rank that tears its gloo connections down while its peer still uses
+        # them makes the peer abort ("terminate called without an active exception", seen as a
+        # rank exiting with SIGABRT after all its work); a peer that is already gone ends this
+        # wait at once with an error, and there is nothing left to wait for
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass
     finally:
         dist.destroy_process_group()
 

@@ -54,15 +54,20 @@ def _cpu_since(start: resource.struct_rusage) -> float:
     return (now.ru_utime - start.ru_utime) + (now.ru_stime - start.ru_stime)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help="NAME=path.safetensors")
-    parser.add_argument("--data", default="mnist-5k")
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``evaluate`` reads: eps, images per measurement, cascade preset, seed."""
     parser.add_argument("--eps", type=float, default=0.3)
     parser.add_argument("--n-pgd", type=int, default=1000)
     parser.add_argument("--n-cascade", type=int, default=200)
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="NAME=path.safetensors")
+    parser.add_argument("--data", default="mnist-5k")
+    add_evaluation_arguments(parser)
     parser.add_argument("--out", type=Path, default=RESULTS / "defend_eval.json")
     args = parser.parse_args()
     test = hd.load_splits(args.data).test

@@ -217,8 +217,7 @@ def main() -> None:
                               state_dir=cascade_dir(folder, args.preset, CASCADE_VERSION))
         row |= {"cascade": cascade.robust_accuracy, "cascade_clean": cascade.clean_accuracy,
                 "cascade_preset_version": CASCADE_VERSION,
-                "cascade_members": [{k: c.to_dict()[k] for k in ("label", "attacked", "broken", "escalated", "queries")}
-                                    for c in cascade.contributions],
+                "cascade_members": members(cascade),
                 "eval_wall_s": time.perf_counter() - tick, "eval_cpu_s": cpu_seconds() - cpu,
                 "eval_loadavg": os.getloadavg(), "done": True}
         hd.save_model(model, folder / "model.safetensors", arch=options["arch"],
@@ -235,6 +234,12 @@ CASCADE_VERSION = 2
 gradient attacks missed (1: Square at 300, no escalation)."""
 
 
+def members(result: Any) -> list[dict[str, Any]]:
+    """Each cascade member's share, as the JSON keeps it."""
+    return [{k: c.to_dict()[k] for k in ("label", "attacked", "broken", "escalated", "queries")}
+            for c in result.contributions]
+
+
 def cascade_dir(folder: Path, preset: str, version: int) -> Path:
     """Where a run's cascade keeps its state, per preset version."""
     return folder / (f"cascade-{preset}" if version == 1 else f"cascade-{preset}-v{version}")
@@ -248,8 +253,7 @@ def reevaluate(row: dict[str, Any], folder: Path, data: hd.Dataset, seed: int, p
                          state_dir=cascade_dir(folder, preset, CASCADE_VERSION))
     row.setdefault("cascade_before", {"cascade": row.get("cascade"), "cascade_preset_version": 1})
     row |= {"cascade": result.robust_accuracy, "cascade_preset_version": CASCADE_VERSION,
-            "cascade_members": [{k: c.to_dict()[k] for k in ("label", "attacked", "broken", "escalated", "queries")}
-                                for c in result.contributions],
+            "cascade_members": members(result),
             "reeval_wall_s": round(time.perf_counter() - tick, 1), "reeval_cpu_s": round(cpu_seconds() - cpu, 1)}
 
 

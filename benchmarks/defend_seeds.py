@@ -32,7 +32,7 @@ from hardened._util.atomic import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
-from defend_eval import evaluate  # noqa: E402
+from defend_eval import add_evaluation_arguments, evaluate  # noqa: E402
 
 COMMAND = "hardened train --data mnist-5k --arch lenet --eps 0.3 --eps-warmup 0.4 --epochs 8"
 VARIANTS = {"fgsm": "--method fgsm", "pgd": "--method pgd"}
@@ -53,13 +53,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--extra", action="append", default=[], help="NAME=OPTIONS: another variant")
     parser.add_argument("--work", type=Path, default=Path("runs/defend_seeds"))
-    parser.add_argument("--n-pgd", type=int, default=1000)
-    parser.add_argument("--n-cascade", type=int, default=200)
-    parser.add_argument("--preset", default="quick")
-    parser.add_argument("--eps", type=float, default=0.3)
+    add_evaluation_arguments(parser)  # --seed: the evaluation's (the training seeds are --seeds)
     parser.add_argument("--out", type=Path, default=RESULTS / "defend_seeds.json")
     args = parser.parse_args()
-    args.seed = 0
     variants = VARIANTS | dict(item.split("=", 1) for item in args.extra)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)

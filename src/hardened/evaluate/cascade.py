@@ -441,7 +441,7 @@ def run_cascade(
             run_member(len(steps), escalation, attack, bar, escalated=True)
     findings = list(plan.findings)
     for k, c in enumerate(contributions):
-        if not c.gradient_attack and any(p.gradient_attack for p in contributions[:k]):
+        if _score_attack_after_gradients(contributions, k):
             findings.append(score_attack_check(c.broken, len(x), attack=c.label))
         if c.gradient_attack and c.options.get("smoothing") and any(
                 p.gradient_attack and not p.options.get("smoothing") for p in contributions[:k]):
@@ -461,10 +461,16 @@ def _escalation(contributions: Sequence[AttackContribution]) -> CascadeStep | No
     broke a point every gradient attack before it missed with fewer queries than that; else None."""
     for k, c in enumerate(contributions):
         queries = c.options.get("queries")
-        if (not c.gradient_attack and c.broken > 0 and isinstance(queries, int) and queries < ESCALATED_QUERIES
-                and any(p.gradient_attack for p in contributions[:k])):
+        if (_score_attack_after_gradients(contributions, k) and c.broken > 0 and isinstance(queries, int)
+                and queries < ESCALATED_QUERIES):
             return CascadeStep(c.attack, {**c.options, "queries": ESCALATED_QUERIES})
     return None
+
+
+def _score_attack_after_gradients(contributions: Sequence[AttackContribution], k: int) -> bool:
+    """Whether member ``k`` is score-based and ran after a gradient attack: its breaks are points
+    every gradient attack before it missed."""
+    return not contributions[k].gradient_attack and any(p.gradient_attack for p in contributions[:k])
 
 
 def _member_records(

@@ -53,7 +53,7 @@ from hardened.guard.registry import score_from_state
 from hardened.models.io import ModelInfo, load_model, save_model
 from hardened.models.zoo import ARCHITECTURES
 
-__all__ = ["GuardedPrediction", "GuardedClassifier", "guarded_from", "guarded_predict"]
+__all__ = ["GuardedPrediction", "GuardedClassifier", "guarded_predict"]
 
 FORMAT = "hardened-guard"
 FORMAT_VERSION = 2
@@ -129,19 +129,12 @@ def guarded_predict(
         x = score.check_input(x, allow_empty=True)
         logits = predict_logits(model, x.to(model_device(model)), batch_size).float()
         scores = score.score(x).float()
-    return guarded_from(scores, logits, limit)
-
-
-def guarded_from(scores: Tensor, logits: Tensor, threshold: float | None) -> GuardedPrediction:
-    """The guarded prediction of scores (N,) and the classifier's logits (N×K) at ``threshold``:
-    accepted where the score is finite and at most the threshold."""
-    threshold = _check_threshold(threshold)
-    probabilities = logits.float().softmax(dim=1)
+    probabilities = logits.softmax(dim=1)
     confidence, predictions = probabilities.max(dim=1)
-    scores = scores.float().to(predictions.device)
+    scores = scores.to(predictions.device)
     scored = torch.isfinite(scores)
-    accepted = scored & (scores <= threshold)
-    return GuardedPrediction(predictions, accepted, scores, confidence, scored, threshold, probabilities)
+    accepted = scored & (scores <= limit)
+    return GuardedPrediction(predictions, accepted, scores, confidence, scored, limit, probabilities)
 
 
 class GuardedClassifier:

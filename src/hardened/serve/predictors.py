@@ -83,8 +83,7 @@ class GuardPredictor:
 
     def predict(self, x: Tensor) -> list[Answer]:
         guard = self.guard
-        if (self.traced.graph is not None and 1 <= x.shape[0] <= self.traced.max_batch
-                and guard.threshold == self._traced_threshold):
+        if self.traced.covers(x.shape[0]) and guard.threshold == self._traced_threshold:
             x = guard.score.check_input(x).to(model_device(guard.model))  # the eager path's checks
             outputs = self.traced(x)
             assert outputs is not None

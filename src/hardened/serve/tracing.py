@@ -50,9 +50,13 @@ class TracedBatch:
     max_batch: int
     reason: str
 
+    def covers(self, n: int) -> bool:
+        """Whether a batch of ``n`` images runs traced (there is a graph and 1 <= n <= max_batch)."""
+        return self.graph is not None and 1 <= n <= self.max_batch
+
     def __call__(self, x: Tensor) -> Outputs | None:
         """The traced outputs for ``x``, or ``None`` when it must run eager (no graph, or too large)."""
-        if self.graph is None or not 1 <= x.shape[0] <= self.max_batch:
+        if self.graph is None or not self.covers(x.shape[0]):  # the first test narrows the type
             return None
         with torch.no_grad():
             return tuple(self.graph(x))

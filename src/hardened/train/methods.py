@@ -582,6 +582,13 @@ class FastFGSM(_Adversarial):
         return x_adv.detach()
 
 
+def _check_beta(beta: object) -> float:
+    """TRADES' weight of the KL term: a finite number >= 0, else ``ConfigError``."""
+    if not (isinstance(beta, numbers.Real) and math.isfinite(beta) and float(beta) >= 0):
+        raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
+    return float(beta)
+
+
 @METHODS.register("trades")
 class TRADES(_Adversarial):
     """Zhang et al. 2019: CE(f(x), y) + beta · KL(softmax f(x) || softmax f(x')), batch mean.
@@ -598,9 +605,7 @@ class TRADES(_Adversarial):
     ) -> None:
         super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size,
                          random_start=True, bounds=bounds, eps_warmup=eps_warmup)
-        if not (math.isfinite(beta) and beta >= 0):
-            raise ConfigError(f"beta must be a finite number >= 0, got {beta}")
-        self.beta = float(beta)
+        self.beta = _check_beta(beta)
 
     def params(self) -> dict[str, Any]:
         out = {k: v for k, v in super().params().items() if k != "random_start"}
@@ -783,8 +788,6 @@ class SemiSupervised(_Adversarial):
                          random_start=random_start, bounds=bounds, eps_warmup=eps_warmup)
         if robust_loss not in SEMI_ROBUST_LOSSES:
             raise ConfigError(f"robust_loss must be one of {', '.join(SEMI_ROBUST_LOSSES)}, got {robust_loss!r}")
-        if not (isinstance(beta, numbers.Real) and math.isfinite(beta) and beta >= 0):
-            raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
         if not isinstance(pool, Tensor) or pool.dim() != 4:
             raise ConfigError("the unlabeled pool must be an N×C×H×W image tensor")
         if pool.shape[0] == 0:
@@ -804,7 +807,7 @@ class SemiSupervised(_Adversarial):
         self.adversarial_lr_scale = float(adversarial_lr_scale)
         self.labelled = labelled
         self.robust_loss = robust_loss
-        self.beta = float(beta)
+        self.beta = _check_beta(beta)
         self.pseudo_labels: Tensor | None = None
 
     def params(self) -> dict[str, Any]:

@@ -5,6 +5,9 @@ that row's floor, so a load average that drifts during the run moves both sides)
 favour the service (its threads sleep between requests and get the CPU first when they wake,
 while the bare forward loop only gets its fair share), so each row also gives CPU milliseconds
 per image, the server's (both its threads) against the bare forward's: the service's own cost.
+The bare forward runs with the allocator settings ``hardened serve`` sets
+(``hardened._util.allocator.keep_freed_memory``: without them the same forward is 1.1-1.7x
+slower, by process), so the service is compared with the best plain PyTorch floor.
 
 The service runs as a ``hardened serve`` subprocess (uvicorn with uvloop and httptools, access
 logs on, written to /dev/null); the load comes from ``benchmarks/serve_load.py`` in another
@@ -46,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, cached_lenet, machine  # noqa: E402
 
+from hardened._util.allocator import keep_freed_memory  # noqa: E402
 from hardened._util.atomic import write_json  # noqa: E402
 from hardened.data import load_splits  # noqa: E402
 from hardened.guard import GuardedClassifier, make_score  # noqa: E402
@@ -265,6 +269,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "serve.json")
     args = parser.parse_args()
     started, cpu_start = time.perf_counter(), time.process_time()
+    allocator = keep_freed_memory()  # as `hardened serve` does, so the floor runs at its best too
     splits = load_splits("mnist-5k", seed=0)
     work = Path(tempfile.mkdtemp(prefix="hardened-serve-bench-"))
     model_file = RESULTS / "models" / "lenet-mnist-5k.safetensors"  # the one benchmarks/attacks.py trains
@@ -273,8 +278,9 @@ def main() -> None:
     bodies = {(k, form): _bodies(splits.test.x, k, form, work) for k in (1, 32) for form in CONTENT_TYPES}
     floor_before = _floor(model, splits.test.x)
     print(f"bare forward (images/s, cpu ms/image at batch 32, 64): {floor_before}", flush=True)
-    results: dict[str, Any] = {"machine": machine(), "model": record, "python_workers": "server: uvicorn event loop + "
-                               "one batcher thread (torch 1 thread); client: one asyncio process",
+    results: dict[str, Any] = {"machine": machine(), "model": record, "allocator": allocator,
+                               "python_workers": "server: uvicorn event loop + one batcher thread (torch 1 "
+                               "thread); client: one asyncio process",
                                "bare_forward_images_per_s": {"before": floor_before}, "runs": []}
     passes: dict[tuple[str, str, int, str, int], list[dict[str, Any]]] = {}
     for number in range(args.repeats):  # whole passes, so that a drifting load touches every row alike

@@ -4,6 +4,7 @@ Images are float32 N×C×H×W tensors in [0, 1]; normalisation lives inside the 
 is configured once and called as ``attack(model, x, y) -> AttackResult``.
 """
 
+from hardened._util.allocator import keep_freed_memory
 from hardened.attacks import BIM, FGM, FGSM, MIFGSM, PGD, Attack, AttackResult, make_attack
 from hardened.certify import Certificate, SmoothedClassifier, certify_ibp
 from hardened.data import Dataset, load_dataset, load_splits
@@ -53,6 +54,7 @@ __all__ = [
     "ThreatModel",
     "conservation_error",
     "explain_images",
+    "keep_freed_memory",
     "TrainConfig",
     "Trainer",
     "__version__",

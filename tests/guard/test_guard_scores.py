@@ -353,3 +353,86 @@ def test_layer_distances_equal_the_float64_difference_form(dims, classes, n, see
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
     one = distances([f[:1] for f in features])
     torch.testing.assert_close(one, got[:1], rtol=1e-6, atol=1e-5)  # alone or in a batch: the same
+
+
+@pytest.mark.parametrize(("name", "options"), [("softmax", {}), ("energy", {}), ("energy", {"temperature": 2.5}),
+                                               ("mahalanobis", {}), ("mahalanobis", {"layers": "all"})])
+def test_score_and_logits_is_score_and_the_classifier_logits(name: str, options: dict, digits_model: nn.Module,
+                                                             digits: Splits) -> None:
+    """One pass for both (with the batch split in three): the same values as ``score`` and a
+    separate forward, and the energy at T=1 is the formula's."""
+    score = make_score(name, digits_model, batch_size=7, **options).fit(digits.train)
+    x = digits.test.x[:20]
+    scores, logits = score.score_and_logits(x)
+    with torch.no_grad():
+        expected = digits_model(x)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)  # batches of 7 against 20
+    torch.testing.assert_close(scores, score.score(x), rtol=1e-6, atol=1e-6)
+    if name == "energy":
+        t = options.get("temperature", 1.0)
+        torch.testing.assert_close(scores, -t * torch.logsumexp(expected.double() / t, dim=1).float())
+
+
+def test_a_subclass_overriding_only_score_keeps_its_own_score(digits_model: nn.Module, digits: Splits) -> None:
+    """A subclass of Energy with its own ``_score`` is scored by it in a guarded prediction, not
+    by the parent's logits shortcut."""
+    energy_class = type(make_score("energy", digits_model))
+
+    class Shifted(energy_class):  # type: ignore[misc, valid-type]
+        def _score(self, x: torch.Tensor) -> torch.Tensor:
+            return super()._score(x) + 100.0
+
+    score = Shifted(digits_model)
+    x = digits.test.x[:5]
+    scores, logits = score.score_and_logits(x)
+    torch.testing.assert_close(scores, make_score("energy", digits_model).score(x) + 100.0)
+    torch.testing.assert_close(logits, digits_model(x).detach())
+
+
+def test_all_layer_features_child_by_child_equal_the_hooked_forward(digits_model: nn.Module, digits: Splits) -> None:
+    """The plain-Sequential shortcut reads the very features the forward hooks read; a model
+    with a hook of its own (which a child-by-child run would skip) takes the hooked path."""
+    from hardened.guard.baselines import _FeatureTaps, _tap_outputs
+
+    assert type(digits_model) is nn.Sequential
+    taps = _FeatureTaps(digits_model)
+    assert taps.children is not None and sum(taps.children) == len(taps.layers) >= 3
+    x = digits.test.x[:9]
+    with torch.no_grad():
+        features, logits = taps.run(x)
+        with _tap_outputs(taps.layers) as hooked:
+            expected = digits_model(x)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert len(features) == len(hooked)
+    for f, h in zip(features, hooked, strict=True):
+        torch.testing.assert_close(f, h, rtol=0, atol=0)
+    calls: list[int] = []
+    handle = digits_model.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    try:
+        with torch.no_grad():
+            taps.run(x)
+    finally:
+        handle.remove()
+    assert calls == [1]
+
+
+@settings(max_examples=20, deadline=None)
+@given(dims=st.lists(st.integers(1, 30), min_size=1, max_size=4), n=st.integers(1, 6), seed=st.integers(0, 2**16),
+       stack_limit=st.sampled_from([0, 1024]))
+def test_standardised_sum_is_the_float64_formula(dims, n, seed, stack_limit):
+    """The all-layer score: sum over layers of (d_l - mean_l) / std_l, as written, in float64."""
+    g = torch.Generator().manual_seed(seed)
+    means = [torch.randn(3, d, generator=g) for d in dims]
+    precisions = [(a := torch.randn(d, d, generator=g)) @ a.T / d + 0.1 * torch.eye(d) for d in dims]
+    features = [2 * torch.randn(n, d, generator=g) for d in dims]
+    z_mean, z_std = torch.rand(len(dims), generator=g) * 10, torch.rand(len(dims), generator=g) + 0.5
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_LayerDistances, "STACK_LIMIT", stack_limit)
+        distances = _LayerDistances(means, precisions)
+    d = torch.stack([
+        torch.einsum("nkd,de,nke->nk", diff := f.double()[:, None] - m.double()[None], p.double(), diff).amin(1)
+        for f, m, p in zip(features, means, precisions, strict=True)], 1)
+    expected = ((d - z_mean.double()) / z_std.double()).sum(dim=1)
+    got = distances.standardised_sum(features, z_mean, z_std)
+    assert got.dtype == torch.float32 and got.shape == (n,)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from hardened._util.device import submodules
+
 __all__ = ["batch_slices", "predict_logits", "eval_mode"]
 
 
@@ -32,7 +34,7 @@ class eval_mode:
         if isinstance(self.model, nn.Module):
             # only the modules in training mode change (and are restored): a model already in
             # eval mode, as a served one is, costs one walk over its modules and no eval() call
-            self._modes = [m for m in self.model.modules() if m.training]
+            self._modes = [m for m in submodules(self.model) if m.training]
             if self._modes:
                 self.model.eval()
         return self.model

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 
-__all__ = ["model_device"]
+__all__ = ["model_device", "submodules"]
+
+
+def submodules(model: nn.Module) -> list[nn.Module]:
+    """``model`` and every module below it, in ``model.modules()`` order (pre-order, each
+    once), by a plain walk over ``_modules``: ``modules()`` builds a dotted name for every
+    module on the way, which a served one-image request pays for on each of its look-ups."""
+    seen: set[int] = set()
+    order: list[nn.Module] = []
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        order.append(module)
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return order
 
 
 def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
     """The device of ``model``'s first parameter, else its first buffer, else ``default``
     (a parameter-free model such as a pure preprocessing layer)."""
-    for tensor in itertools.chain(model.parameters(), model.buffers()):  # lazily: stops at the first
-        return tensor.device
+    modules = submodules(model)
+    for attribute in ("_parameters", "_buffers"):
+        for module in modules:
+            for tensor in getattr(module, attribute).values():
+                if tensor is not None:
+                    return tensor.device
     return torch.device(default)

@@ -85,7 +85,11 @@ _register()
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: glibc keeps freed memory (``hardened._util.allocator``: CPU passes
+    about 1.2x faster), then the command."""
+    from hardened._util.allocator import keep_freed_memory
+
+    keep_freed_memory()
     app()
 
 

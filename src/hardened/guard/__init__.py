@@ -5,7 +5,7 @@
 ``NotReliableClassification``.
 """
 
-from hardened.guard.base import BaseScore, ClassifierScore, Score
+from hardened.guard.base import BaseScore, ClassifierScore, LogitScore, Score
 from hardened.guard.baselines import Energy, Mahalanobis, MaxSoftmax, penultimate_features
 from hardened.guard.calibrate import (
     Calibration,
@@ -22,6 +22,7 @@ __all__ = [
     "BaseScore",
     "Calibration",
     "ClassifierScore",
+    "LogitScore",
     "Energy",
     "GuardedClassifier",
     "GuardedPrediction",

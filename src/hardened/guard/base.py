@@ -23,7 +23,7 @@ from hardened.data.dataset import Dataset
 from hardened.errors import ConfigError, InputError, NotFittedError
 from hardened.registry import Registry
 
-__all__ = ["SCORES", "Score", "check_score", "BaseScore", "ClassifierScore", "as_images", "seeded_init"]
+__all__ = ["SCORES", "Score", "check_score", "BaseScore", "ClassifierScore", "LogitScore", "as_images", "seeded_init"]
 
 
 @runtime_checkable
@@ -329,25 +329,63 @@ class ClassifierScore(BaseScore):
     def score_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Scores (N,) and the classifier's logits (N×K, float32) for images ``x``, without autograd.
 
-        A guarded prediction needs both. Where ``_score`` calls the classifier on the batch it was
-        given (softmax, energy, Mahalanobis, and subclasses of them), the logits are read from
-        that same forward pass by a hook, so the guard costs one classifier pass instead of two;
-        otherwise (or on a ScriptModule, which takes no hooks) the classifier runs once more.
-        Batching and checks are those of ``score``.
+        A guarded prediction needs both, from one classifier pass: a score that computes them
+        together (``_score_with_logits``: softmax, energy, Mahalanobis) does; otherwise, where
+        ``_score`` calls the classifier on the batch it was given, the logits are read from that
+        pass by a hook, and failing that (a ScriptModule takes no hooks) the classifier runs once
+        more. Batching and checks are those of ``score``.
         """
         x = self.check_input(x, allow_empty=True).to(model_device(self.model))
+        together = _scores_with_logits(type(self))
         scores, logits = [], []
         with self._modes(), torch.no_grad():
             for part in batch_slices(x.shape[0], self.batch_size) if x.shape[0] else [slice(0, 0)]:
-                batch = x[part]
-                seen: list[Tensor] = []
-                with _outputs_on(self.model, batch, seen):
-                    score = self._score(batch) if batch.shape[0] else torch.zeros(0, device=x.device)
+                batch = x[part] if part.stop - part.start < x.shape[0] else x  # one batch: no view
+                if together and batch.shape[0]:
+                    score, out = self._score_with_logits(batch)
+                else:
+                    seen: list[Tensor] = []
+                    with _outputs_on(self.model, batch, seen):
+                        score = self._score(batch) if batch.shape[0] else torch.zeros(0, device=x.device)
+                    out = seen[0] if seen else self.model(batch)
                 scores.append(score.detach().float().reshape(-1))
-                logits.append((seen[0] if seen else self.model(batch)).detach().float())
+                logits.append(out.detach().float())
         if len(scores) == 1:  # one batch (a served request): no copy
             return scores[0], logits[0]
         return torch.cat(scores), torch.cat(logits)
+
+    def _score_with_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``_score(x)`` and the classifier's logits on ``x`` from the same pass; a score that can
+        give both overrides it (a served one-image request is bound by the count of operations
+        and hooks, not by their arithmetic)."""
+        raise NotImplementedError
+
+
+def _scores_with_logits(cls: type) -> bool:
+    """Whether ``cls``'s ``_score_with_logits`` belongs with its ``_score``: defined in the class
+    that defines the ``_score`` in use, or below it (a subclass that overrides only ``_score``
+    gets the generic path, so the two never disagree)."""
+    for klass in cls.__mro__:
+        if "_score_with_logits" in vars(klass):
+            return klass is not ClassifierScore
+        if "_score" in vars(klass):
+            return False
+    return False
+
+
+class LogitScore(ClassifierScore):
+    """A classifier score that is a function of the logits alone (softmax, energy)."""
+
+    def _score(self, x: Tensor) -> Tensor:
+        return self._from_logits(self.model(x))
+
+    def _score_with_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(x)
+        return self._from_logits(logits), logits
+
+    @abstractmethod
+    def _from_logits(self, logits: Tensor) -> Tensor:
+        """Per-sample scores (N,) from the classifier's logits (N×K)."""
 
 
 @contextmanager

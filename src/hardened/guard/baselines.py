@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from hardened._util.batching import batch_slices, eval_mode
 from hardened._util.device import model_device
 from hardened._util.progress import progress_bar
 from hardened.errors import ConfigError, InputError, NotFittedError
-from hardened.guard.base import SCORES, ClassifierScore
+from hardened.guard.base import SCORES, ClassifierScore, LogitScore
 
 __all__ = ["MaxSoftmax", "Energy", "Mahalanobis", "penultimate_features", "last_linear", "LAYER_CHOICES"]
 
@@ -36,7 +36,7 @@ LAYER_CHOICES = ("penultimate", "all")
 
 
 @SCORES.register("softmax", aliases=("msp", "max-softmax"))
-class MaxSoftmax(ClassifierScore):
+class MaxSoftmax(LogitScore):
     """``1 - max softmax probability``: in [0, 1 - 1/K], higher = less confident."""
 
     name = "softmax"
@@ -45,12 +45,12 @@ class MaxSoftmax(ClassifierScore):
     def _fit(self, x: Tensor, y: Tensor | None, progress: bool) -> None:
         return None
 
-    def _score(self, x: Tensor) -> Tensor:
-        return 1.0 - self.model(x).float().softmax(dim=1).amax(dim=1)
+    def _from_logits(self, logits: Tensor) -> Tensor:
+        return 1.0 - logits.float().softmax(dim=1).amax(dim=1)
 
 
 @SCORES.register("energy")
-class Energy(ClassifierScore):
+class Energy(LogitScore):
     """Free energy ``-T logsumexp(z / T)`` of the logits ``z``; higher = less reliable.
 
     Args:
@@ -70,9 +70,11 @@ class Energy(ClassifierScore):
     def _fit(self, x: Tensor, y: Tensor | None, progress: bool) -> None:
         return None
 
-    def _score(self, x: Tensor) -> Tensor:
+    def _from_logits(self, logits: Tensor) -> Tensor:
         t = self.temperature
-        return -t * torch.logsumexp(self.model(x).float() / t, dim=1)
+        if t == 1.0:  # Liu et al.'s default: two operations fewer
+            return -torch.logsumexp(logits.float(), dim=1)
+        return -t * torch.logsumexp(logits.float() / t, dim=1)
 
     def _options(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "batch_size": self.batch_size}
@@ -119,7 +121,7 @@ def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _feature_layers(model: nn.Module) -> list[nn.Module]:
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     if not layers:
         raise ConfigError(
             "the Mahalanobis score with layers='all' needs Linear or Conv layers to read features "
@@ -128,13 +130,18 @@ def _feature_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def _layer_feature(output: Tensor) -> Tensor:
+    """A layer's output as features N×D (convolutions averaged over space, as Lee et al. do)."""
+    return output.mean(dim=tuple(range(2, output.dim()))) if output.dim() > 2 else output
+
+
 @contextmanager
 def _tap_outputs(layers: list[nn.Module]) -> Iterator[list[Tensor]]:
-    """Record each layer's output (convolutions averaged over space) on each forward."""
+    """Record each layer's output (as ``_layer_feature``) on each forward."""
     captured: list[Tensor] = []
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        captured.append(output.mean(dim=tuple(range(2, output.dim()))) if output.dim() > 2 else output)
+        captured.append(_layer_feature(output))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -142,6 +149,50 @@ def _tap_outputs(layers: list[nn.Module]) -> Iterator[list[Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _FeatureTaps:
+    """Where the all-layer Mahalanobis score reads its features in ``model``: ``layers``, and
+    ``children``, one flag per child, when ``model`` is a plain ``nn.Sequential`` whose feature
+    layers are all direct children. Then ``run`` calls the children in turn and keeps the
+    flagged outputs: the computation ``Sequential.forward`` does, without registering, calling
+    and removing a forward hook per layer on every batch (measured on a 1-image LeNet batch,
+    those hooks cost more than the distances). Hooks on the model itself, or global ones, would
+    be skipped by such a run, so it is used only when there are none."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.layers = model, _feature_layers(model)
+        self.children: list[bool] | None = None
+        if type(model) is nn.Sequential:
+            tapped = {id(layer) for layer in self.layers}
+            flags = [id(child) in tapped for child in model]
+            if sum(flags) == len(self.layers):
+                self.children = flags
+
+    def run(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The layers' features and the model's output for ``x``."""
+        model = self.model
+        if self.children is None or _hooked(model):
+            with _tap_outputs(self.layers) as outputs:
+                logits = model(x)
+            return list(outputs), logits
+        features = []
+        for child, tapped in zip(cast(nn.Sequential, model), self.children, strict=True):
+            x = child(x)
+            if tapped:
+                features.append(_layer_feature(x))
+        return features, x
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(model: nn.Module) -> bool:
+    """Whether ``model`` has hooks of its own, or any global module hook is registered
+    (``torch.nn.modules.module.register_module_forward_hook`` and the like)."""
+    module = torch.nn.modules.module
+    return any(getattr(model, name, None) for name in _HOOKS) or any(
+        getattr(module, f"_global{name}", None) for name in _HOOKS)
 
 
 def _gaussian(f: Tensor, labels: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
@@ -204,6 +255,7 @@ class _LayerDistances:
 
     def __init__(self, means: list[Tensor], precisions: list[Tensor]) -> None:
         self.layers = [_ClassGaussians(m, p) for m, p in zip(means, precisions, strict=True)]
+        self._weights: tuple[Tensor, Tensor] | None = None  # standardisation, on first use
         dims = [m.shape[1] for m in means]
         self.stacked = len(means) > 1 and sum(dims) <= self.STACK_LIMIT and len({m.shape[0] for m in means}) == 1
         if not self.stacked:
@@ -223,10 +275,25 @@ class _LayerDistances:
     def __call__(self, features: list[Tensor]) -> Tensor:
         if not self.stacked:
             return torch.stack([g.min_distance(f) for f, g in zip(features, self.layers, strict=True)], 1)
+        return self._stacked(features).float()
+
+    def _stacked(self, features: list[Tensor]) -> Tensor:
+        """The stacked layers' distances N×L in float64 (the quadratic term is the same for every
+        class, so it is added after the minimum over the classes)."""
         f = torch.cat(features, dim=1).double()
         quadratic = ((f @ self.precision) * f) @ self.segments  # N×L
         cross = torch.addmm(self.norms, f, self.cross, alpha=-2.0).view(f.shape[0], *self.shape)  # N×L×K
-        return (cross + quadratic.unsqueeze(2)).amin(dim=2).clamp_min(0.0).float()
+        return (cross.amin(dim=2) + quadratic).clamp_min(0.0)
+
+    def standardised_sum(self, features: list[Tensor], z_mean: Tensor, z_std: Tensor) -> Tensor:
+        """``sum_l (d_l - z_mean_l) / z_std_l`` (N,), float32: the all-layer score, its
+        standardisation folded into one matrix-vector product."""
+        if self._weights is None:
+            weights = 1.0 / z_std.double()
+            self._weights = weights, -(z_mean.double() * weights).sum()
+        weights, offset = self._weights
+        distances = self._stacked(features) if self.stacked else self(features).double()
+        return torch.addmv(offset, distances, weights).float()
 
 
 @SCORES.register("mahalanobis")
@@ -261,7 +328,7 @@ class Mahalanobis(ClassifierScore):
         self.means: list[Tensor] = []
         self.precisions: list[Tensor] = []
         self._distances: _LayerDistances | None = None  # built from means/precisions on first use
-        self._layers: tuple[nn.Module, list[nn.Module]] | None = None  # (model, its feature layers)
+        self._taps: _FeatureTaps | None = None  # where the features are read in the model
         self.z_mean: Tensor | None = None
         self.z_std: Tensor | None = None
 
@@ -270,11 +337,9 @@ class Mahalanobis(ClassifierScore):
         if self.layers == "penultimate":
             features, logits = _penultimate_and_logits(self.model, x)
             return [features], logits
-        if self._layers is None or self._layers[0] is not self.model:
-            self._layers = (self.model, _feature_layers(self.model))
-        with _tap_outputs(self._layers[1]) as outputs:
-            logits = self.model(x)
-        return list(outputs), logits
+        if self._taps is None or self._taps.model is not self.model:
+            self._taps = _FeatureTaps(self.model)
+        return self._taps.run(x)
 
     def _fit(self, x: Tensor, y: Tensor | None, progress: bool) -> None:
         parts: list[list[Tensor]] = []
@@ -311,15 +376,21 @@ class Mahalanobis(ClassifierScore):
             self.fit_record["standardised_on"] = int(held.sum())
 
     def _score(self, x: Tensor) -> Tensor:
+        return self._score_with_logits(x)[0]
+
+    def _score_with_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.means:
             raise NotFittedError("the mahalanobis score is not fitted (no class means): call fit(train_data) first")
-        features, _ = self._features(x)
+        features, logits = self._features(x)
+        return self._from_features(features), logits
+
+    def _from_features(self, features: list[Tensor]) -> Tensor:
         if self._distances is None:
             self._distances = _LayerDistances(self.means, self.precisions)
         if self.layers == "penultimate":
             return self._distances.layers[0].min_distance(features[0])
         assert self.z_mean is not None and self.z_std is not None
-        return ((self._distances(features) - self.z_mean) / self.z_std).sum(dim=1)
+        return self._distances.standardised_sum(features, self.z_mean, self.z_std)
 
     def _options(self) -> dict[str, Any]:
         return {"layers": self.layers, "ridge": self.ridge, "batch_size": self.batch_size}

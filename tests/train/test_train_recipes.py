@@ -29,6 +29,9 @@ PUBLISHED = {
     "fast-mnist": {"method": "fgsm", "eps": 0.3, "step_size": 0.375, "batch_size": 100, "lr": 5e-3,
                    "optimizer": "adam", "lr_schedule": "cyclic", "lr_peak": 0.4, "epochs": 10,
                    "arch": "strided_cnn", "random_start": True},
+    "fast-mnist-wide": {"method": "fgsm", "eps": 0.3, "step_size": 0.375, "batch_size": 100, "lr": 5e-3,
+                        "optimizer": "adam", "lr_schedule": "cyclic", "lr_peak": 0.4, "epochs": 10,
+                        "arch": "strided_cnn", "random_start": True},
     "madry-cifar10": {"method": "pgd", "eps": 8 / 255, "steps": 7, "step_size": 2 / 255, "lr": 0.1,
                       "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128, "arch": "wrn-28-10"},
     "madry-cifar10-r18": {"method": "pgd", "steps": 10, "step_size": 2 / 255, "epochs": 200,
@@ -135,3 +138,9 @@ def test_cyclic_schedule_peaks_where_asked(peak):
 def test_bad_schedule_settings_are_config_errors(options, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**options)
+
+
+def test_the_wide_fast_recipe_differs_from_fast_mnist_only_in_width():
+    fast, wide = RECIPES["fast-mnist"], RECIPES["fast-mnist-wide"]
+    assert dict(wide.options) == dict(fast.options)
+    assert dict(wide.arch_kwargs) == {"channels": (32, 64), "hidden": 1024} != dict(fast.arch_kwargs)

@@ -168,7 +168,7 @@ def main() -> None:
                              "images of each finished run, beside the cascade on the same images")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    allocator = hd.keep_freed_memory()  # as the hardened command does: CPU passes about 1.2x faster
+    allocator = hd.keep_freed_memory()  # as the hardened command does (benchmarks/allocator.py)
     splits = hd.load_splits("mnist", data_dir=args.data_dir)
     header = {"machine": machine(), "allocator": allocator, "data": "mnist", "train_size": len(splits.train), "eps": 0.3,
               "preset": args.preset, "n_pgd": args.n_pgd, "n_cascade": args.n_cascade}

@@ -3,11 +3,12 @@ it back to the kernel after every pass.
 
 Why: with glibc's defaults a CPU forward pass allocates its activations (a 32-image LeNet's
 first convolution output is 442 KB), frees them, and glibc trims the heap top or unmaps the
-block, so the next pass page-faults the same memory back in. Measured on this project's
-2-core machine, one thread: a 32-image LeNet forward took 3.7-5.6 ms depending on the process
-(1.0-1.7 million minor page faults in 8 s), and 3.2-3.3 ms in every process with
-``M_TRIM_THRESHOLD`` 256 MiB and ``M_MMAP_THRESHOLD`` 32 MiB; a 128-image forward and backward
-32-36 ms against 27.5-28.1 ms. Setting only the trim threshold (``MALLOC_TRIM_THRESHOLD_``)
+block, so the next pass page-faults the same memory back in, by an amount that depends on the
+process's heap layout. ``benchmarks/allocator.py`` (6 fresh processes per setting, one thread,
+2-core machine): a 32-image LeNet forward 4.50 ms median (4.20-4.59 ms, 781 minor page faults
+per pass) with glibc's defaults against 3.27 ms (3.21-3.32, none) with ``M_TRIM_THRESHOLD``
+256 MiB and ``M_MMAP_THRESHOLD`` 32 MiB; a 128-image forward and backward 30.1 ms (26.4-37.4)
+against 26.6 ms (26.4-26.9). Setting only the trim threshold (``MALLOC_TRIM_THRESHOLD_``)
 is worse than the default (6.7 ms): it turns off glibc's sliding mmap threshold, so every
 block over 128 KB is mapped and unmapped on each pass; both are set together here.
 

@@ -428,11 +428,11 @@ def test_standardised_sum_is_the_float64_formula(dims, n, seed, stack_limit):
     z_mean, z_std = torch.rand(len(dims), generator=g) * 10, torch.rand(len(dims), generator=g) + 0.5
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_LayerDistances, "STACK_LIMIT", stack_limit)
-        distances = _LayerDistances(means, precisions)
+        distances = _LayerDistances(means, precisions, z_mean, z_std)
     d = torch.stack([
         torch.einsum("nkd,de,nke->nk", diff := f.double()[:, None] - m.double()[None], p.double(), diff).amin(1)
         for f, m, p in zip(features, means, precisions, strict=True)], 1)
     expected = ((d - z_mean.double()) / z_std.double()).sum(dim=1)
-    got = distances.standardised_sum(features, z_mean, z_std)
+    got = distances.standardised_sum(features)
     assert got.dtype == torch.float32 and got.shape == (n,)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)

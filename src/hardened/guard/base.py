@@ -8,6 +8,7 @@ networks involved. A subclass writes ``_fit`` and ``_score`` (and its save/load 
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -361,6 +362,7 @@ class ClassifierScore(BaseScore):
         raise NotImplementedError
 
 
+@functools.cache  # a property of the class: looked up on every served batch
 def _scores_with_logits(cls: type) -> bool:
     """Whether ``cls``'s ``_score_with_logits`` belongs with its ``_score``: defined in the class
     that defines the ``_score`` in use, or below it (a subclass that overrides only ``_score``

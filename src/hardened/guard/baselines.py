@@ -253,9 +253,14 @@ class _LayerDistances:
 
     STACK_LIMIT = 1024
 
-    def __init__(self, means: list[Tensor], precisions: list[Tensor]) -> None:
+    def __init__(self, means: list[Tensor], precisions: list[Tensor], z_mean: Tensor | None = None,
+                 z_std: Tensor | None = None) -> None:
         self.layers = [_ClassGaussians(m, p) for m, p in zip(means, precisions, strict=True)]
-        self._weights: tuple[Tensor, Tensor] | None = None  # standardisation, on first use
+        # the standardisation of ``standardised_sum``: weights 1/z_std and offset -sum(z_mean/z_std)
+        self.standardisation: tuple[Tensor, Tensor] | None = None
+        if z_mean is not None and z_std is not None:
+            weights = 1.0 / z_std.double()
+            self.standardisation = weights, -(z_mean.double() * weights).sum()
         dims = [m.shape[1] for m in means]
         self.stacked = len(means) > 1 and sum(dims) <= self.STACK_LIMIT and len({m.shape[0] for m in means}) == 1
         if not self.stacked:
@@ -285,13 +290,13 @@ class _LayerDistances:
         cross = torch.addmm(self.norms, f, self.cross, alpha=-2.0).view(f.shape[0], *self.shape)  # N×L×K
         return (cross.amin(dim=2) + quadratic).clamp_min(0.0)
 
-    def standardised_sum(self, features: list[Tensor], z_mean: Tensor, z_std: Tensor) -> Tensor:
-        """``sum_l (d_l - z_mean_l) / z_std_l`` (N,), float32: the all-layer score, its
-        standardisation folded into one matrix-vector product."""
-        if self._weights is None:
-            weights = 1.0 / z_std.double()
-            self._weights = weights, -(z_mean.double() * weights).sum()
-        weights, offset = self._weights
+    def standardised_sum(self, features: list[Tensor]) -> Tensor:
+        """``sum_l (d_l - z_mean_l) / z_std_l`` (N,), float32, with the ``z_mean`` / ``z_std``
+        given at construction: the all-layer score, its standardisation folded into one
+        matrix-vector product."""
+        if self.standardisation is None:
+            raise NotFittedError("these layer distances were built without z_mean / z_std")
+        weights, offset = self.standardisation
         distances = self._stacked(features) if self.stacked else self(features).double()
         return torch.addmv(offset, distances, weights).float()
 
@@ -386,11 +391,10 @@ class Mahalanobis(ClassifierScore):
 
     def _from_features(self, features: list[Tensor]) -> Tensor:
         if self._distances is None:
-            self._distances = _LayerDistances(self.means, self.precisions)
+            self._distances = _LayerDistances(self.means, self.precisions, self.z_mean, self.z_std)
         if self.layers == "penultimate":
             return self._distances.layers[0].min_distance(features[0])
-        assert self.z_mean is not None and self.z_std is not None
-        return self._distances.standardised_sum(features, self.z_mean, self.z_std)
+        return self._distances.standardised_sum(features)
 
     def _options(self) -> dict[str, Any]:
         return {"layers": self.layers, "ridge": self.ridge, "batch_size": self.batch_size}

@@ -60,8 +60,9 @@ def default_lr(method: str, optimizer: str, lr: float | None) -> float:
     it). A short run needs more: on mnist-5k (lenet, Linf 0.3, 8 epochs = 256 steps, eps warm-up
     0.4) PGD-40 accuracy over seeds 0-2 was 26-41% at 5e-3, 55-61% at 7e-3 and 66-70% at 1e-2
     (``benchmarks/defend_seeds.py``); but on full MNIST (the fast-mnist recipe, seed 0) 1e-2
-    overfitted catastrophically at the peak, where 7e-3 did not (cascade 81.9% and 81.4% on seeds
-    0 and 1, against 79.7% and 85.0% at 5e-3). 1e-3 gave half of 5e-3's robustness.
+    overfitted catastrophically at the peak, where 7e-3 did not (the standard cascade on seeds
+    0-2: 79.2%, 77.8%, 55.0% at 7e-3 against 77.1%, 81.5%, 69.3% at 5e-3, which the recipe keeps).
+    1e-3 gave half of 5e-3's robustness.
     """
     if lr is not None:
         return lr
